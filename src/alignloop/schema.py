@@ -1,0 +1,285 @@
+"""The records of the RLHF loop, shared by every stage.
+
+    prompt      {"id", "prompt", "reference"?, "metadata"?}
+    completion  {"id", "prompt_id", "completion", "policy"?}
+    ranking     {"prompt_id", "labeler", "criterion", "ranking": [[id, ...], ...],
+                 "unrankable"?, "rationale"?, "confidence"?}
+    comparison  {"prompt", "chosen", "rejected", "margin"?, ...provenance}
+
+A ranking is kept exactly as the labeler gave it: groups of completion ids, best group
+first; the ids inside one group are tied. Comparisons (pairs) are derived from rankings
+by `alignloop.feedback.pairs`, never stored in place of them. The comparison columns
+are the ones the ecosystem's preference data sets use (`prompt`, `chosen`,
+`rejected`), so an exported file loads in `datasets` and in other trainers as it is.
+
+Every record rejects unknown fields, so a typo in a field name is an error instead of
+a silently ignored value. Records read from a file remember where they came from
+(`record.where`, e.g. "rankings.jsonl:12"), so a later check that spans files (an id
+that does not exist) can still name the file and the line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, ClassVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "Comparison",
+    "Completion",
+    "Prompt",
+    "RECORD_TYPES",
+    "Ranking",
+    "Record",
+    "SchemaError",
+    "check_rankings",
+    "parse_record",
+]
+
+Id = Annotated[str, StringConstraints(min_length=1, strip_whitespace=False)]
+
+
+class SchemaError(ValueError):
+    """Bad input, with where it is: `file:line: field 'x': what is wrong`.
+
+    `problems` holds one message per problem found (a file with several bad lines
+    reports the first few of them at once, so a user fixes them in one go).
+    """
+
+    shown = 20  # problems in the message; all of them stay in `problems`
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        lines = self.problems[: self.shown]
+        if len(self.problems) > self.shown:
+            lines.append(f"... and {len(self.problems) - self.shown} more problems")
+        super().__init__("\n".join(lines))
+
+
+class Record(BaseModel):
+    """Base of every record: strict about unknown fields, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: ClassVar[str]
+    _where: str | None = PrivateAttr(default=None)
+
+    @property
+    def where(self) -> str:
+        """Where the record was read from ("file:line"), or "<memory>"."""
+        return self._where or "<memory>"
+
+    def __eq__(self, other: object) -> bool:
+        # Equal records hold equal fields, wherever they were read from.
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    __hash__ = BaseModel.__hash__
+
+    def to_dict(self, *, drop_none: bool = True) -> dict[str, Any]:
+        """A plain dict for JSON; `drop_none=False` keeps every column (tables)."""
+        return self.model_dump(mode="json", exclude_none=drop_none)
+
+
+def _non_empty_text(value: str, field: str) -> str:
+    if not value.strip():
+        raise ValueError(f"{field} is empty")
+    return value
+
+
+class Prompt(Record):
+    """A prompt to complete. `reference` is an optional reference completion (a
+    human-written summary, say); `metadata` holds anything else a task needs
+    (the demo world keeps the document's facts there)."""
+
+    kind: ClassVar[str] = "prompt"
+    id: Id
+    prompt: str
+    reference: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, v: str) -> str:
+        return _non_empty_text(v, "prompt")
+
+
+class Completion(Record):
+    """One completion of one prompt; `policy` names the model that wrote it (hidden
+    from labelers). An empty completion is allowed: models do produce them."""
+
+    kind: ClassVar[str] = "completion"
+    id: Id
+    prompt_id: Id
+    completion: str
+    policy: str | None = None
+
+
+class Ranking(Record):
+    """One labeler's ranking of a prompt's completions by one criterion.
+
+    `ranking` is a list of groups of completion ids, best group first; several ids in
+    one group are tied. An `unrankable` ranking (the labeler could not judge) may
+    have an empty `ranking` and gives no pairs.
+    """
+
+    kind: ClassVar[str] = "ranking"
+    prompt_id: Id
+    labeler: Id
+    criterion: Id
+    ranking: list[list[Id]]
+    unrankable: bool = False
+    rationale: str | None = None
+    confidence: float | None = None
+
+    @field_validator("ranking", mode="before")
+    @classmethod
+    def _groups_are_lists(cls, v: Any) -> Any:
+        if isinstance(v, list) and any(isinstance(g, str) for g in v):
+            raise ValueError(
+                'must be a list of groups of completion ids, best first, e.g. [["c1"], '
+                '["c2", "c3"]] (c2 and c3 tied); got a flat list'
+            )
+        return v
+
+    @field_validator("confidence")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> Ranking:
+        seen: set[str] = set()
+        for i, group in enumerate(self.ranking):
+            if not group:
+                raise ValueError(f"ranking group {i} is empty")
+            for cid in group:
+                if cid in seen:
+                    raise ValueError(f"ranking names completion {cid!r} twice")
+                seen.add(cid)
+        if not self.ranking and not self.unrankable:
+            raise ValueError("ranking is empty; a labeler who cannot rank sets unrankable")
+        return self
+
+    @property
+    def completion_ids(self) -> list[str]:
+        """Every ranked id, best first (tied ids in their given order)."""
+        return [cid for group in self.ranking for cid in group]
+
+    def positions(self) -> dict[str, int]:
+        """Completion id -> index of its group (0 = best); tied ids share one."""
+        return {cid: g for g, group in enumerate(self.ranking) for cid in group}
+
+
+class Comparison(Record):
+    """A preference pair: `chosen` is better than `rejected` as a completion of
+    `prompt`. `margin` (optional) says by how much; the rest is provenance, kept so a
+    trainer can group all pairs of one prompt together and a user can trace a pair
+    back to the labeler and the ranking it came from."""
+
+    kind: ClassVar[str] = "comparison"
+    prompt: str
+    chosen: str
+    rejected: str
+    margin: float | None = None
+    prompt_id: str | None = None
+    chosen_id: str | None = None
+    rejected_id: str | None = None
+    labeler: str | None = None
+    criterion: str | None = None
+    source: str | None = None
+
+    @field_validator("chosen", "rejected")
+    @classmethod
+    def _text_not_empty(cls, v: str, info: Any) -> str:
+        return _non_empty_text(v, info.field_name)
+
+    @field_validator("margin")
+    @classmethod
+    def _finite_margin(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @model_validator(mode="after")
+    def _different(self) -> Comparison:
+        if self.chosen == self.rejected:
+            raise ValueError("chosen is identical to rejected")
+        return self
+
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    cls.kind: cls for cls in (Prompt, Completion, Ranking, Comparison)
+}
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    """One pydantic error as "field 'x': message"."""
+    loc = ".".join(str(p) for p in error.get("loc", ()))
+    msg = error.get("msg", "invalid")
+    msg = msg.removeprefix("Value error, ")
+    if error.get("type") == "extra_forbidden":
+        msg = "unknown field (a typo? free-form fields go in 'metadata' of a prompt)"
+    return f"field {loc!r}: {msg}" if loc else msg
+
+
+def parse_record(kind: str | type[Record], obj: Any, where: str = "<memory>") -> Record:
+    """Validate one object as a record of `kind`; errors name `where` and the field."""
+    cls = RECORD_TYPES[kind] if isinstance(kind, str) else kind
+    if not isinstance(obj, dict):
+        raise SchemaError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    try:
+        record = cls.model_validate(obj)
+    except ValidationError as e:
+        problems = [f"{where}: {cls.kind}: {_describe(err)}" for err in e.errors()]
+        raise SchemaError(problems) from None
+    record._where = where
+    return record
+
+
+def check_rankings(
+    rankings: Iterable[Ranking],
+    completions: Iterable[Completion],
+    prompts: Iterable[Prompt] | None = None,
+) -> None:
+    """Check that rankings refer to what exists: every prompt id is a known prompt,
+    every ranked id is a completion of that very prompt, and completion ids are
+    unique. Raises one SchemaError naming every bad record's file and line."""
+    problems: list[str] = []
+    by_id: dict[str, Completion] = {}
+    for c in completions:
+        if c.id in by_id:
+            problems.append(
+                f"{c.where}: field 'id': completion id {c.id!r} already used at {by_id[c.id].where}"
+            )
+        by_id[c.id] = c
+    prompt_ids = None if prompts is None else {p.id for p in prompts}
+    if prompt_ids is not None:
+        for c in by_id.values():
+            if c.prompt_id not in prompt_ids:
+                problems.append(f"{c.where}: field 'prompt_id': no prompt with id {c.prompt_id!r}")
+    for r in rankings:
+        if prompt_ids is not None and r.prompt_id not in prompt_ids:
+            problems.append(f"{r.where}: field 'prompt_id': no prompt with id {r.prompt_id!r}")
+        for cid in r.completion_ids:
+            c = by_id.get(cid)
+            if c is None:
+                problems.append(f"{r.where}: field 'ranking': no completion with id {cid!r}")
+            elif c.prompt_id != r.prompt_id:
+                problems.append(
+                    f"{r.where}: field 'ranking': completion {cid!r} belongs to prompt "
+                    f"{c.prompt_id!r}, not {r.prompt_id!r}"
+                )
+    if problems:
+        raise SchemaError(problems)

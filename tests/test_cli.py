@@ -1,0 +1,126 @@
+"""The console script end to end on small files: thin commands over the library."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from alignloop.cli import main
+from alignloop.io import read_records, write_records
+
+
+@pytest.fixture
+def task_files(tmp_path, small_task):
+    prompts, completions, rankings = small_task
+    paths = {k: tmp_path / f"{k}.jsonl" for k in ("prompts", "completions", "rankings")}
+    write_records(paths["prompts"], prompts)
+    write_records(paths["completions"], completions)
+    write_records(paths["rankings"], rankings)
+    return paths
+
+
+def test_help_lists_the_subcommands():
+    out = subprocess.run(
+        [sys.executable, "-m", "alignloop", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for command in ("demo", "data", "feedback", "world"):
+        assert command in out
+
+
+def test_feedback_pairs_writes_every_strict_pair(task_files, tmp_path, capsys):
+    out = tmp_path / "pairs.jsonl"
+    args = ["feedback", "pairs", "--out", str(out)]
+    for k in ("rankings", "completions", "prompts"):
+        args += [f"--{k}", str(task_files[k])]
+    assert main(args) == 0
+    pairs = read_records(out, "comparison")
+    # ann: a > {b, c} (2 pairs, b~c tied); bob: a > c > b (3); ann on p2: 3.
+    assert len(pairs) == 8
+    assert {(p.chosen_id, p.rejected_id) for p in pairs if p.labeler == "bob"} == {
+        ("p1-a", "p1-c"), ("p1-a", "p1-b"), ("p1-c", "p1-b")
+    }  # fmt: skip
+    assert all(p.prompt.startswith("summarize:") for p in pairs)
+    assert "wrote 8 pairs" in capsys.readouterr().out
+
+
+def test_feedback_pairs_with_rank_gap_margin(task_files, tmp_path):
+    out = tmp_path / "pairs.parquet"
+    args = ["feedback", "pairs", "--out", str(out), "--margin", "rank-gap"]
+    for k in ("rankings", "completions", "prompts"):
+        args += [f"--{k}", str(task_files[k])]
+    assert main(args) == 0
+    gaps = {
+        (p.labeler, p.chosen_id, p.rejected_id): p.margin for p in read_records(out, "comparison")
+    }
+    assert gaps[("bob", "p1-a", "p1-b")] == 2.0 and gaps[("bob", "p1-a", "p1-c")] == 1.0
+
+
+def test_bad_reference_is_a_clear_error_and_writes_nothing(task_files, tmp_path, capsys):
+    rankings = task_files["rankings"]
+    rankings.write_text(
+        rankings.read_text()
+        + json.dumps(
+            {
+                "prompt_id": "p1",
+                "labeler": "cy",
+                "criterion": "overall",
+                "ranking": [["p1-a"], ["p9-z"]],
+            }
+        )  # fmt: skip
+        + "\n"
+    )
+    out = tmp_path / "pairs.jsonl"
+    args = ["feedback", "pairs", "--out", str(out)]
+    for k in ("rankings", "completions", "prompts"):
+        args += [f"--{k}", str(task_files[k])]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{rankings}:4: field 'ranking': no completion with id 'p9-z'" in err
+    assert not out.exists()
+
+
+def test_feedback_agreement_prints_json(task_files, capsys):
+    assert main(["feedback", "agreement", "--rankings", str(task_files["rankings"])]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # ann and bob both strictly order (a,b) and (a,c) of p1 and agree on both.
+    assert report["pairwise_agreement"] == 1.0
+    assert report["n_pairwise_comparisons"] == 2
+    assert set(report["labelers"]) == {"ann", "bob"}
+
+
+def test_feedback_consensus(task_files, tmp_path):
+    out = tmp_path / "consensus.jsonl"
+    assert main(["feedback", "consensus", "--rankings", str(task_files["rankings"]),
+                 "--out", str(out)]) == 0  # fmt: skip
+    consensus = {r.prompt_id: r for r in read_records(out, "ranking")}
+    assert consensus["p1"].ranking[0] == ["p1-a"] and consensus["p1"].labeler == "consensus"
+    assert consensus["p2"].ranking == [["p2-c"], ["p2-b"], ["p2-a"]]
+
+
+def test_data_validate_convert_and_errors(task_files, tmp_path, capsys):
+    assert main(["data", "validate", str(task_files["rankings"]), "--kind", "ranking"]) == 0
+    assert "3 valid ranking records" in capsys.readouterr().out
+    parquet = tmp_path / "rankings.parquet"
+    assert main(["data", "convert", str(task_files["rankings"]), str(parquet),
+                 "--kind", "ranking"]) == 0  # fmt: skip
+    assert read_records(parquet, "ranking") == read_records(task_files["rankings"], "ranking")
+    assert main(["data", "validate", str(task_files["rankings"]), "--kind", "prompt"]) == 2
+    assert f"{task_files['rankings']}:1: prompt: field" in capsys.readouterr().err
+
+
+def test_data_import_hh(tmp_path, capsys):
+    src = tmp_path / "hh.jsonl"
+    rows = [
+        {
+            "chosen": "\n\nHuman: hi\n\nAssistant: hello",
+            "rejected": "\n\nHuman: hi\n\nAssistant: go",
+        },
+        {"chosen": "\n\nHuman: hi\n\nAssistant:", "rejected": "\n\nHuman: hi\n\nAssistant: go"},
+    ]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "pairs.jsonl"
+    assert main(["data", "import-hh", str(src), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "wrote 1 comparisons" in captured.out and f"{src}:2" in captured.err
+    assert main(["data", "import-hh", str(src), "--out", str(out), "--strict"]) == 2
