@@ -1,0 +1,176 @@
+"""Typed configuration written once: a dataclass per component becomes CLI flags.
+
+Each field of a config dataclass is declared with `option(default, "help text")`;
+the help text becomes `--help`, the annotation the flag's type. A run takes values
+from, in order of precedence: command-line flags, then a `--config` file (YAML, TOML
+or JSON), then the defaults. Unknown keys in a file are an error naming the file and
+the key, so a typo cannot silently do nothing (the failure openai/lm-human-preferences
+had with `hparams.noptepochs`).
+
+    @dataclass
+    class RewardConfig:
+        model: str = option(REQUIRED, "model path or hub id")
+        lr: float = option(1e-5, "learning rate")
+
+    parser = argparse.ArgumentParser(); add_config_arguments(parser, RewardConfig)
+    config = config_from_args(RewardConfig, parser.parse_args())
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+__all__ = ["REQUIRED", "ConfigError", "add_config_arguments", "config_from_args", "option"]
+
+C = TypeVar("C")
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()  # a field the user must set (by flag or file)
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or file, naming the key."""
+
+
+def option(default: Any, help: str, **metadata: Any) -> Any:
+    """A config field with its help text. Mutable defaults are copied per instance."""
+    metadata = {"help": help, **metadata}
+    if isinstance(default, list | dict | set):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """(X, True) for `X | None`, (tp, False) otherwise."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _converter(tp: Any, optional: bool) -> tuple[Any, dict[str, Any]]:
+    """argparse `type` and extra keyword arguments for an annotation."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        return type(choices[0]), {"choices": choices}
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return item, {"nargs": "*"}
+    if tp is bool:
+        return None, {"action": argparse.BooleanOptionalAction}
+    if tp in (int, float, str, Path):
+        base = tp
+    else:
+        raise TypeError(f"config fields of type {tp!r} are not supported")
+    if optional:
+        # "none" on the command line sets an optional field back to None.
+        return (lambda s: None if s.lower() == "none" else base(s)), {}
+    return base, {}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of `cls`, plus `--config FILE`. Flags default to
+    SUPPRESS so `config_from_args` can tell what the user actually set."""
+    hints = typing.get_type_hints(cls)
+    parser.add_argument(
+        "--config", type=Path, help="YAML, TOML or JSON file of these options (flags win)"
+    )
+    for f in dataclasses.fields(cls):
+        tp, optional = _unwrap_optional(hints[f.name])
+        convert, extra = _converter(tp, optional)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = "required" if default is REQUIRED else f"default: {default!r}"
+        kwargs: dict[str, Any] = {
+            "dest": f.name,
+            "default": argparse.SUPPRESS,
+            "help": f"{f.metadata.get('help', '')} ({shown})",
+            **extra,
+        }
+        if convert is not None:
+            kwargs["type"] = convert
+            kwargs.setdefault("metavar", f.name.upper())
+        parser.add_argument(_flag(f.name), **kwargs)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".toml", ".json"):
+        raise ConfigError(f"{path}: use a .yaml, .toml or .json config file")
+    try:
+        if suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
+
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as e:  # each parser has its own error type
+        raise ConfigError(f"{path}: cannot parse: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values")
+    return data
+
+
+def _coerce(cls: type, key: str, value: Any, where: str) -> Any:
+    """A file's value checked against the field's annotation (ints widen to floats)."""
+    tp, optional = _unwrap_optional(typing.get_type_hints(cls)[key])
+    if value is None and optional:
+        return None
+    origin = typing.get_origin(tp)
+    ok = (
+        (origin is Literal and value in typing.get_args(tp))
+        or (origin is list and isinstance(value, list))
+        or (tp is float and isinstance(value, int | float) and not isinstance(value, bool))
+        or (tp is Path and isinstance(value, str))
+        or (tp in (int, str, bool) and type(value) is tp)
+    )
+    if not ok:
+        raise ConfigError(f"{where}: key {key!r}: {value!r} is not a valid {tp}")
+    return Path(value) if tp is Path else float(value) if tp is float else value
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace | dict[str, Any]) -> C:
+    """Build `cls` from a config file (if `--config` was given) overridden by flags."""
+    given = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    config_file = given.pop("config", None)
+    if config_file is not None:
+        for key, value in _read_file(Path(config_file)).items():
+            key = key.replace("-", "_")
+            if key not in names:
+                raise ConfigError(f"{config_file}: unknown key {key!r}")
+            values[key] = _coerce(cls, key, value, str(config_file))
+    values.update({k: v for k, v in given.items() if k in names})
+    config = cls(**values)
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    missing = [_flag(f.name) for f in fields if getattr(config, f.name) is REQUIRED]
+    if missing:
+        raise ConfigError(f"missing required option(s): {', '.join(missing)}")
+    return config
