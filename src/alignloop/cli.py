@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from alignloop import __version__
+from alignloop.config import ConfigError
 from alignloop.schema import SchemaError
+from alignloop.train import TrainingError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -92,6 +94,55 @@ def _feedback_consensus(args: argparse.Namespace) -> int:
 
     n = write_records(args.out, consensus(read_records(args.rankings, "ranking")))
     print(f"wrote {n} consensus rankings to {args.out}")
+    return 0
+
+
+# --- alignloop train-rm / eval-rm / score -------------------------------------------
+
+
+def _train_rm(args: argparse.Namespace) -> int:
+    from alignloop.config import config_from_args
+    from alignloop.train.reward import train_reward_model
+    from alignloop.train.reward_config import RewardConfig
+
+    train_reward_model(config_from_args(RewardConfig, args))
+    return 0
+
+
+def _eval_rm(args: argparse.Namespace) -> int:
+    from alignloop.models import RewardModel
+    from alignloop.train.reward import evaluate_pairs, group_pairs, load_pairs, tokenize_groups
+
+    model = RewardModel.from_pretrained(args.model)
+    groups = group_pairs(load_pairs(Path(args.data)))
+    tokenize_groups(groups, model.tokenizer, args.max_length)
+    _print_json(evaluate_pairs(model, groups, batch_size=args.batch_size))
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from alignloop.io import atomic_write, read_records
+    from alignloop.models import RewardModel
+
+    completions = read_records(args.data, "completion")
+    prompts = {p.id: p for p in read_records(args.prompts, "prompt")}
+    missing = [c for c in completions if c.prompt_id not in prompts]
+    if missing:
+        raise SchemaError(
+            f"{missing[0].where}: field 'prompt_id': no prompt with id {missing[0].prompt_id!r} "
+            f"in {args.prompts} ({len(missing)} completions affected)"
+        )
+    model = RewardModel.from_pretrained(args.model)
+    rewards = model.score(
+        [prompts[c.prompt_id].prompt for c in completions],
+        [c.completion for c in completions],
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+    )
+    with atomic_write(args.out) as f:
+        for c, r in zip(completions, rewards, strict=True):
+            f.write(json.dumps({"id": c.id, "prompt_id": c.prompt_id, "reward": r}) + "\n")
+    print(f"wrote {len(rewards)} rewards to {args.out}")
     return 0
 
 
@@ -173,6 +224,24 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of every stage (default: 0)")
     p.add_argument("--quick", action="store_true", help="a small run for tests (seconds)")
 
+    from alignloop.config import add_config_arguments
+    from alignloop.train.reward_config import RewardConfig
+
+    p = _command(sub, "train-rm", _train_rm, "Train a reward model on preference pairs.")
+    add_config_arguments(p, RewardConfig)
+    p = _command(sub, "eval-rm", _eval_rm, "Accuracy of a reward model on pairs, as JSON.")
+    p.add_argument("--model", required=True, help="reward model directory")
+    p.add_argument("--data", required=True, help="comparisons file or HH-RLHF file")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per sequence")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+    p = _command(sub, "score", _score, "Reward of every completion of a file.")
+    p.add_argument("--model", required=True, help="reward model directory")
+    p.add_argument("--data", required=True, help="completions file")
+    p.add_argument("--prompts", required=True, help="prompts file the completions refer to")
+    p.add_argument("--out", required=True, help='JSONL to write: {"id", "prompt_id", "reward"}')
+    p.add_argument("--max-length", type=int, default=512, help="tokens per sequence")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+
     data = _group(sub, "data", "Validate, convert and import record files.")
     p = _command(data, "validate", _data_validate, "Check every record of a file.")
     p.add_argument("file", help=".jsonl or .parquet file")
@@ -233,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SchemaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ConfigError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -44,6 +44,7 @@ __all__ = [
     "Record",
     "SchemaError",
     "check_rankings",
+    "join_text",
     "parse_record",
 ]
 
@@ -283,3 +284,14 @@ def check_rankings(
                 )
     if problems:
         raise SchemaError(problems)
+
+
+def join_text(prompt: str, completion: str) -> str:
+    """The text a model reads for a completion of a prompt.
+
+    Plain concatenation when either side brings the whitespace between them (HH-RLHF
+    turns start with a space; a prompt may end with a newline); otherwise one space,
+    so that "... tl;dr :" and "the summary" do not run into one word."""
+    if not prompt or not completion or prompt[-1].isspace() or completion[0].isspace():
+        return prompt + completion
+    return f"{prompt} {completion}"

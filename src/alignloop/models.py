@@ -1,0 +1,279 @@
+"""Models of the loop: loading tokenizers and reward models, building tiny LMs.
+
+- `load_tokenizer`: any Hugging Face tokenizer, with a pad token guaranteed.
+- `RewardModel`: a sequence-classification model with one output, read at the right
+  token whatever the padding, with the normalization learned after training.
+- `build_tiny_causal_lm`: the tiny Llama the demo trains from scratch.
+
+Policy, reference and value models (later issues) load here too; this is the module
+where torch and transformers are imported at the top.
+
+The tiny model is an ordinary `LlamaForCausalLM` saved as an ordinary Hugging Face
+directory, so every stage downstream loads it with `AutoModelForCausalLM` exactly as
+it would a real model; only its size makes it fit a laptop CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from alignloop.schema import join_text
+
+__all__ = [
+    "RewardModel",
+    "build_tiny_causal_lm",
+    "disable_dropout",
+    "last_token_index",
+    "load_tokenizer",
+    "position_ids_from_mask",
+    "save_pretrained",
+]
+
+NORMALIZATION_KEY = "alignloop_reward_normalization"  # in a reward model's config.json
+
+
+def build_tiny_causal_lm(
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 256,
+    seed: int = 0,
+) -> LlamaForCausalLM:
+    """A randomly initialised Llama sized for `tokenizer`'s vocabulary.
+
+    The same seed gives the same weights; torch's global generator is left as it was
+    (the initialisation runs under `torch.random.fork_rng`). The config and the
+    generation config carry the tokenizer's pad/bos/eos ids, so `generate` stops at
+    `</s>` and pads with `<pad>` without being told.
+    """
+    special = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,  # fewer parameters; the vocabulary is small anyway
+        **special,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(**special)
+    return model
+
+
+def save_pretrained(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path
+) -> Path:
+    """Save model and tokenizer into one Hugging Face directory (made if absent)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+# --- tokenizers and small tensor helpers ---------------------------------------------
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    """A tokenizer from a local directory or a hub id, with a pad token: many causal
+    LMs ship none, and their EOS serves (positions are read from attention masks,
+    never from the pad id, so EOS doubling as pad changes nothing)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"{name_or_path}: the tokenizer has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real token, for left and right padding: (N, L) -> (N,)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * attention_mask).argmax(-1)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so a left-padded row gets the same
+    positions as the row unpadded: (N, L) -> (N, L)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Dropout off everywhere: RLHF's models must score a text the same way twice."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+# --- reward model ---------------------------------------------------------------------
+
+
+class RewardModel(nn.Module):
+    """A scalar reward for prompt + completion, from any HF sequence-classification
+    backbone with one label.
+
+    Decoder backbones (a `score` head over every token: Llama, Qwen, Mistral, GPT-2,
+    ...) are read at the last real token, found from the attention mask, with
+    positions counted over real tokens: the same score for left or right padding, and
+    no dependence on the pad id (transformers' own pooling looks for the last token
+    that is not the pad id, which goes wrong when pad == EOS ends the text).
+    Encoder backbones (BERT, MiniLM, DeBERTa) pool their first token in their own
+    classification head; they are fed right-padded rows.
+
+    The normalization (gain, bias) learned after training lives in the config, so
+    the saved directory is an ordinary `from_pretrained` directory.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, dtype=None) -> RewardModel:
+        """Load a backbone (a new head is initialised if it has none) or a trained
+        reward model directory; dropout off."""
+        tokenizer = load_tokenizer(name_or_path)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(name_or_path), num_labels=1, dtype=dtype
+        )
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        disable_dropout(model)
+        return cls(model, tokenizer)
+
+    @property
+    def hf_model(self) -> PreTrainedModel:
+        """The transformers model (inside its peft wrapper when LoRA is on)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    @property
+    def reads_last_token(self) -> bool:
+        return hasattr(self.hf_model, "score")
+
+    def token_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The head's output at every position of a decoder backbone: (N, L) -> (N, L).
+        (The value model of PPO starts from these.)"""
+        hf = self.hf_model
+        backbone = getattr(hf, hf.base_model_prefix)
+        hidden = backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+        ).last_hidden_state  # (N, L, H)
+        return hf.score(hidden).squeeze(-1)  # (N, L)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Raw (unnormalized) rewards: (N, L) -> (N,)."""
+        if not self.reads_last_token:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+        scores = self.token_scores(input_ids, attention_mask)  # (N, L)
+        return scores.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
+
+    # normalization ---------------------------------------------------------------
+
+    @property
+    def normalization(self) -> tuple[float, float]:
+        """(gain, bias): normalized reward = gain * raw + bias; (1, 0) before training."""
+        norm = getattr(self.hf_model.config, NORMALIZATION_KEY, None) or {}
+        return float(norm.get("gain", 1.0)), float(norm.get("bias", 0.0))
+
+    def set_normalization(self, gain: float, bias: float) -> None:
+        setattr(self.hf_model.config, NORMALIZATION_KEY, {"gain": gain, "bias": bias})
+
+    # scoring text ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def score(
+        self,
+        prompts: list[str],
+        completions: list[str],
+        *,
+        batch_size: int = 32,
+        max_length: int = 512,
+        normalized: bool = True,
+    ) -> list[float]:
+        """Rewards of prompt + completion texts (the prompt's start is cut when too
+        long). Batches are formed by length, so little compute goes to padding."""
+        texts = [join_text(p, c) for p, c in zip(prompts, completions, strict=True)]
+        side = self.tokenizer.truncation_side
+        self.tokenizer.truncation_side = "left"
+        try:
+            rows = self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        finally:
+            self.tokenizer.truncation_side = side
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        device = next(self.parameters()).device
+        raw = torch.empty(len(rows))
+        self.eval()
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            width = max(len(rows[i]) for i in chunk)
+            input_ids = torch.full((len(chunk), width), self.tokenizer.pad_token_id)
+            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for j, i in enumerate(chunk):
+                input_ids[j, : len(rows[i])] = torch.tensor(rows[i])
+                attention_mask[j, : len(rows[i])] = 1
+            raw[chunk] = self(input_ids.to(device), attention_mask.to(device)).float().cpu()
+        gain, bias = self.normalization if normalized else (1.0, 0.0)
+        return (gain * raw + bias).tolist()
+
+    # training and saving -------------------------------------------------------------
+
+    def prepare_for_training(
+        self,
+        *,
+        lora_r: int = 0,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        """LoRA adapters on every linear layer (the head stays fully trainable) when
+        `lora_r` > 0; gradient checkpointing on request."""
+        if gradient_checkpointing:
+            self.hf_model.gradient_checkpointing_enable()
+            self.hf_model.config.use_cache = False
+        if lora_r > 0:
+            from peft import LoraConfig, TaskType, get_peft_model
+
+            config = LoraConfig(
+                task_type=TaskType.SEQ_CLS,
+                r=lora_r,
+                lora_alpha=lora_alpha,
+                lora_dropout=lora_dropout,
+                target_modules="all-linear",
+            )
+            self.model = get_peft_model(self.model, config)
+            if gradient_checkpointing:
+                self.hf_model.enable_input_require_grads()
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        """An ordinary HF directory (LoRA adapters merged in) with the tokenizer."""
+        model = (
+            self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
+        )
+        return save_pretrained(model, self.tokenizer, out_dir)

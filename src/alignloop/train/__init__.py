@@ -1,0 +1,8 @@
+"""The trainers: reward model (`reward.py`); PPO and SFT come next. Each reads its
+data from files in the schema's formats and saves an ordinary HF directory.
+
+This package's own module imports nothing heavy, so the CLI can name its errors."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a NaN loss, say); the message says what is kept."""

@@ -1,0 +1,442 @@
+"""Reward-model training: Bradley-Terry on preference pairs.
+
+The data arrive as pairs (prompt, chosen, rejected, margin?). Following InstructGPT
+(Ouyang et al. 2022, sec. 3.5), all pairs of one prompt form one batch element and
+each distinct completion is forwarded once: K ranked completions give up to C(K, 2)
+pairs for the price of K forward passes, and a prompt's pairs are never spread over
+many steps (which overfit in their experiments). The loss of a prompt is the mean
+of its pairs' `pairwise_loss`; a batch's loss is the mean over its prompts.
+
+    groups = group_pairs(pairs)                   # prompt -> distinct texts + pairs
+    batch = collate(tokenized groups)             # RewardBatch: every text once
+    rewards = model(batch.input_ids, mask)        # (N,) read at each text's last token
+    loss = per-prompt mean of pairwise_loss(rewards[chosen], rewards[rejected], margin)
+
+After training, rewards are normalized so that the training completions score mean 0
+and std 1 (the gain and bias are saved in the model's config), which is what PPO
+expects of its reward.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from alignloop.io import read_comparisons
+from alignloop.losses import centering_loss, pairwise_loss
+from alignloop.schema import Comparison, SchemaError, join_text
+from alignloop.train.common import (
+    Checkpoints,
+    MetricsLog,
+    TrainingError,
+    epoch_batches,
+    iterate_from,
+    make_accelerator,
+    progress,
+)
+from alignloop.train.reward_config import RewardConfig
+
+__all__ = [
+    "PromptGroup",
+    "RewardBatch",
+    "collate",
+    "pad_right",
+    "evaluate_pairs",
+    "group_pairs",
+    "load_pairs",
+    "train_reward_model",
+]
+
+
+# --- data ------------------------------------------------------------------------
+
+
+@dataclass
+class PromptGroup:
+    """All pairs of one prompt, each distinct completion text once."""
+
+    prompt: str
+    texts: list[str]  # distinct completions of this prompt
+    pairs: list[tuple[int, int, float]] = field(default_factory=list)  # (chosen, rejected, margin)
+    input_ids: list[list[int]] = field(default_factory=list)  # one per text, once tokenized
+
+
+def group_pairs(pairs: Sequence[Comparison]) -> list[PromptGroup]:
+    """Pairs grouped by prompt (its id when set, else its text), in first-seen order."""
+    groups: dict[str, PromptGroup] = {}
+    index: dict[str, dict[str, int]] = {}
+    for p in pairs:
+        key = p.prompt_id if p.prompt_id is not None else p.prompt
+        group = groups.setdefault(key, PromptGroup(prompt=p.prompt, texts=[]))
+        where = index.setdefault(key, {})
+        for text in (p.chosen, p.rejected):
+            if text not in where:
+                where[text] = len(group.texts)
+                group.texts.append(text)
+        group.pairs.append((where[p.chosen], where[p.rejected], p.margin or 0.0))
+    return list(groups.values())
+
+
+def load_pairs(path: Path, source: str = "--data") -> list[Comparison]:
+    """Validated pairs of a comparisons or HH-RLHF file; errors name file and line."""
+    result = read_comparisons(path)
+    if result.skipped:
+        warnings.warn(
+            f"{path}: {len(result.skipped)} HH rows skipped, e.g. {result.skipped[0]}",
+            stacklevel=2,
+        )
+    if not result.comparisons:
+        raise SchemaError(f"{path}: {source} holds no pairs")
+    return result.comparisons
+
+
+def split_groups(
+    groups: list[PromptGroup], fraction: float, seed: int
+) -> tuple[list[PromptGroup], list[PromptGroup]]:
+    """(train, held out): a seeded `fraction` of the prompts, never split across."""
+    order = list(range(len(groups)))
+    random.Random(seed).shuffle(order)
+    n_eval = round(len(groups) * fraction)
+    held = set(order[:n_eval])
+    return (
+        [g for i, g in enumerate(groups) if i not in held],
+        [g for i, g in enumerate(groups) if i in held],
+    )
+
+
+def tokenize_groups(groups: list[PromptGroup], tokenizer, max_length: int) -> int:
+    """Tokenize every prompt + completion in place, cutting the start of the prompt
+    when too long so the completion's end, where the reward is read, stays.
+    Returns how many sequences were cut."""
+    texts = [join_text(g.prompt, t) for g in groups for t in g.texts]
+    full = tokenizer(texts, add_special_tokens=True)["input_ids"]
+    long = [i for i, ids in enumerate(full) if len(ids) > max_length]
+    if long:
+        side = tokenizer.truncation_side
+        tokenizer.truncation_side = "left"
+        cut = tokenizer([texts[i] for i in long], truncation=True, max_length=max_length)
+        tokenizer.truncation_side = side
+        for i, ids in zip(long, cut["input_ids"], strict=True):
+            full[i] = ids
+    it = iter(full)
+    for g in groups:
+        g.input_ids = [next(it) for _ in g.texts]
+    return len(long)
+
+
+@dataclass
+class RewardBatch:
+    """Several prompts' pairs, every distinct completion once."""
+
+    input_ids: torch.Tensor  # (N, L) prompt + completion tokens, right-padded
+    attention_mask: torch.Tensor  # (N, L) 1 on real tokens
+    chosen: torch.Tensor  # (P,) row in input_ids of each pair's chosen completion
+    rejected: torch.Tensor  # (P,) row of each pair's rejected completion
+    margin: torch.Tensor  # (P,) each pair's margin, 0.0 where it has none
+    group: torch.Tensor  # (P,) which of the batch's prompts each pair belongs to
+    n_groups: int
+
+    def to(self, device) -> RewardBatch:
+        return RewardBatch(
+            **{
+                k: v.to(device) if isinstance(v, torch.Tensor) else v
+                for k, v in self.__dict__.items()
+            }  # fmt: skip
+        )
+
+
+def pad_right(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> (input_ids, attention_mask), both (N, L), right-padded."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        attention_mask[i, : len(r)] = 1
+    return input_ids, attention_mask
+
+
+def collate(groups: Sequence[PromptGroup], pad_id: int) -> RewardBatch:
+    """One RewardBatch from tokenized groups."""
+    rows: list[list[int]] = []
+    chosen, rejected, margin, group = [], [], [], []
+    for g_index, g in enumerate(groups):
+        offset = len(rows)
+        rows.extend(g.input_ids)
+        for c, r, m in g.pairs:
+            chosen.append(offset + c)
+            rejected.append(offset + r)
+            margin.append(m)
+            group.append(g_index)
+    input_ids, attention_mask = pad_right(rows, pad_id)
+    return RewardBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        chosen=torch.tensor(chosen),
+        rejected=torch.tensor(rejected),
+        margin=torch.tensor(margin, dtype=torch.float32),
+        group=torch.tensor(group),
+        n_groups=len(groups),
+    )
+
+
+# --- loss and evaluation -------------------------------------------------------------
+
+
+def batch_loss(
+    rewards: torch.Tensor, batch: RewardBatch, *, use_margin: bool, center_coef: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-prompt mean of the pairwise loss, averaged over prompts; rewards (N,)."""
+    r_chosen, r_rejected = rewards[batch.chosen], rewards[batch.rejected]  # (P,)
+    per_pair = pairwise_loss(r_chosen, r_rejected, batch.margin if use_margin else None)
+    sums = torch.zeros(batch.n_groups, device=rewards.device).index_add(0, batch.group, per_pair)
+    counts = torch.bincount(batch.group, minlength=batch.n_groups).clamp(min=1)
+    loss = (sums / counts).mean()  # (G,) -> ()
+    if center_coef:
+        loss = loss + center_coef * centering_loss(rewards)
+    with torch.no_grad():
+        stats = {
+            "loss": loss.detach(),
+            "accuracy": (r_chosen > r_rejected).float().mean(),
+            "margin": (r_chosen - r_rejected).mean(),
+        }
+    return loss, stats
+
+
+@torch.no_grad()
+def evaluate_pairs(model, groups: Sequence[PromptGroup], *, batch_size: int, accelerator=None):
+    """Accuracy (share of pairs with r(chosen) > r(rejected)), mean margin, mean loss
+    and n over `groups`, sharded across processes and summed."""
+    rank = accelerator.process_index if accelerator else 0
+    world = accelerator.num_processes if accelerator else 1
+    device = accelerator.device if accelerator else torch.device("cpu")
+    mine = groups[rank::world]
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct, margin, loss, n
+    model.eval()
+    i = 0
+    while i < len(mine):
+        # Up to `batch_size` sequences per forward pass, whole groups at a time.
+        chunk, n_seq = [], 0
+        while i < len(mine) and (not chunk or n_seq + len(mine[i].texts) <= batch_size):
+            chunk.append(mine[i])
+            n_seq += len(mine[i].texts)
+            i += 1
+        batch = collate(chunk, pad_id=0).to(device)
+        rewards = model(batch.input_ids, batch.attention_mask).float()
+        diff = rewards[batch.chosen] - rewards[batch.rejected]
+        totals += torch.stack([
+            (diff > 0).sum(), diff.sum(), pairwise_loss(diff, torch.zeros_like(diff)).sum(),
+            torch.tensor(float(len(diff)), device=device),
+        ]).to(totals)  # fmt: skip
+    if accelerator is not None and world > 1:
+        totals = accelerator.reduce(totals, reduction="sum")
+    correct, margin, loss, n = totals.tolist()
+    n_int = int(n)
+    return {
+        "accuracy": correct / n if n else None,
+        "mean_margin": margin / n if n else None,
+        "loss": loss / n if n else None,
+        "n": n_int,
+    }
+
+
+@torch.no_grad()
+def normalization(model, groups: Sequence[PromptGroup], *, n: int, batch_size: int, device):
+    """(gain, bias) that map the raw rewards of up to `n` training completions to
+    mean 0 and std 1."""
+    rows = [ids for g in groups for ids in g.input_ids][:n]
+    model.eval()
+    rewards = []
+    for start in range(0, len(rows), batch_size):
+        input_ids, attention_mask = pad_right(rows[start : start + batch_size], pad_id=0)
+        rewards.append(model(input_ids.to(device), attention_mask.to(device)).float().cpu())
+    r = torch.cat(rewards)
+    std = r.std().item() if len(r) > 1 else 1.0
+    std = std if std > 1e-6 else 1.0
+    return 1.0 / std, -r.mean().item() / std
+
+
+# --- training ------------------------------------------------------------------------
+
+
+def _prepare_data(config: RewardConfig, tokenizer, log) -> tuple[list, list]:
+    """Read, validate, group, split and tokenize; every error before training starts."""
+    train = group_pairs(load_pairs(config.data))
+    if config.eval_data is not None:
+        held = group_pairs(load_pairs(config.eval_data, "--eval-data"))
+    else:
+        train, held = split_groups(train, config.eval_fraction, config.seed)
+    if not train:
+        raise SchemaError(f"{config.data}: no training prompts left after the held-out split")
+    cut = tokenize_groups(train, tokenizer, config.max_length)
+    cut += tokenize_groups(held, tokenizer, config.max_length)
+    if cut:
+        log(f"[yellow]{cut} sequences longer than {config.max_length} tokens lost the "
+            "start of their prompt[/yellow]")  # fmt: skip
+    return train, held
+
+
+def _schedule(config: RewardConfig, n_groups: int, world: int) -> tuple[int, int]:
+    """(batches per epoch, optimizer steps in all)."""
+    per_epoch = len(epoch_batches(n_groups, config.batch_size, seed=0, epoch=0, world=world))
+    steps = math.ceil(per_epoch * config.epochs / config.grad_accum)
+    if config.max_steps is not None:
+        steps = min(steps, config.max_steps)
+    return per_epoch, max(steps, 1)
+
+
+def train_reward_model(config: RewardConfig) -> dict:
+    """Train, evaluate, normalize and save a reward model in `config.out`.
+    Returns the final held-out metrics (also written to `out/eval.json`)."""
+    from rich.console import Console
+    from transformers import get_scheduler
+
+    from alignloop.loop import write_json
+    from alignloop.models import RewardModel
+
+    out = Path(config.out)
+    accelerator = make_accelerator(
+        mixed_precision=config.mixed_precision,
+        grad_accum=config.grad_accum,
+        report_to=config.report_to,
+        out=out,
+    )
+    main = accelerator.is_main_process
+    console = Console(stderr=True, quiet=not main)
+    torch.manual_seed(config.seed)
+    reward_model = RewardModel.from_pretrained(config.model)
+    train, held = _prepare_data(config, reward_model.tokenizer, console.print)
+    console.print(f"reward model: {config.model}; {len(train)} training prompts "
+                  f"({sum(len(g.pairs) for g in train)} pairs), {len(held)} held out")  # fmt: skip
+    reward_model.prepare_for_training(
+        lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        gradient_checkpointing=config.gradient_checkpointing,
+    )  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        [p for p in reward_model.parameters() if p.requires_grad],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
+    per_epoch, total_steps = _schedule(config, len(train), accelerator.num_processes)
+    scheduler = get_scheduler(
+        config.scheduler, optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps
+    )
+    model, optimizer, scheduler = accelerator.prepare(reward_model, optimizer, scheduler)
+    if config.report_to != "none":
+        accelerator.init_trackers(
+            "alignloop-rm", config={k: str(v) for k, v in vars(config).items()}
+        )
+
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = Checkpoints(out / "checkpoints", keep=config.keep_checkpoints)
+    log = MetricsLog(out / "metrics.jsonl", enabled=main)
+    state = {"step": 0, "epoch": 0, "batch": 0}
+    if config.resume and (latest := checkpoints.latest()) is not None:
+        state = checkpoints.load(accelerator, latest)
+        console.print(f"resumed from {latest} (step {state['step']})")
+    elif main and log.path.exists():
+        log.path.unlink()  # a fresh run starts a fresh log
+    log.truncate_after(state["step"])
+
+    pad_id = reward_model.tokenizer.pad_token_id
+    step, micro, started = state["step"], 0, time.perf_counter()
+    bar, task = progress(total_steps, "reward model", enabled=main)
+    bar.update(task, completed=step)
+    running: list[dict[str, float]] = []
+    with bar:
+        for epoch in range(state["epoch"], config.epochs):
+            batches = epoch_batches(
+                len(train), config.batch_size, seed=config.seed, epoch=epoch,
+                rank=accelerator.process_index, world=accelerator.num_processes,
+            )  # fmt: skip
+            start = state["batch"] if epoch == state["epoch"] else 0
+            for b_index, indices in iterate_from(batches, start):
+                if step >= total_steps:
+                    break
+                batch = collate([train[i] for i in indices], pad_id).to(accelerator.device)
+                model.train()
+                with accelerator.accumulate(model):
+                    rewards = model(batch.input_ids, batch.attention_mask).float()
+                    loss, stats = batch_loss(
+                        rewards, batch, use_margin=config.use_margin, center_coef=config.center_coef
+                    )
+                    if not torch.isfinite(loss):
+                        last = checkpoints.latest()
+                        raise TrainingError(
+                            f"the loss became {loss.item()} at step {step + 1}; stopped. "
+                            + (f"The last good checkpoint is {last}." if last else
+                               "No checkpoint was saved yet (see --save-every).")
+                        )  # fmt: skip
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and config.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                micro += 1
+                running.append({k: v.item() for k, v in stats.items()})
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                position = {"epoch": epoch, "batch": b_index + 1}
+                if b_index + 1 == len(batches):
+                    position = {"epoch": epoch + 1, "batch": 0}
+                if step % config.log_every == 0 or step == total_steps:
+                    record = _reduce(accelerator, running)
+                    running = []
+                    record.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0])
+                    log.write({"step": step, **{f"rm/{k}": v for k, v in record.items()
+                                                 if k != "step"}})  # fmt: skip
+                    if config.report_to != "none":
+                        accelerator.log({f"rm/{k}": v for k, v in record.items()}, step=step)
+                    bar.update(
+                        task, status=f"loss {record['loss']:.3f} acc {record['accuracy']:.3f}"
+                    )
+                if config.eval_every and step % config.eval_every == 0 and held:
+                    metrics = evaluate_pairs(model, held, batch_size=config.eval_batch_size,
+                                             accelerator=accelerator)  # fmt: skip
+                    log.write({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+                if config.save_every and step % config.save_every == 0:
+                    checkpoints.save(accelerator, step, position)
+                bar.update(task, completed=step)
+            if step >= total_steps:
+                break
+
+    final = (
+        evaluate_pairs(model, held, batch_size=config.eval_batch_size, accelerator=accelerator)
+        if held else {"accuracy": None, "mean_margin": None, "loss": None, "n": 0}
+    )  # fmt: skip
+    unwrapped = accelerator.unwrap_model(model)
+    gain, bias = normalization(
+        unwrapped, train, n=config.norm_samples, batch_size=config.eval_batch_size,
+        device=accelerator.device,
+    )  # fmt: skip
+    final.update(steps=step, seconds=round(time.perf_counter() - started, 2), gain=gain, bias=bias)
+    if main:
+        unwrapped.set_normalization(gain, bias)
+        unwrapped.save_pretrained(out)
+        write_json(out / "eval.json", final)
+        log.write({"step": step, **{f"eval/{k}": v for k, v in final.items()}})
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    console.print(
+        f"held-out accuracy {final['accuracy']}, mean margin {final['mean_margin']} "
+        f"on {final['n']} pairs; saved to {out}"
+    )
+    return final
+
+
+def _reduce(accelerator, running: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of the running statistics over the logging window and the processes."""
+    keys = running[0].keys()
+    local = torch.tensor([[sum(r[k] for r in running) / len(running) for k in keys]],
+                         device=accelerator.device)  # fmt: skip
+    mean = accelerator.reduce(local, reduction="mean") if accelerator.num_processes > 1 else local
+    return dict(zip(keys, mean[0].tolist(), strict=True))

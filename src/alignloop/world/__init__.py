@@ -1,0 +1,40 @@
+"""The built-in synthetic summarization world: the demo's stand-in for real data,
+a real model and real people, small enough to run the whole loop on a laptop CPU.
+
+    documents   short news documents with flawed reference summaries (`make_prompts`)
+    judge       the hidden gold judge (`gold_utility`) and the rude-word classifier
+    candidates  imperfect summaries from a stand-in policy (`candidate_summaries`)
+    labelers    simulated labelers who rank by the judge, noisily (`simulate_rankings`)
+    tokenizer   a word-level tokenizer of the closed vocabulary (`build_tokenizer`)
+
+Everything is deterministic given a seed. Importing this package does not import
+torch; `build_tokenizer` imports transformers when called.
+"""
+
+from alignloop.world.candidates import candidate_summaries
+from alignloop.world.documents import SEPARATOR, make_prompts
+from alignloop.world.judge import (
+    RUDE_WORDS,
+    gold_utility,
+    has_rude_word,
+    judge_prefers,
+    utility_breakdown,
+)
+from alignloop.world.labelers import SimulatedLabeler, default_labelers, simulate_rankings
+from alignloop.world.tokenizer import build_tokenizer, world_vocabulary
+
+__all__ = [
+    "RUDE_WORDS",
+    "SEPARATOR",
+    "SimulatedLabeler",
+    "build_tokenizer",
+    "candidate_summaries",
+    "default_labelers",
+    "gold_utility",
+    "has_rude_word",
+    "judge_prefers",
+    "make_prompts",
+    "simulate_rankings",
+    "utility_breakdown",
+    "world_vocabulary",
+]
