@@ -123,13 +123,30 @@ def write_json(path: str | Path, obj: object) -> None:
         f.write("\n")
 
 
+def _labeler_table(report: dict):
+    """Each labeler's agreement with the consensus of the others, as a rich table."""
+    from rich.table import Table
+
+    table = Table(title="agreement with the other labelers' consensus")
+    for column in ("labeler", "rankings", "pairs", "agreement"):
+        table.add_column(column, justify="left" if column == "labeler" else "right")
+    for name, row in report["labelers"].items():
+        agreement = row["agreement_with_consensus"]
+        shown = "-" if agreement is None else f"{agreement:.3f}"
+        table.add_row(name, str(row["rankings"]), str(row["pairs"]), shown)
+    return table
+
+
 def run_demo(config: DemoConfig) -> dict:
     """Run every stage that exists on the built-in world; returns the metrics that
     are also written to `metrics.json`."""
+    from transformers.utils import logging as hf_logging
+
     from alignloop.feedback import agreement_report, consensus, rankings_to_pairs
     from alignloop.io import read_records
     from alignloop.world import default_labelers, simulate_rankings
 
+    hf_logging.disable_progress_bar()  # the stages show their own progress
     cfg = config.sized()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,6 +174,7 @@ def run_demo(config: DemoConfig) -> dict:
         write_records(out / "rankings.jsonl", rankings)
         report = agreement_report(rankings)
         write_json(out / "agreement.json", report)
+        console.print(_labeler_table(report))
         s["summary"] = (
             f"{len(rankings)} rankings by {len(labelers)} labelers, {cfg.overlap} per prompt; "
             f"pairwise agreement {report['pairwise_agreement']:.3f}, "
