@@ -24,7 +24,16 @@ def test_help_lists_the_subcommands():
     out = subprocess.run(
         [sys.executable, "-m", "alignloop", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for command in ("demo", "data", "feedback", "world"):
+    for command in (
+        "demo",
+        "data",
+        "feedback",
+        "world",
+        "train-rm",
+        "train-ppo",
+        "eval-rm",
+        "score",
+    ):
         assert command in out
 
 

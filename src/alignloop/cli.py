@@ -109,6 +109,15 @@ def _train_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_ppo(args: argparse.Namespace) -> int:
+    from alignloop.config import config_from_args
+    from alignloop.train.ppo import train_ppo
+    from alignloop.train.ppo_config import PPOConfig
+
+    train_ppo(config_from_args(PPOConfig, args))
+    return 0
+
+
 def _eval_rm(args: argparse.Namespace) -> int:
     from alignloop.models import RewardModel
     from alignloop.train.reward import evaluate_pairs, group_pairs, load_pairs, tokenize_groups
@@ -225,10 +234,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a small run for tests (seconds)")
 
     from alignloop.config import add_config_arguments
+    from alignloop.train.ppo_config import PPOConfig
     from alignloop.train.reward_config import RewardConfig
 
     p = _command(sub, "train-rm", _train_rm, "Train a reward model on preference pairs.")
     add_config_arguments(p, RewardConfig)
+    p = _command(sub, "train-ppo", _train_ppo, "Tune a policy with PPO against a reward.")
+    add_config_arguments(p, PPOConfig)
     p = _command(sub, "eval-rm", _eval_rm, "Accuracy of a reward model on pairs, as JSON.")
     p.add_argument("--model", required=True, help="reward model directory")
     p.add_argument("--data", required=True, help="comparisons file or HH-RLHF file")

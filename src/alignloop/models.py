@@ -277,3 +277,106 @@ class RewardModel(nn.Module):
             self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
         )
         return save_pretrained(model, self.tokenizer, out_dir)
+
+
+# --- policy, reference and value models ------------------------------------------------
+
+
+def load_policy(
+    name_or_path: str | Path, *, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM to tune and its tokenizer (with a pad token); dropout off.
+
+    float32 by default: transformers 5 loads a checkpoint in its own dtype ("auto",
+    bf16 for most hub models), and small AdamW updates of bf16 weights round away."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    disable_dropout(model)
+    return model, tokenizer
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy that never trains: the reference policy of PPO's KL penalty."""
+    import copy
+
+    ref = copy.deepcopy(model)
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+class ValueModel(nn.Module):
+    """PPO's critic as a separate model: a decoder reward model's head read at every
+    token. Starting the critic from the reward model is what the TL;DR reproductions
+    do (Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO").
+
+    The reward model's normalization (gain, bias) is folded into the head, so the
+    first values are on the scale of the normalized rewards PPO sees."""
+
+    def __init__(self, reward_model: RewardModel):
+        super().__init__()
+        if not reward_model.reads_last_token:
+            raise ValueError(
+                "the critic can start only from a decoder reward model (one with a "
+                "per-token `score` head); use --critic policy-head or --value-model"
+            )
+        hf = reward_model.hf_model
+        gain, bias = reward_model.normalization
+        old = hf.score
+        head = nn.Linear(
+            old.in_features, 1, bias=True, dtype=old.weight.dtype, device=old.weight.device
+        )
+        with torch.no_grad():
+            head.weight.copy_(gain * old.weight)
+            old_bias = old.bias if old.bias is not None else torch.zeros(1)
+            head.bias.copy_(gain * old_bias.to(head.bias) + bias)
+        hf.score = head
+        reward_model.set_normalization(1.0, 0.0)
+        self.reward_model = reward_model
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, dtype=torch.float32) -> ValueModel:
+        """From a reward model directory, or from any decoder checkpoint (a new head)."""
+        return cls(RewardModel.from_pretrained(name_or_path, dtype=dtype))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Values at every position: (N, L) -> (N, L)."""
+        return self.reward_model.token_scores(input_ids, attention_mask)
+
+
+class PolicyWithValueHead(nn.Module):
+    """A causal LM with a linear value head on its last hidden state: one backbone
+    pass gives logits and values (the shared critic of lm-human-preferences). The
+    head starts at zero, so the first values are 0 rather than noise."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+        config = policy.config.get_text_config()
+        self.value_head = nn.Linear(config.hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        logits_to_keep: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits of the last `logits_to_keep` positions (N, K, V), values (N, L))."""
+        out = self.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            logits_to_keep=logits_to_keep,
+            output_hidden_states=True,
+        )
+        hidden = out.hidden_states[-1]  # (N, L, H), after the final norm
+        return out.logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+
+
+__all__ += ["PolicyWithValueHead", "ValueModel", "frozen_copy", "load_policy"]

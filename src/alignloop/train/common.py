@@ -43,11 +43,23 @@ def make_accelerator(
 ):
     """An `accelerate.Accelerator`; "auto" precision is bf16 where a GPU supports it."""
     from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
     if mixed_precision == "auto":
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         mixed_precision = "bf16" if bf16 else "no"
+    # accelerate joins CPU processes (gloo) only when told it runs on CPU: without
+    # `cpu=True`, `torchrun --nproc_per_node 2` on a machine without a GPU starts two
+    # independent single-process runs that overwrite each other's output.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cpu = world > 1 and not torch.cuda.is_available()
     return Accelerator(
+        cpu=cpu,
+        # The trainers shard their batches by hand (`epoch_batches`), one optimizer
+        # step per global batch. With accelerate's default (split_batches=False) a
+        # prepared scheduler steps `num_processes` times per optimizer step, so N
+        # processes would decay the learning rate N times too fast.
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=grad_accum,
         log_with=None if report_to == "none" else report_to,
@@ -110,14 +122,18 @@ class MetricsLog:
         self.enabled = enabled
 
     def truncate_after(self, step: int) -> None:
-        """Drop the lines logged after `step` (a resumed run logs them again)."""
+        """Drop the lines logged after `step` (a resumed run logs them again), and a
+        half-written last line left by a run killed while writing it."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [
-            line
-            for line in self.path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line)
         with atomic_write(self.path) as f:
             f.write("".join(line + "\n" for line in kept))
 

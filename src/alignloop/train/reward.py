@@ -266,8 +266,9 @@ def normalization(model, groups: Sequence[PromptGroup], *, n: int, batch_size: i
 # --- training ------------------------------------------------------------------------
 
 
-def _prepare_data(config: RewardConfig, tokenizer, log) -> tuple[list, list]:
-    """Read, validate, group, split and tokenize; every error before training starts."""
+def _read_data(config: RewardConfig) -> tuple[list, list]:
+    """Read, validate, group and split: every data error before the model is loaded
+    and before anything is written."""
     train = group_pairs(load_pairs(config.data))
     if config.eval_data is not None:
         held = group_pairs(load_pairs(config.eval_data, "--eval-data"))
@@ -275,12 +276,16 @@ def _prepare_data(config: RewardConfig, tokenizer, log) -> tuple[list, list]:
         train, held = split_groups(train, config.eval_fraction, config.seed)
     if not train:
         raise SchemaError(f"{config.data}: no training prompts left after the held-out split")
+    return train, held
+
+
+def _tokenize_data(config: RewardConfig, train: list, held: list, tokenizer, log) -> None:
+    """Tokenize in place, saying how many sequences lost the start of their prompt."""
     cut = tokenize_groups(train, tokenizer, config.max_length)
     cut += tokenize_groups(held, tokenizer, config.max_length)
     if cut:
         log(f"[yellow]{cut} sequences longer than {config.max_length} tokens lost the "
             "start of their prompt[/yellow]")  # fmt: skip
-    return train, held
 
 
 def _schedule(config: RewardConfig, n_groups: int, world: int) -> tuple[int, int]:
@@ -310,9 +315,10 @@ def train_reward_model(config: RewardConfig) -> dict:
     )
     main = accelerator.is_main_process
     console = Console(stderr=True, quiet=not main)
+    train, held = _read_data(config)
     torch.manual_seed(config.seed)
     reward_model = RewardModel.from_pretrained(config.model)
-    train, held = _prepare_data(config, reward_model.tokenizer, console.print)
+    _tokenize_data(config, train, held, reward_model.tokenizer, console.print)
     console.print(f"reward model: {config.model}; {len(train)} training prompts "
                   f"({sum(len(g.pairs) for g in train)} pairs), {len(held)} held out")  # fmt: skip
     reward_model.prepare_for_training(
@@ -388,7 +394,10 @@ def train_reward_model(config: RewardConfig) -> dict:
                 position = {"epoch": epoch, "batch": b_index + 1}
                 if b_index + 1 == len(batches):
                     position = {"epoch": epoch + 1, "batch": 0}
-                if step % config.log_every == 0 or step == total_steps:
+                saving = bool(config.save_every) and step % config.save_every == 0
+                # The running statistics are flushed at every checkpoint too, so a
+                # resumed run (which starts with an empty window) logs the same lines.
+                if step % config.log_every == 0 or step == total_steps or saving:
                     record = _reduce(accelerator, running)
                     running = []
                     record.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0])
@@ -403,7 +412,7 @@ def train_reward_model(config: RewardConfig) -> dict:
                     metrics = evaluate_pairs(model, held, batch_size=config.eval_batch_size,
                                              accelerator=accelerator)  # fmt: skip
                     log.write({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
-                if config.save_every and step % config.save_every == 0:
+                if saving:
                     checkpoints.save(accelerator, step, position)
                 bar.update(task, completed=step)
             if step >= total_steps:
@@ -418,7 +427,10 @@ def train_reward_model(config: RewardConfig) -> dict:
         unwrapped, train, n=config.norm_samples, batch_size=config.eval_batch_size,
         device=accelerator.device,
     )  # fmt: skip
-    final.update(steps=step, seconds=round(time.perf_counter() - started, 2), gain=gain, bias=bias)
+    final.update(
+        steps=step, seconds=round(time.perf_counter() - started, 2), gain=gain, bias=bias,
+        num_processes=accelerator.num_processes,
+    )  # fmt: skip
     if main:
         unwrapped.set_normalization(gain, bias)
         unwrapped.save_pretrained(out)

@@ -1,0 +1,245 @@
+"""Sampling completions from a causal LM: K samples per prompt, batched, KV-cached.
+
+Used by PPO's rollouts and by `alignloop generate`. The details that decide whether
+RL on the samples is sound:
+
+- prompts are left-padded (generation appends on the right) and positions are
+  counted over real tokens, so a padded prompt is continued exactly as an unpadded
+  one would be (transformers derives them from the attention mask; the trainer's
+  forward pass uses `position_ids_from_mask`, the same numbers);
+- the sampling distribution is softmax(logits / T) and nothing else: top_k=0,
+  top_p=1, and the model's own generation config (which may carry top_k=20 or a
+  repetition penalty from the hub) is set aside, so the log-probabilities PPO
+  computes are those of the tokens' true sampling distribution (Huang et al. 2024,
+  "The N+ Implementation Details of RLHF with PPO");
+- a response ends at its first EOS, which it keeps; whatever follows is padding,
+  masked out (`truncate_after_eos`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from alignloop.schema import Completion, Prompt
+
+__all__ = [
+    "Samples",
+    "generate_completions",
+    "pad_left",
+    "sample",
+    "sampling_config",
+    "stop_token_ids",
+    "tokenize_prompts",
+    "truncate_after_eos",
+]
+
+
+@dataclass
+class Samples:
+    """N = prompts * k sampled responses; the k rows of one prompt are adjacent."""
+
+    query_ids: torch.Tensor  # (N, Q) prompt tokens, left-padded
+    query_mask: torch.Tensor  # (N, Q) 1 on real prompt tokens
+    response_ids: torch.Tensor  # (N, R) sampled tokens up to the first EOS, then pad
+    response_mask: torch.Tensor  # (N, R) 1 on response tokens, the first EOS included
+    has_eos: torch.Tensor  # (N,) bool: the response ended with EOS within max_new_tokens
+    prompt_index: torch.Tensor  # (N,) index of the prompt each row continues
+    completions: list[str]  # N decoded responses, EOS and special tokens dropped
+
+
+def tokenize_prompts(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> tuple[list[list[int]], int]:
+    """Token ids of each prompt, cut from the left to at most `max_length` tokens
+    (the end of a prompt, next to where the response starts, matters most).
+    Returns (ids, how many prompts were cut)."""
+    rows = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    cut = sum(len(r) > max_length for r in rows)
+    return [r[-max_length:] for r in rows], cut
+
+
+def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> (input_ids, attention_mask), both (N, L), padded on the left."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if len(r):
+            input_ids[i, width - len(r) :] = torch.as_tensor(r, dtype=torch.long)
+            attention_mask[i, width - len(r) :] = 1
+    return input_ids, attention_mask
+
+
+def stop_token_ids(model, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokenizer's EOS and every EOS id of the model's generation config (Llama 3
+    and chat models have several)."""
+    ids = set() if tokenizer.eos_token_id is None else {tokenizer.eos_token_id}
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if eos is not None:
+        ids.update([eos] if isinstance(eos, int) else eos)
+    if not ids:
+        raise ValueError("the policy has no EOS token: its responses could never end")
+    return sorted(ids)
+
+
+def truncate_after_eos(
+    response_ids: torch.Tensor, stop_ids: Sequence[int], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cut each response after its first stop token (kept) and pad the rest.
+
+    response_ids: (N, R). Returns (response_ids (N, R), response_mask (N, R) long,
+    has_eos (N,) bool); a row without a stop token keeps all R tokens."""
+    R = response_ids.shape[1]
+    is_stop = torch.isin(response_ids, torch.as_tensor(stop_ids, device=response_ids.device))
+    has_eos = is_stop.any(dim=1)  # (N,)
+    first = torch.where(has_eos, is_stop.long().argmax(dim=1), R - 1)  # (N,) last kept index
+    positions = torch.arange(R, device=response_ids.device)  # (R,)
+    mask = (positions[None, :] <= first[:, None]).long()  # (N, R)
+    return response_ids.masked_fill(mask == 0, pad_id), mask, has_eos
+
+
+def sampling_config(
+    *, temperature: float, max_new_tokens: int, pad_id: int, stop_ids: Sequence[int]
+) -> GenerationConfig:
+    """Pure sampling at `temperature`: every other logits processor off."""
+    return GenerationConfig(
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        typical_p=1.0,
+        epsilon_cutoff=0.0,
+        eta_cutoff=0.0,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        min_new_tokens=0,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad_id,
+        eos_token_id=list(stop_ids),
+        use_cache=True,
+    )
+
+
+def _hf_model(model):
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@torch.inference_mode()
+def sample(
+    policy,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]] | Sequence[str],
+    *,
+    k: int = 1,
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    max_prompt_length: int | None = None,
+    stop_ids: Sequence[int] | None = None,
+) -> Samples:
+    """`k` sampled responses to each prompt (token ids, or texts tokenized here).
+
+    Texts longer than `max_prompt_length` tokens lose their start, with a warning."""
+    if not len(prompts):
+        raise ValueError("no prompts to sample from")
+    if isinstance(prompts[0], str):
+        limit = max_prompt_length or tokenizer.model_max_length
+        rows, cut = tokenize_prompts(tokenizer, prompts, limit)  # type: ignore[arg-type]
+        if cut:
+            warnings.warn(
+                f"{cut} prompts longer than {limit} tokens lost their start", stacklevel=2
+            )
+    else:
+        rows = [list(r) for r in prompts]  # type: ignore[arg-type]
+    if any(not r for r in rows):
+        raise ValueError("a prompt has no tokens")
+    pad_id = tokenizer.pad_token_id
+    stop_ids = list(stop_ids) if stop_ids is not None else stop_token_ids(policy, tokenizer)
+    device = next(policy.parameters()).device
+    query_ids, query_mask = pad_left(rows, pad_id)  # (P, Q)
+    prompt_index = torch.arange(len(rows)).repeat_interleave(k)  # (N,)
+    query_ids, query_mask = query_ids[prompt_index].to(device), query_mask[prompt_index].to(device)
+
+    config = sampling_config(
+        temperature=temperature, max_new_tokens=max_new_tokens, pad_id=pad_id, stop_ids=stop_ids
+    )
+    hf = _hf_model(policy)
+    # The model's own generation config fills every field ours leaves unset (its
+    # top_k, min_p, bad words...): a bare one is swapped in for the call.
+    saved, hf.generation_config = hf.generation_config, GenerationConfig()
+    try:
+        out = policy.generate(
+            input_ids=query_ids, attention_mask=query_mask, generation_config=config
+        )  # (N, Q + R)
+    finally:
+        hf.generation_config = saved
+    response_ids, response_mask, has_eos = truncate_after_eos(
+        out[:, query_ids.shape[1] :], stop_ids, pad_id
+    )
+    return Samples(
+        query_ids=query_ids,
+        query_mask=query_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        has_eos=has_eos,
+        prompt_index=prompt_index.to(device),
+        completions=decode_responses(tokenizer, response_ids, response_mask, has_eos),
+    )
+
+
+def decode_responses(
+    tokenizer: PreTrainedTokenizerBase,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    has_eos: torch.Tensor,
+) -> list[str]:
+    """The text of each response: its tokens before the EOS, special tokens dropped."""
+    lengths = (response_mask.sum(1) - has_eos.long()).tolist()  # (N,) without the EOS
+    rows = [ids[:n] for ids, n in zip(response_ids.tolist(), lengths, strict=True)]
+    return tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+
+def generate_completions(
+    policy,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    *,
+    k: int = 1,
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    max_prompt_length: int | None = None,
+    batch_size: int = 16,
+    policy_name: str | None = None,
+) -> list[Completion]:
+    """`k` completion records per prompt (ids "<prompt id>-<j>"), `batch_size`
+    prompts per `generate` call."""
+    records: list[Completion] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        samples = sample(
+            policy,
+            tokenizer,
+            [p.prompt for p in chunk],
+            k=k,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            max_prompt_length=max_prompt_length,
+        )
+        for row, text in enumerate(samples.completions):
+            prompt = chunk[int(samples.prompt_index[row])]
+            records.append(
+                Completion(
+                    id=f"{prompt.id}-{row % k}",
+                    prompt_id=prompt.id,
+                    completion=text,
+                    policy=policy_name,
+                )
+            )
+    return records

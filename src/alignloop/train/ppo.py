@@ -1,0 +1,941 @@
+"""PPO on a language model against a reward model and/or a Python reward function.
+
+One step, top to bottom (Ouyang et al. 2022; Stiennon et al. 2020; the details from
+Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO"):
+
+    samples = sample(policy, prompts, k)            # T-scaled sampling, cut at EOS
+    logprobs, values = forward(policy, critic)      # (B, T), logits / T, as sampled
+    ref_logprobs = forward(reference)               # frozen copy, or LoRA adapter off
+    scores = reward model + reward fn (B,)          # texts decoded, re-encoded for the RM
+    rewards = -beta * KL_t, + score at the last token  # compute_rewards
+    advantages, returns = gae(rewards, values)      # gamma 1, lambda 0.95, whitened
+    ppo_update: epochs x shuffled minibatches of clipped policy + value losses
+
+The loop around it (`train_ppo`) adds the KL controller, stopping rules, logging,
+checkpoints that resume bit-exactly on CPU, and multi-process runs via accelerate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import importlib.util
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from alignloop.config import ConfigError
+from alignloop.losses import (
+    entropy_from_logits,
+    gae,
+    kl_k1,
+    kl_k3,
+    logprobs_from_logits,
+    masked_var,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
+from alignloop.schema import SchemaError
+from alignloop.train.common import Checkpoints, MetricsLog, TrainingError, epoch_batches, progress
+from alignloop.train.ppo_config import PPOConfig
+
+__all__ = [
+    "AdaptiveKL",
+    "FixedKL",
+    "PPOConfig",
+    "Reference",
+    "Rollout",
+    "compute_rewards",
+    "load_reward_fn",
+    "main",
+    "make_rollout",
+    "ppo_update",
+    "train_ppo",
+]
+
+RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+TIME_KEYS = ("ppo/episodes_per_sec", "ppo/seconds")  # differ between identical runs
+
+
+# --- rollouts --------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """One batch of episodes with everything PPO needs. B episodes, Q prompt tokens,
+    T response tokens; responses right-padded after their first EOS."""
+
+    query_ids: torch.Tensor  # (B, Q) prompt tokens, left-padded
+    query_mask: torch.Tensor  # (B, Q) 1 on real prompt tokens
+    response_ids: torch.Tensor  # (B, T) response tokens, pad after the first EOS
+    response_mask: torch.Tensor  # (B, T) 1.0 on response tokens, the EOS included
+    logprobs: torch.Tensor  # (B, T) log pi_old(a_t | s_t) of the sampling policy, logits / T
+    ref_logprobs: torch.Tensor  # (B, T) log pi_ref(a_t | s_t), logits / T
+    values: torch.Tensor  # (B, T) V_old(s_t) of the critic before this update
+    entropy: torch.Tensor  # (B, T) entropy of pi_old at each position (a diagnostic)
+    scores: torch.Tensor  # (B,) score per response: reward model + reward fn, penalties
+    kl: torch.Tensor  # (B, T) per-token KL estimate to the reference, 0 on padding
+    rewards: torch.Tensor  # (B, T) -beta * kl_t, plus the score at the last token
+    advantages: torch.Tensor  # (B, T) GAE advantages (whitened when configured)
+    returns: torch.Tensor  # (B, T) GAE advantages + values: the critic's target
+    has_eos: torch.Tensor  # (B,) bool: the response ended with EOS
+    prompts: list[str]  # B prompt texts
+    completions: list[str]  # B decoded responses
+
+    def select(self, idx: torch.Tensor) -> Rollout:
+        """The episodes `idx`, trimmed to their own longest prompt and response (no
+        compute spent on columns that are padding in every row)."""
+        T = int(self.response_mask[idx].sum(1).max())
+        q0 = int((self.query_mask[idx].sum(0) > 0).long().argmax())  # first real column
+        picked = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, list):
+                picked[f.name] = [v[i] for i in idx.tolist()]
+            elif v.dim() == 2:
+                picked[f.name] = v[idx, q0:] if f.name.startswith("query") else v[idx, :T]
+            else:
+                picked[f.name] = v[idx]
+        return Rollout(**picked)
+
+
+class Reference:
+    """Log-probabilities under the frozen reference policy: a separate frozen copy,
+    or, with LoRA, the policy itself with its adapter switched off (no second copy
+    of the weights in memory)."""
+
+    def __init__(self, model, *, adapter_off: bool):
+        self.model = model
+        self.adapter_off = adapter_off
+
+    def logprobs(self, mb_query_ids, mb_query_mask, mb_response_ids, mb_response_mask, temp):
+        off = self.model.disable_adapter() if self.adapter_off else contextlib.nullcontext()
+        with off:
+            logits, _ = forward(
+                self.model,
+                None,
+                mb_query_ids,
+                mb_query_mask,
+                mb_response_ids,
+                mb_response_mask,
+                temp,
+                values=False,
+            )
+        return logprobs_from_logits(logits, mb_response_ids)  # (B, T)
+
+
+def forward(
+    policy,
+    critic,
+    query_ids,
+    query_mask,
+    response_ids,
+    response_mask,
+    temperature,
+    *,
+    values: bool = True,
+):
+    """(logits (B, T, V) / temperature predicting each response token, values (B, T)
+    of the state before it, or None). `critic` None with `values`: the policy
+    carries a value head (`PolicyWithValueHead`)."""
+    from alignloop.models import position_ids_from_mask
+
+    input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, Q + T)
+    attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)  # (B, Q + T)
+    position_ids = position_ids_from_mask(attention_mask)  # left padding: count real tokens
+    Q, T = query_ids.shape[1], response_ids.shape[1]
+    # The logits at positions Q-1 .. Q+T-2 predict the T response tokens: the model's
+    # head is applied to those T + 1 positions only, not to the whole prompt.
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "logits_to_keep": T + 1,
+    }
+    v = None
+    if values and critic is None:
+        logits, v = policy(**inputs)  # (B, T + 1, V), (B, Q + T)
+    else:
+        logits = policy(**inputs).logits  # (B, T + 1, V)
+        if values:
+            v = critic(input_ids, attention_mask)  # (B, Q + T)
+    # The same temperature as sampling, or the ratio compares different policies
+    # (Huang et al. 2024, "N+ implementation details": "dividing logits by temperature").
+    logits = logits[:, :-1].float() / temperature  # (B, T, V)
+    if v is not None:
+        v = v[:, Q - 1 : -1].float()  # (B, T) V(s_t), read at the token before a_t
+    return logits, v
+
+
+def compute_rewards(
+    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
+    """Per-token rewards (B, T): -beta * KL_t at every response token, plus the
+    episode's score (B,) at its last token (Ziegler et al. 2019, eq. 2)."""
+    from alignloop.models import last_token_index
+
+    rewards = -kl_coef * kl * mask  # (B, T)
+    last = last_token_index(mask)  # (B,) the EOS, or the last token without one
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards
+
+
+def kl_estimate(logprobs, ref_logprobs, mask, estimator: str) -> torch.Tensor:
+    """Per-token KL to the reference (B, T), 0 on padding."""
+    kl = kl_k3(logprobs, ref_logprobs) if estimator == "k3" else kl_k1(logprobs, ref_logprobs)
+    return kl * mask
+
+
+def finish_scores(raw: torch.Tensor, has_eos: torch.Tensor, config: PPOConfig) -> torch.Tensor:
+    """The no-EOS penalty (the score a response gets when it never ended: the TL;DR
+    reproductions' "EOS trick"), then optional clipping."""
+    scores = raw
+    if config.missing_eos_penalty is not None:
+        scores = torch.where(has_eos, scores, torch.full_like(scores, config.missing_eos_penalty))
+    if config.reward_clip is not None:
+        scores = scores.clamp(-config.reward_clip, config.reward_clip)
+    return scores
+
+
+def make_rollout(
+    policy,
+    critic,
+    reference: Reference,
+    tokenizer,
+    prompt_rows,
+    prompt_texts,
+    score_fn,
+    kl_coef: float,
+    config: PPOConfig,
+    autocast=contextlib.nullcontext,
+) -> tuple[Rollout, dict[str, torch.Tensor]]:
+    """Sample, score and evaluate one batch; returns the rollout and the raw score
+    parts {"reward_model": (B,), "reward_fn": (B,)} (checked for NaN by the caller)."""
+    from alignloop.generate import sample
+
+    generator = policy.policy if critic is None else policy  # the causal LM itself
+    for m in (policy, critic):
+        if m is not None:
+            m.eval()  # for generate's KV cache, which gradient checkpointing turns off
+    s = sample(
+        generator,
+        tokenizer,
+        prompt_rows,
+        k=config.samples_per_prompt,
+        temperature=config.temperature,
+        max_new_tokens=config.max_new_tokens,
+    )
+    T = int(s.response_mask.sum(1).max())
+    response_ids, mask = s.response_ids[:, :T], s.response_mask[:, :T].float()  # (B, T)
+    chunks = torch.arange(len(response_ids)).split(config.minibatch_size // config.grad_accum)
+    parts = []
+    with torch.inference_mode(), autocast():
+        for idx in chunks:
+            args = (s.query_ids[idx], s.query_mask[idx], response_ids[idx], mask[idx])
+            logits, values = forward(policy, critic, *args, config.temperature)
+            logprobs = logprobs_from_logits(logits, response_ids[idx])  # (b, T)
+            entropy = entropy_from_logits(logits)  # (b, T)
+            ref_logprobs = reference.logprobs(*args, config.temperature)  # (b, T)
+            parts.append((logprobs, ref_logprobs, values, entropy))
+    # Out of inference mode from here: these tensors take part in autograd later.
+    logprobs, ref_logprobs, values, entropy = (
+        torch.cat(p).clone() for p in zip(*parts, strict=True)
+    )
+    values, entropy = values * mask, entropy * mask
+
+    prompts = [prompt_texts[i] for i in s.prompt_index.tolist()]
+    raw = score_fn(prompts, s.completions)  # {"reward_model": (B,), "reward_fn": (B,)}
+    total = sum(raw.values())
+    scores = finish_scores(total.to(mask.device), s.has_eos, config)  # (B,)
+
+    kl = kl_estimate(logprobs, ref_logprobs, mask, config.kl_estimator)  # (B, T)
+    rewards = compute_rewards(scores, kl, mask, kl_coef)  # (B, T)
+    if config.whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False)
+    advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)  # (B, T) each
+    if config.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    rollout = Rollout(
+        query_ids=s.query_ids,
+        query_mask=s.query_mask,
+        response_ids=response_ids,
+        response_mask=mask,
+        logprobs=logprobs,
+        ref_logprobs=ref_logprobs,
+        values=values,
+        entropy=entropy,
+        scores=scores,
+        kl=kl,
+        rewards=rewards,
+        advantages=advantages,
+        returns=returns,
+        has_eos=s.has_eos,
+        prompts=prompts,
+        completions=s.completions,
+    )
+    return rollout, raw
+
+
+# --- the PPO update ----------------------------------------------------------------------
+
+
+def ppo_update(
+    accelerator,
+    policy,
+    critic,
+    optimizers,
+    rollout: Rollout,
+    config: PPOConfig,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """`ppo_epochs` passes over the rollout in shuffled minibatches of clipped policy
+    and value losses; each minibatch is one optimizer step, accumulated over
+    `grad_accum` micro-batches. Returns the mean diagnostics of this process."""
+    models = [m for m in (policy, critic) if m is not None]
+    for m in models:
+        m.train()
+    B = len(rollout.scores)
+    micro_size = config.minibatch_size // config.grad_accum
+    stats: dict[str, list[torch.Tensor]] = {}
+    for _ in range(config.ppo_epochs):
+        b_inds = torch.randperm(B, generator=generator)
+        for start in range(0, B, config.minibatch_size):
+            mb_micro = b_inds[start : start + config.minibatch_size].split(micro_size)
+            for i, mb_inds in enumerate(mb_micro):
+                mb = rollout.select(mb_inds)
+                # DDP all-reduces gradients on the last micro-batch only.
+                with _no_sync(accelerator, models, last=i == len(mb_micro) - 1):
+                    new_logits, new_values = forward(
+                        policy,
+                        critic,
+                        mb.query_ids,
+                        mb.query_mask,
+                        mb.response_ids,
+                        mb.response_mask,
+                        config.temperature,
+                    )
+                    new_logprobs = logprobs_from_logits(new_logits, mb.response_ids)  # (b, T)
+                    pg_loss, pg_stats = ppo_policy_loss(
+                        new_logprobs, mb.logprobs, mb.advantages, mb.response_mask, config.clip_eps
+                    )
+                    v_loss, vf_clipfrac = ppo_value_loss(
+                        new_values, mb.values, mb.returns, mb.response_mask, config.value_clip_eps
+                    )
+                    loss = pg_loss + config.vf_coef * v_loss
+                    _check_finite(accelerator, loss)
+                    accelerator.backward(loss / config.grad_accum)
+                for name, value in (
+                    ("pg_loss", pg_loss),
+                    ("v_loss", v_loss),
+                    ("approx_kl", pg_stats.approx_kl),
+                    ("clipfrac", pg_stats.clipfrac),
+                    ("vf_clipfrac", vf_clipfrac),
+                ):
+                    stats.setdefault(name, []).append(value.detach())
+            if config.max_grad_norm > 0:
+                for m in models:
+                    accelerator.clip_grad_norm_(m.parameters(), config.max_grad_norm)
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+    return {k: torch.stack(v).mean().item() for k, v in stats.items()}
+
+
+def _no_sync(accelerator, models, *, last: bool):
+    stack = contextlib.ExitStack()
+    if not last:
+        for m in models:
+            stack.enter_context(accelerator.no_sync(m))
+    return stack
+
+
+def _check_finite(accelerator, loss: torch.Tensor) -> None:
+    """Every process stops together on a NaN loss (one alone would hang the others)."""
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    if bad.item():
+        raise TrainingError(
+            f"the PPO loss became {loss.item()}; stopped (see the last "
+            "checkpoint). Try a lower --lr or --reward-clip."
+        )
+
+
+def explained_variance(values, returns, mask) -> float:
+    """1 - Var[R - V] / Var[R] over response tokens: 1 is a perfect critic, <= 0 one
+    no better than a constant."""
+    var_returns = masked_var(returns, mask)
+    return (1 - masked_var(returns - values, mask) / var_returns.clamp(min=1e-8)).item()
+
+
+# --- the KL coefficient ------------------------------------------------------------------
+
+
+class FixedKL:
+    """A constant beta."""
+
+    def __init__(self, kl_coef: float):
+        self.value = kl_coef
+
+    def update(self, kl: float, n_episodes: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = state["value"]
+
+
+class AdaptiveKL(FixedKL):
+    """beta follows a KL target (Ziegler et al. 2019, sec. 2.2):
+    e = clip(KL / target - 1, -0.2, 0.2);  beta <- beta * (1 + e * n / horizon),
+    with KL the mean per-response KL of the batch and n its number of episodes."""
+
+    def __init__(self, kl_coef: float, target: float, horizon: int):
+        super().__init__(kl_coef)
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, kl: float, n_episodes: int) -> None:
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_episodes / self.horizon
+
+
+# --- rewards from text ------------------------------------------------------------------
+
+
+def load_reward_fn(spec: str) -> RewardFn:
+    """'package.module:function' or 'path/to/file.py:function' -> the function."""
+    where, _, name = spec.rpartition(":")
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.exists():
+                raise ConfigError(f"--reward-fn {spec}: {path} does not exist")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+            module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            module = importlib.import_module(where)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"--reward-fn {spec}: cannot import {where}: {e}") from e
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ConfigError(f"--reward-fn {spec}: {where} has no function {name!r}")
+    return fn
+
+
+def make_score_fn(reward_model, reward_fn: RewardFn | None, config: PPOConfig):
+    """f(prompts, completions) -> {"reward_model": (B,), "reward_fn": (B,)} raw scores.
+    The reward model reads the decoded texts, re-encoded with its own tokenizer."""
+
+    def score(prompts: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
+        parts = {}
+        if reward_model is not None:
+            with torch.inference_mode():
+                parts["reward_model"] = torch.tensor(
+                    reward_model.score(
+                        prompts,
+                        completions,
+                        batch_size=config.reward_batch_size,
+                        max_length=config.reward_max_length,
+                    )
+                )
+        if reward_fn is not None:
+            values = reward_fn(list(prompts), list(completions))
+            try:
+                values = [float(v) for v in values]
+            except (TypeError, ValueError) as e:
+                raise TrainingError(
+                    f"--reward-fn {config.reward_fn} must return one float per completion: {e}"
+                ) from e
+            if len(values) != len(completions):
+                raise TrainingError(
+                    f"--reward-fn {config.reward_fn} returned {len(values)} "
+                    f"scores for {len(completions)} completions"
+                )
+            parts["reward_fn"] = config.reward_fn_coef * torch.tensor(values)
+        return parts
+
+    return score
+
+
+# --- building the run ----------------------------------------------------------------
+
+
+def load_prompt_texts(path: Path) -> list[str]:
+    from alignloop.io import read_records
+
+    prompts = read_records(path, "prompt")
+    if not prompts:
+        raise SchemaError(f"{path}: --prompts holds no prompts")
+    return [p.prompt for p in prompts]
+
+
+def _apply_lora(model, config: PPOConfig):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+    )
+    return get_peft_model(model, lora)
+
+
+def build_models(config: PPOConfig, console):
+    """(policy, critic or None, reference, reward model or None, tokenizer). The
+    policy is a `PolicyWithValueHead` when the critic is a head on it."""
+    from alignloop.models import (
+        PolicyWithValueHead,
+        RewardModel,
+        ValueModel,
+        disable_dropout,
+        frozen_copy,
+        load_policy,
+    )
+
+    policy, tokenizer = load_policy(config.policy)
+    if tokenizer.pad_token == tokenizer.eos_token:
+        console.print(
+            "[yellow]the policy's tokenizer has no pad token: EOS serves as pad "
+            "(responses are cut at their first EOS, so no text is lost)[/yellow]"
+        )
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(
+            f"{config.policy}: the tokenizer has no EOS token; responses could never end"
+        )
+    reward_model = None
+    if config.reward_model is not None:
+        reward_model = RewardModel.from_pretrained(config.reward_model)
+        reward_model.requires_grad_(False)
+        reward_model.eval()
+    if config.lora_r > 0:
+        policy = _apply_lora(policy, config)
+        reference = Reference(policy, adapter_off=True)
+    else:
+        reference = Reference(frozen_copy(policy), adapter_off=False)
+    if config.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+        if config.lora_r > 0:
+            policy.enable_input_require_grads()
+
+    critic = None
+    if config.critic == "policy-head":
+        policy = PolicyWithValueHead(policy)
+    else:
+        source = config.value_model or config.reward_model or config.policy
+        critic = ValueModel.from_pretrained(source)
+        rm = critic.reward_model
+        if rm.tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ConfigError(
+                f"the critic ({source}) and the policy have different "
+                "vocabularies, so the critic cannot read the policy's tokens: "
+                "use --critic policy-head or --value-model"
+            )
+        rm.prepare_for_training(
+            lora_r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            gradient_checkpointing=config.gradient_checkpointing,
+        )
+        disable_dropout(critic)
+    disable_dropout(policy)
+    return policy, critic, reference, reward_model, tokenizer
+
+
+def _optimizers(config: PPOConfig, policy, critic) -> list[torch.optim.Optimizer]:
+    """AdamW with eps 1e-5 (the TL;DR reproductions' value); the critic at --value-lr."""
+    value_lr = config.value_lr or config.lr
+    kw = {"weight_decay": config.weight_decay, "eps": 1e-5}
+    trainable = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731
+    if critic is None:
+        head = set(map(id, policy.value_head.parameters()))
+        groups = [
+            {"params": [p for p in trainable(policy) if id(p) not in head], "lr": config.lr},
+            {"params": list(policy.value_head.parameters()), "lr": value_lr},
+        ]
+        return [torch.optim.AdamW(groups, **kw)]
+    return [
+        torch.optim.AdamW(trainable(policy), lr=config.lr, **kw),
+        torch.optim.AdamW(trainable(critic), lr=value_lr, **kw),
+    ]
+
+
+def _prompt_rows(config: PPOConfig, policy, tokenizer, texts) -> list[list[int]]:
+    """Prompt token ids, cut from the left so prompt + response fit the context."""
+    from alignloop.generate import tokenize_prompts
+
+    limit = config.max_prompt_length
+    hf = policy.policy if hasattr(policy, "value_head") else policy
+    context = getattr(hf.config.get_text_config(), "max_position_embeddings", None)
+    if context is not None:
+        if context - config.max_new_tokens < 1:
+            raise ConfigError(
+                f"--max-new-tokens {config.max_new_tokens} leaves no room for "
+                f"a prompt in the policy's context of {context} tokens"
+            )
+        limit = min(limit, context - config.max_new_tokens)
+    rows, cut = tokenize_prompts(tokenizer, texts, limit)
+    if cut:
+        warnings.warn(
+            f"{config.prompts}: {cut} of {len(rows)} prompts are longer than {limit} "
+            "tokens and lost their start",
+            stacklevel=2,
+        )
+    return rows
+
+
+def _schedule(config: PPOConfig, n_prompts: int, world: int) -> tuple[int, int, str]:
+    """(full batches per pass over the prompts, total steps, what limits them)."""
+    per_step = config.batch_size * world
+    per_epoch = n_prompts // per_step
+    if per_epoch == 0:
+        raise ConfigError(
+            f"{n_prompts} prompts are fewer than one rollout needs "
+            f"(--batch-size {config.batch_size} x {world} processes)"
+        )
+    episodes = per_step * config.samples_per_prompt
+    limits = []
+    if config.max_steps is not None:
+        limits.append((config.max_steps, "max_steps"))
+    if config.max_episodes is not None:
+        limits.append((math.ceil(config.max_episodes / episodes), "max_episodes"))
+    if not limits:
+        limits.append((per_epoch, "one pass over the prompts"))
+    total, reason = min(limits)
+    return per_epoch, total, reason
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+
+def train_ppo(config: PPOConfig) -> dict:
+    """Tune `config.policy` with PPO; save it in `config.out` with metrics.jsonl,
+    samples.jsonl and final_metrics.json. Returns the final metrics."""
+    from rich.console import Console
+    from transformers import get_scheduler
+
+    from alignloop.loop import write_json
+    from alignloop.train.common import make_accelerator
+
+    out = Path(config.out)
+    accelerator = make_accelerator(
+        mixed_precision=config.mixed_precision, grad_accum=1, report_to=config.report_to, out=out
+    )
+    rank, world, main = (
+        accelerator.process_index,
+        accelerator.num_processes,
+        accelerator.is_main_process,
+    )
+    console = Console(stderr=True, quiet=not main, soft_wrap=True)
+    checkpoints = Checkpoints(out / "checkpoints", keep=config.keep_checkpoints)
+    if not config.resume and checkpoints.complete():
+        raise ConfigError(
+            f"{out} holds checkpoints of an earlier run: pass --resume to go "
+            "on from them, or choose another --out"
+        )
+
+    texts = load_prompt_texts(config.prompts)
+    reward_fn = load_reward_fn(config.reward_fn) if config.reward_fn else None
+    torch.manual_seed(config.seed)  # the same initial weights (LoRA, heads) everywhere
+    policy, critic, reference, reward_model, tokenizer = build_models(config, console)
+    if reward_model is not None:
+        reward_model.to(accelerator.device)
+    if not reference.adapter_off:
+        reference.model.to(accelerator.device)
+    rows = _prompt_rows(config, policy, tokenizer, texts)
+    per_epoch, total_steps, limit_reason = _schedule(config, len(rows), world)
+    optimizers = _optimizers(config, policy, critic)
+    schedulers = [
+        get_scheduler(
+            config.scheduler, opt, math.ceil(config.warmup_ratio * total_steps), total_steps
+        )
+        for opt in optimizers
+    ]
+    models = [policy] if critic is None else [policy, critic]
+    prepared = accelerator.prepare(*models, *optimizers)
+    policy, critic = prepared[0], (None if critic is None else prepared[1])
+    optimizers = list(prepared[len(models) :])
+    # Raw schedulers, stepped once per PPO step (accelerate's wrapper would step them
+    # once per process); saved with the checkpoints all the same.
+    accelerator.register_for_checkpointing(*schedulers)
+    # Rollouts need no DDP: generation and inference passes use the bare modules.
+    rollout_policy = accelerator.unwrap_model(policy)
+    rollout_critic = None if critic is None else accelerator.unwrap_model(critic)
+    kl_ctl = (
+        AdaptiveKL(config.kl_coef, config.kl_target, config.kl_horizon)
+        if config.kl_target is not None
+        else FixedKL(config.kl_coef)
+    )
+    score_fn = make_score_fn(reward_model, reward_fn, config)
+
+    log = MetricsLog(out / "metrics.jsonl", enabled=main)
+    samples_log = MetricsLog(out / "samples.jsonl", enabled=main)
+    # Each process its own sampling stream; restored from a checkpoint on resume.
+    torch.manual_seed(config.seed + rank)
+    state = {
+        "step": 0,
+        "epoch": 0,
+        "batch": 0,
+        "episodes": 0,
+        "kl": kl_ctl.state_dict(),
+        "reward_history": [],
+    }
+    if config.resume and (latest := checkpoints.latest()) is not None:
+        state = checkpoints.load(accelerator, latest)
+        kl_ctl.load_state_dict(state["kl"])
+        console.print(f"resumed from {latest} (step {state['step']})")
+    elif main:
+        out.mkdir(parents=True, exist_ok=True)
+        for f in (log.path, samples_log.path):
+            f.unlink(missing_ok=True)  # a fresh run starts fresh logs
+    log.truncate_after(state["step"])
+    samples_log.truncate_after(state["step"])
+    if config.report_to != "none":
+        accelerator.init_trackers(
+            "alignloop-ppo", config={k: str(v) for k, v in vars(config).items()}
+        )
+    console.print(
+        f"policy {config.policy}: {len(rows)} prompts, {total_steps} steps of "
+        f"{config.batch_size * config.samples_per_prompt * world} episodes on "
+        f"{world} process(es)"
+    )
+
+    def autocast():
+        return accelerator.autocast()
+
+    def save(step: int) -> Path:
+        keep = {k: state[k] for k in ("epoch", "batch", "episodes", "reward_history")}
+        return checkpoints.save(accelerator, step, {**keep, "kl": kl_ctl.state_dict()})
+
+    step, stop_reason, record = state["step"], None, {}
+    started = time.perf_counter()
+    bar, task = progress(total_steps, "ppo", enabled=main)
+    bar.update(task, completed=step)
+    with bar:
+        while stop_reason is None:
+            if step >= total_steps:
+                stop_reason = limit_reason
+                break
+            t0 = time.perf_counter()
+            batches = epoch_batches(
+                len(rows),
+                config.batch_size,
+                seed=config.seed,
+                epoch=state["epoch"],
+                rank=rank,
+                world=world,
+            )[:per_epoch]
+            indices = batches[state["batch"]]
+            rollout, raw = make_rollout(
+                rollout_policy,
+                rollout_critic,
+                reference,
+                tokenizer,
+                [rows[i] for i in indices],
+                [texts[i] for i in indices],
+                score_fn,
+                kl_ctl.value,
+                config,
+                autocast,
+            )
+            _check_scores(accelerator, raw, config, checkpoints, step, save)
+            stats = _rollout_stats(accelerator, rollout, kl_ctl.value)
+            if config.kl_budget is not None and stats["kl"] > config.kl_budget:
+                stop_reason = f"kl_budget: KL {stats['kl']:.4g} > {config.kl_budget}"
+                break
+
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 101 + rank)
+            update = ppo_update(accelerator, policy, critic, optimizers, rollout, config, generator)
+            for s in schedulers:
+                s.step()
+            update = _reduce_mean(accelerator, update)
+            episodes = len(rollout.scores) * world
+            kl_ctl.update(stats["kl"], episodes)
+
+            step += 1
+            state["episodes"] += episodes
+            state["batch"] += 1
+            if state["batch"] == per_epoch:
+                state["epoch"], state["batch"] = state["epoch"] + 1, 0
+            history = (state["reward_history"] + [stats["reward_mean"]])[-config.reward_window :]
+            state["reward_history"] = history
+            record = {f"ppo/{k}": v for k, v in {**stats, **update}.items()}
+            record.update(
+                {
+                    "ppo/beta": kl_ctl.value,
+                    "ppo/lr": schedulers[0].get_last_lr()[0],
+                    "ppo/episodes": state["episodes"],
+                    "ppo/episodes_per_sec": episodes / (time.perf_counter() - t0),
+                }
+            )
+            log.write({"step": step, **record})
+            if config.report_to != "none":
+                accelerator.log(record, step=step)
+            if config.sample_every and step % config.sample_every == 0:
+                _show_samples(console, samples_log, rollout, step, config.samples_shown)
+            if config.save_every and step % config.save_every == 0:
+                save(step)
+            bar.update(
+                task,
+                completed=step,
+                status=f"reward {stats['reward_mean']:.3f} kl {stats['kl']:.3f}",
+            )
+            if config.reward_target is not None and len(history) == config.reward_window:
+                mean = sum(history) / len(history)
+                if mean >= config.reward_target:
+                    stop_reason = f"reward_target: mean reward {mean:.4g} >= {config.reward_target}"
+
+    if not record:  # resumed from a checkpoint of the last step: its metrics are logged
+        logged = [r for r in log.read() if "ppo/reward_mean" in r and r["step"] <= step]
+        record = {k: v for k, v in (logged[-1] if logged else {}).items() if k != "step"}
+    final = {
+        "steps": step,
+        "episodes": state["episodes"],
+        "stop_reason": stop_reason,
+        "num_processes": world,
+        **record,
+        "ppo/seconds": round(time.perf_counter() - started, 2),
+    }
+    _save_policy(accelerator, policy, critic is None, tokenizer, config, out)
+    if main:
+        log.write({"step": step, "stop_reason": stop_reason})
+        write_json(out / "final_metrics.json", final)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    console.print(f"stopped after {step} steps ({stop_reason}); policy saved to {out}")
+    return final
+
+
+def _check_scores(accelerator, raw, config, checkpoints, step, save) -> None:
+    """A NaN score stops every process together, after saving the last good state."""
+    names = sorted(raw)
+    bad = torch.tensor([float(torch.isnan(raw[n]).any()) for n in names])
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad.to(accelerator.device), reduction="sum").cpu()
+    culprits = [n for n, b in zip(names, bad.tolist(), strict=True) if b]
+    if not culprits:
+        return
+    where = {
+        "reward_model": f"the reward model {config.reward_model}",
+        "reward_fn": f"--reward-fn {config.reward_fn}",
+    }
+    latest = checkpoints.latest()
+    if latest is None or not latest.name.endswith(f"{step:08d}"):
+        latest = save(step)
+    raise TrainingError(
+        f"{' and '.join(where[c] for c in culprits)} returned NaN at step {step + 1}; stopped. "
+        f"The state before this step is saved in {latest} (fix the reward, then --resume)."
+    )
+
+
+def _rollout_stats(accelerator, r: Rollout, beta: float) -> dict[str, float]:
+    """Episode statistics over every process's rollout (beta: the rollout's KL coef)."""
+    mask = r.response_mask
+    kl_sum = r.kl.sum(1)  # (B,)
+    per_episode = torch.stack(
+        [
+            r.scores,
+            kl_sum,
+            mask.sum(1),
+            (~r.has_eos).float(),
+            r.entropy.sum(1),
+            (r.values * mask).sum(1),
+        ],
+        dim=1,
+    )  # (B, 6)
+    if accelerator.num_processes > 1:
+        per_episode = accelerator.gather(per_episode.to(accelerator.device)).cpu()
+    scores, kl, lengths, no_eos, entropy, values = per_episode.unbind(1)
+    local_ev = torch.tensor([explained_variance(r.values, r.returns, mask)])
+    ev = _reduce_mean(accelerator, {"ev": local_ev.item()})["ev"]
+    return {
+        "reward_mean": scores.mean().item(),
+        "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
+        "kl": kl.mean().item(),
+        "rlhf_reward": (scores - beta * kl).mean().item(),
+        "entropy": (entropy.sum() / lengths.sum()).item(),
+        "response_length": lengths.mean().item(),
+        "no_eos_frac": no_eos.mean().item(),
+        "value_mean": (values.sum() / lengths.sum()).item(),
+        "explained_variance": ev,
+    }
+
+
+def _reduce_mean(accelerator, stats: dict[str, float]) -> dict[str, float]:
+    if accelerator.num_processes == 1 or not stats:
+        return stats
+    keys = sorted(stats)
+    local = torch.tensor([[stats[k] for k in keys]], device=accelerator.device)
+    mean = accelerator.reduce(local, reduction="mean")[0].tolist()
+    return dict(zip(keys, mean, strict=True))
+
+
+def _show_samples(console, samples_log, rollout: Rollout, step: int, n: int) -> None:
+    for prompt, completion, score in list(
+        zip(rollout.prompts, rollout.completions, rollout.scores.tolist(), strict=True)
+    )[:n]:
+        samples_log.write(
+            {"step": step, "prompt": prompt, "completion": completion, "score": score}
+        )
+        console.print(
+            f"[dim]step {step}[/dim] ...{prompt[-60:]!r} -> [bold]{completion!r}[/bold] "
+            f"(score {score:.3f})"
+        )
+
+
+def _save_policy(accelerator, policy, has_value_head, tokenizer, config, out: Path) -> None:
+    """The tuned policy as an ordinary HF directory (LoRA merged), or the adapter."""
+    from alignloop.models import save_pretrained
+
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    model = accelerator.unwrap_model(policy)
+    model = model.policy if has_value_head else model
+    if config.lora_r > 0 and not config.save_adapter:
+        model = model.merge_and_unload()
+    save_pretrained(model, tokenizer, out)
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    from alignloop.config import add_config_arguments
+
+    parser = parser or argparse.ArgumentParser(
+        prog="alignloop train-ppo", description="Tune a policy with PPO against a reward."
+    )
+    add_config_arguments(parser, PPOConfig)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from alignloop.config import config_from_args
+
+    args = make_parser().parse_args(argv)
+    try:
+        train_ppo(config_from_args(PPOConfig, args))
+    except (ConfigError, SchemaError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

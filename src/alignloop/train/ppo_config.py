@@ -1,0 +1,151 @@
+"""Options of `alignloop train-ppo`: each field's help text is its `--help`.
+
+Defaults follow the TL;DR reproductions (Huang et al. 2024, "The N+ Implementation
+Details of RLHF with PPO"; Stiennon et al. 2020): temperature 0.7, 53 new tokens, a
+-1 score for responses without EOS, beta 0.05, gamma 1, lambda 0.95, 4 PPO epochs,
+clip 0.2, the critic started from the reward model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from alignloop.config import REQUIRED, ConfigError, option
+
+
+@dataclass
+class PPOConfig:
+    # inputs and outputs
+    policy: str = option(REQUIRED, "policy to tune: a local path or a hub id (a causal LM)")
+    prompts: Path = option(REQUIRED, "prompts file (.jsonl or .parquet, the schema's prompts)")
+    out: Path = option(REQUIRED, "output directory: the tuned policy, metrics.jsonl, checkpoints/")
+    reward_model: str | None = option(None, "reward model directory (from train-rm)")
+    reward_fn: str | None = option(
+        None,
+        "a Python reward, 'module:function' or 'file.py:function': f(prompts, "
+        "completions) -> one float each; added to the reward model's score if both are given",
+    )
+    reward_fn_coef: float = option(1.0, "weight of --reward-fn in the score")
+    # sampling
+    samples_per_prompt: int = option(1, "responses sampled per prompt in a rollout (K)")
+    temperature: float = option(0.7, "sampling temperature; the training pass uses it too")
+    max_new_tokens: int = option(53, "longest response in tokens")
+    max_prompt_length: int = option(512, "longer prompts lose their start (with a warning)")
+    missing_eos_penalty: float | None = option(
+        -1.0, "score given to a response that does not end with EOS (none: keep its score)"
+    )
+    reward_max_length: int = option(1024, "tokens of prompt + response the reward model reads")
+    reward_batch_size: int = option(32, "sequences per reward-model forward pass")
+    # reward shaping
+    kl_coef: float = option(0.05, "beta of the per-token KL penalty (the start value if adaptive)")
+    kl_estimator: Literal["k1", "k3"] = option("k1", "per-token KL estimator of the penalty")
+    kl_target: float | None = option(
+        None, "adaptive beta (Ziegler et al. 2019): the KL per response to aim for"
+    )
+    kl_horizon: int = option(10000, "adaptive beta: the horizon in episodes")
+    reward_clip: float | None = option(None, "clip scores to [-c, c] (none: no clipping)")
+    whiten_rewards: bool = option(False, "whiten the per-token rewards of each batch")
+    # PPO
+    batch_size: int = option(16, "prompts per rollout on each process")
+    minibatch_size: int = option(8, "responses per optimizer step on each process")
+    grad_accum: int = option(1, "micro-batches each minibatch is split into")
+    ppo_epochs: int = option(4, "passes over each rollout")
+    gamma: float = option(1.0, "discount of GAE")
+    lam: float = option(0.95, "lambda of GAE")
+    clip_eps: float = option(0.2, "PPO's clip range of the probability ratio")
+    value_clip_eps: float = option(0.2, "clip range of the value update")
+    vf_coef: float = option(0.1, "weight of the value loss")
+    whiten_advantages: bool = option(True, "whiten advantages over each batch (response tokens)")
+    lr: float = option(3e-6, "policy learning rate (AdamW)")
+    value_lr: float | None = option(None, "critic learning rate (default: --lr)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    scheduler: Literal["linear", "cosine", "constant"] = option("linear", "learning-rate decay")
+    warmup_ratio: float = option(0.0, "share of the steps with a linear warm-up")
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0 disables)")
+    # critic and reference
+    critic: Literal["separate", "policy-head"] = option(
+        "separate", "separate: a value model of its own; policy-head: a value head on the policy"
+    )
+    value_model: str | None = option(
+        None, "start of a separate critic (default: --reward-model, else the policy + new head)"
+    )
+    lora_r: int = option(
+        0,
+        "LoRA rank; 0 trains every weight. With LoRA the reference is "
+        "the policy with its adapter off (no second copy)",
+    )
+    lora_alpha: int = option(16, "LoRA alpha")
+    save_adapter: bool = option(False, "with LoRA, save only the adapter (default: merged model)")
+    gradient_checkpointing: bool = option(False, "recompute activations to save memory")
+    # stopping
+    max_steps: int | None = option(None, "stop after this many PPO steps (rollout + update)")
+    max_episodes: int | None = option(
+        None,
+        "stop after this many responses in all (default with no --max-steps: one pass "
+        "over the prompts)",
+    )
+    reward_target: float | None = option(
+        None, "stop once the mean score of the last --reward-window steps reaches this"
+    )
+    reward_window: int = option(10, "steps averaged for --reward-target")
+    kl_budget: float | None = option(None, "stop when the mean KL per response exceeds this")
+    # logging and checkpoints
+    seed: int = option(0, "seed of the data order and the sampling (process i uses seed + i)")
+    sample_every: int = option(10, "show and log a few sample completions every N steps (0: never)")
+    samples_shown: int = option(3, "sample completions shown each time")
+    save_every: int = option(50, "checkpoint every N steps (0: never)")
+    keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
+    resume: bool = option(False, "resume from the newest checkpoint in --out")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option(
+        "auto", "auto: bf16 where the GPU has it, else fp32"
+    )
+    report_to: Literal["none", "tensorboard", "wandb"] = option("none", "metrics backend")
+
+    def __post_init__(self) -> None:
+        positive = (
+            "samples_per_prompt",
+            "max_new_tokens",
+            "max_prompt_length",
+            "batch_size",
+            "minibatch_size",
+            "grad_accum",
+            "ppo_epochs",
+            "reward_window",
+            "reward_max_length",
+            "reward_batch_size",
+            "kl_horizon",
+        )
+        for name in positive:
+            if isinstance(getattr(self, name), int) and getattr(self, name) < 1:
+                raise ConfigError(f"{_flag(name)} must be at least 1")
+        for name in ("max_steps", "max_episodes"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{_flag(name)} must be at least 1")
+        if self.reward_model is None and self.reward_fn is None:
+            raise ConfigError("give --reward-model, --reward-fn or both")
+        if self.reward_fn is not None and ":" not in self.reward_fn:
+            raise ConfigError(f"--reward-fn {self.reward_fn!r}: expected 'module:function'")
+        episodes = self.batch_size * self.samples_per_prompt
+        if episodes % self.minibatch_size:
+            raise ConfigError(
+                f"--minibatch-size {self.minibatch_size} must divide the rollout's "
+                f"{episodes} responses (--batch-size x --samples-per-prompt)"
+            )
+        if self.minibatch_size % self.grad_accum:
+            raise ConfigError("--grad-accum must divide --minibatch-size")
+        if self.temperature <= 0:
+            raise ConfigError("--temperature must be positive (PPO needs sampling)")
+        if self.lr <= 0 or (self.value_lr is not None and self.value_lr <= 0):
+            raise ConfigError("learning rates must be positive")
+        if self.kl_target is not None and self.kl_target <= 0:
+            raise ConfigError("--kl-target must be positive")
+        if self.kl_coef < 0:
+            raise ConfigError("--kl-coef must not be negative")
+        if not 0.0 <= self.lam <= 1.0 or not 0.0 <= self.gamma <= 1.0:
+            raise ConfigError("--gamma and --lam must be in [0, 1]")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")

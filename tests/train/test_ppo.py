@@ -1,0 +1,314 @@
+"""PPO's pieces: per-token rewards, the no-EOS penalty and the KL controller by hand;
+one rollout and one update on a tiny local policy; bad input with clear messages."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignloop.config import ConfigError
+from alignloop.io import write_records
+from alignloop.schema import SchemaError
+from alignloop.train import TrainingError
+from alignloop.train.ppo import (
+    AdaptiveKL,
+    FixedKL,
+    PPOConfig,
+    Rollout,
+    _optimizers,
+    _prompt_rows,
+    build_models,
+    compute_rewards,
+    finish_scores,
+    forward,
+    kl_estimate,
+    load_reward_fn,
+    make_rollout,
+    make_score_fn,
+    ppo_update,
+    train_ppo,
+)
+
+TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "max_position_embeddings": 128}
+REWARDS = """
+TARGET = {"the", ",", ".", "a"}
+
+def count_target(prompts, completions):
+    return [sum(w in TARGET for w in c.split()) for c in completions]
+
+def nan_reward(prompts, completions):
+    return [float("nan")] * len(completions)
+"""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """A tiny random policy, 32 world prompts and a reward-function file."""
+    from alignloop.models import build_tiny_causal_lm, save_pretrained
+    from alignloop.world import build_tokenizer, make_prompts
+
+    root = tmp_path_factory.mktemp("ppo-world")
+    tokenizer = build_tokenizer()
+    save_pretrained(build_tiny_causal_lm(tokenizer, seed=0, **TINY), tokenizer, root / "policy")
+    write_records(root / "prompts.jsonl", make_prompts(32, seed=0))
+    (root / "rewards.py").write_text(REWARDS)
+    return {
+        "policy": root / "policy",
+        "prompts": root / "prompts.jsonl",
+        "fn": f"{root / 'rewards.py'}:count_target",
+        "nan_fn": f"{root / 'rewards.py'}:nan_reward",
+    }
+
+
+def make_config(world, out: Path, **overrides) -> PPOConfig:
+    options = {
+        "policy": str(world["policy"]),
+        "prompts": world["prompts"],
+        "out": out,
+        "reward_fn": world["fn"],
+        "max_new_tokens": 6,
+        "batch_size": 8,
+        "minibatch_size": 4,
+        "ppo_epochs": 1,
+        "lr": 1e-3,
+        "max_steps": 1,
+        "save_every": 0,
+        "sample_every": 0,
+        "mixed_precision": "no",
+    }
+    return PPOConfig(**{**options, **overrides})
+
+
+# --- by hand ---------------------------------------------------------------------------
+
+
+def test_compute_rewards_score_at_last_token_kl_penalty_elsewhere():
+    scores = torch.tensor([1.0, 2.0])
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 9.9]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    rewards = compute_rewards(scores, kl, mask, kl_coef=0.1)
+    expected = torch.tensor([[-0.01, -0.02, -0.03 + 1.0], [-0.04, -0.05 + 2.0, 0.0]])
+    torch.testing.assert_close(rewards, expected)
+
+
+def test_kl_estimates_are_masked():
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5]])
+    ref = torch.tensor([[-1.5, -1.0, -3.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    torch.testing.assert_close(
+        kl_estimate(logprobs, ref, mask, "k1"), torch.tensor([[0.5, -1.0, 0.0]])
+    )
+    # k3 = (r - 1) - log r with log r = ref - logprobs
+    k3 = [math.expm1(-0.5) + 0.5, math.expm1(1.0) - 1.0, 0.0]
+    torch.testing.assert_close(kl_estimate(logprobs, ref, mask, "k3"), torch.tensor([k3]))
+
+
+def test_no_eos_penalty_replaces_the_score_then_clipping(tmp_path, world):
+    raw = torch.tensor([3.0, -0.5, 0.2])
+    has_eos = torch.tensor([True, False, True])
+    config = make_config(world, tmp_path, missing_eos_penalty=-1.0)
+    assert finish_scores(raw, has_eos, config).tolist() == [3.0, -1.0, pytest.approx(0.2)]
+    config = make_config(world, tmp_path, missing_eos_penalty=-1.0, reward_clip=2.0)
+    assert finish_scores(raw, has_eos, config).tolist() == [2.0, -1.0, pytest.approx(0.2)]
+    config = make_config(world, tmp_path, missing_eos_penalty=None)
+    assert finish_scores(raw, has_eos, config).tolist() == [3.0, -0.5, pytest.approx(0.2)]
+
+
+def test_adaptive_kl_controller_by_hand():
+    ctl = AdaptiveKL(0.1, target=6.0, horizon=10000)
+    ctl.update(9.0, n_episodes=256)  # error 9/6 - 1 = 0.5, clipped to 0.2
+    assert ctl.value == pytest.approx(0.1 * (1 + 0.2 * 256 / 10000))
+    ctl.load_state_dict({"value": 0.1})
+    ctl.update(6.6, n_episodes=100)  # error 0.1
+    assert ctl.value == pytest.approx(0.1 * (1 + 0.1 * 100 / 10000))
+    ctl.load_state_dict({"value": 0.1})
+    ctl.update(0.0, n_episodes=1000)  # error -1, clipped to -0.2
+    assert ctl.value == pytest.approx(0.1 * (1 - 0.2 * 1000 / 10000))
+    fixed = FixedKL(0.05)
+    fixed.update(100.0, 1000)
+    assert fixed.value == 0.05 and fixed.state_dict() == {"value": 0.05}
+
+
+def test_rollout_select_trims_padding_columns():
+    B, Q, T = 3, 4, 5
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]]).float()
+    query_mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1]])
+    zeros = torch.zeros(B, T)
+    r = Rollout(
+        query_ids=torch.arange(B * Q).view(B, Q),
+        query_mask=query_mask,
+        response_ids=torch.arange(B * T).view(B, T),
+        response_mask=mask,
+        logprobs=zeros,
+        ref_logprobs=zeros,
+        values=zeros,
+        entropy=zeros,
+        scores=torch.tensor([1.0, 2.0, 3.0]),
+        kl=zeros,
+        rewards=zeros,
+        advantages=zeros,
+        returns=zeros,
+        has_eos=torch.tensor([True, True, False]),
+        prompts=["a", "b", "c"],
+        completions=["x", "y", "z"],
+    )
+    mb = r.select(torch.tensor([2, 1]))
+    assert mb.query_ids.tolist() == [[10, 11], [6, 7]]  # leading all-pad columns dropped
+    assert mb.response_ids.tolist() == [[10, 11], [5, 6]]  # longest response is 2
+    assert mb.scores.tolist() == [3.0, 2.0] and mb.prompts == ["c", "b"]
+    assert mb.logprobs.shape == (2, 2)
+
+
+# --- one rollout, one update -----------------------------------------------------------
+
+
+def _pieces(config: PPOConfig):
+    from rich.console import Console
+
+    from alignloop.io import read_records
+
+    torch.manual_seed(0)
+    policy, critic, reference, reward_model, tokenizer = build_models(config, Console(quiet=True))
+    texts = [p.prompt for p in read_records(config.prompts, "prompt")][: config.batch_size]
+    rows = _prompt_rows(config, policy, tokenizer, texts)
+    score_fn = make_score_fn(reward_model, load_reward_fn(config.reward_fn), config)
+    return policy, critic, reference, tokenizer, rows, texts, score_fn
+
+
+@pytest.mark.parametrize("variant", ["separate", "policy-head", "lora"])
+def test_first_rollout_has_zero_kl_and_an_update_changes_the_parameters(tmp_path, world, variant):
+    from alignloop.train.common import make_accelerator
+
+    extra = {"critic": "policy-head"} if variant == "policy-head" else {}
+    if variant == "lora":
+        extra = {"lora_r": 4}
+    config = make_config(world, tmp_path, **extra)
+    policy, critic, reference, tokenizer, rows, texts, score_fn = _pieces(config)
+    rollout, raw = make_rollout(
+        policy, critic, reference, tokenizer, rows, texts, score_fn, 0.05, config
+    )
+    assert torch.equal(rollout.kl, torch.zeros_like(rollout.kl))  # exactly: policy == ref
+    assert torch.equal(rollout.logprobs, rollout.ref_logprobs)
+    assert rollout.logprobs.shape == rollout.response_mask.shape == rollout.values.shape
+    assert (rollout.logprobs * rollout.response_mask <= 0).all()
+    assert (
+        rollout.scores.tolist() == finish_scores(raw["reward_fn"], rollout.has_eos, config).tolist()
+    )
+
+    models = [m for m in (policy, critic) if m is not None]
+    before = {
+        (i, n): p.detach().clone() for i, m in enumerate(models) for n, p in m.named_parameters()
+    }
+    accelerator = make_accelerator(mixed_precision="no", out=tmp_path)
+    stats = ppo_update(
+        accelerator,
+        policy,
+        critic,
+        _optimizers(config, policy, critic),
+        rollout,
+        config,
+        torch.Generator().manual_seed(0),
+    )
+    assert {"pg_loss", "v_loss", "approx_kl", "clipfrac", "vf_clipfrac"} <= stats.keys()
+    for (i, name), old in before.items():
+        p = dict(models[i].named_parameters())[name]
+        if variant == "lora" and i == 0 and "lora_" not in name:
+            assert torch.equal(p, old), f"{name}: a frozen base weight moved"
+        elif variant == "lora" and "lora_A" in name:
+            continue  # lora_B starts at 0, so lora_A gets no gradient on the first step
+        elif p.requires_grad:
+            assert not torch.equal(p, old), f"{name} did not change"
+
+
+def test_left_padding_does_not_change_log_probs(tmp_path, world):
+    """A prompt padded on the left (in a batch with a longer one) gets the log-probs it
+    gets alone: positions count real tokens only."""
+    from alignloop.generate import pad_left
+
+    config = make_config(world, tmp_path)
+    policy, critic, _, tokenizer, rows, _, _ = _pieces(config)
+    short, long = rows[0][-5:], rows[1]
+    response = torch.tensor([[7, 8, 9], [7, 8, 9]])
+    mask = torch.ones(2, 3)
+    q, qm = pad_left([short, long], tokenizer.pad_token_id)
+    with torch.no_grad():
+        batched, v_batched = forward(policy, critic, q, qm, response, mask, 0.7)
+        q1, qm1 = pad_left([short], tokenizer.pad_token_id)
+        alone, v_alone = forward(policy, critic, q1, qm1, response[:1], mask[:1], 0.7)
+    torch.testing.assert_close(batched[:1], alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(v_batched[:1], v_alone, atol=1e-5, rtol=1e-5)
+
+
+# --- configuration and bad input -------------------------------------------------------
+
+
+def test_config_errors(tmp_path, world):
+    with pytest.raises(ConfigError, match="--reward-model, --reward-fn"):
+        make_config(world, tmp_path, reward_fn=None)
+    with pytest.raises(ConfigError, match="must divide"):
+        make_config(world, tmp_path, batch_size=6, minibatch_size=4)
+    with pytest.raises(ConfigError, match="module:function"):
+        make_config(world, tmp_path, reward_fn="nocolon")
+    with pytest.raises(ConfigError, match="temperature"):
+        make_config(world, tmp_path, temperature=0.0)
+
+
+def test_reward_fn_loading_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_reward_fn(f"{tmp_path / 'absent.py'}:f")
+    with pytest.raises(ConfigError, match="cannot import"):
+        load_reward_fn("no_such_module_xyz:f")
+    with pytest.raises(ConfigError, match="no function"):
+        load_reward_fn("math:no_such_function")
+    assert load_reward_fn("math:sqrt")(4) == 2.0
+
+
+def test_empty_prompts_file_is_a_clear_error(tmp_path, world):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(SchemaError, match="holds no prompts"):
+        train_ppo(make_config(world, tmp_path / "out", prompts=empty))
+
+
+def test_nan_reward_stops_with_the_state_saved(tmp_path, world):
+    out = tmp_path / "out"
+    with pytest.raises(TrainingError, match="returned NaN at step 1") as info:
+        train_ppo(make_config(world, out, reward_fn=world["nan_fn"]))
+    assert "--reward-fn" in str(info.value) and "step-00000000" in str(info.value)
+    assert (out / "checkpoints" / "step-00000000" / "trainer_state.json").exists()
+
+
+def test_long_prompts_are_cut_from_the_left_with_a_count(tmp_path, world):
+    with pytest.warns(UserWarning, match=r"32 of 32 prompts are longer than 10 tokens"):
+        final = train_ppo(make_config(world, tmp_path / "out", max_prompt_length=10))
+    assert final["steps"] == 1
+
+
+def test_policy_without_a_pad_token_uses_eos(tmp_path, world, capsys):
+    from alignloop.models import build_tiny_causal_lm, save_pretrained
+    from alignloop.world import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    tokenizer.pad_token = None
+    model = build_tiny_causal_lm(build_tokenizer(), seed=0, **TINY)
+    model.config.pad_token_id = None
+    model.generation_config.pad_token_id = None
+    save_pretrained(model, tokenizer, tmp_path / "nopad")
+    assert (
+        json.loads((tmp_path / "nopad" / "tokenizer_config.json").read_text()).get("pad_token")
+        is None
+    )
+    final = train_ppo(make_config(world, tmp_path / "out", policy=str(tmp_path / "nopad")))
+    assert final["steps"] == 1
+    assert "no pad token: EOS serves as pad" in capsys.readouterr().err
+
+
+def test_existing_checkpoints_need_resume(tmp_path, world):
+    out = tmp_path / "out"
+    train_ppo(make_config(world, out, save_every=1))
+    with pytest.raises(ConfigError, match="--resume"):
+        train_ppo(make_config(world, out, save_every=1))

@@ -1,0 +1,292 @@
+"""PPO end to end on a tiny local policy: it learns a simple reward, a run killed with
+SIGKILL resumes to the same final metrics, two processes (torchrun, gloo) train
+together, and a reward model + critic started from it run the whole way."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignloop.io import write_records
+from alignloop.train.ppo import TIME_KEYS, PPOConfig, train_ppo
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "max_position_embeddings": 128}
+REWARDS = '''
+TARGET = {"the", ",", ".", "a"}
+
+def count_target(prompts, completions):
+    """How many of the completion's words are in TARGET."""
+    return [sum(w in TARGET for w in c.split()) for c in completions]
+'''
+# One thread per process: a tiny model gains nothing from two, and on a busy 2-core
+# machine oversubscribed threads make each step 10x slower.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    from alignloop.models import build_tiny_causal_lm, save_pretrained
+    from alignloop.world import build_tokenizer, make_prompts
+
+    root = tmp_path_factory.mktemp("ppo-train")
+    tokenizer = build_tokenizer()
+    save_pretrained(build_tiny_causal_lm(tokenizer, seed=0, **TINY), tokenizer, root / "policy")
+    write_records(root / "prompts.jsonl", make_prompts(64, seed=0))
+    (root / "rewards.py").write_text(REWARDS)
+    return {
+        "policy": root / "policy",
+        "prompts": root / "prompts.jsonl",
+        "fn": f"{root / 'rewards.py'}:count_target",
+    }
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def cli_args(world, out: Path, **options) -> list[str]:
+    base = {
+        "policy": world["policy"],
+        "prompts": world["prompts"],
+        "out": out,
+        "reward_fn": world["fn"],
+        "max_new_tokens": 6,
+        "batch_size": 8,
+        "minibatch_size": 4,
+        "ppo_epochs": 2,
+        "lr": 3e-3,
+        "missing_eos_penalty": "none",
+        "sample_every": 2,
+        "mixed_precision": "no",
+    }
+    args = []
+    for key, value in {**base, **options}.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+def metrics(out: Path) -> list[dict]:
+    """The metrics log without the timings (which differ between identical runs)."""
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in lines]
+
+
+def final_metrics(out: Path) -> dict:
+    final = json.loads((out / "final_metrics.json").read_text())
+    return {k: v for k, v in final.items() if k not in TIME_KEYS}
+
+
+def run_module(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "alignloop.train.ppo", *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_ppo_learns_a_simple_reward_with_bounded_kl(tmp_path, world, one_thread):
+    """The reward counts four target words among ~290; a random policy writes about
+    0.1 of them in 8 tokens. PPO must raise that clearly, and the penalized objective
+    (score - beta * KL) must rise too: the KL bought is worth its price."""
+    config = PPOConfig(
+        policy=str(world["policy"]),
+        prompts=world["prompts"],
+        out=tmp_path / "out",
+        reward_fn=world["fn"],
+        max_new_tokens=8,
+        batch_size=16,
+        minibatch_size=8,
+        max_steps=40,
+        lr=3e-3,
+        kl_coef=0.1,
+        temperature=1.0,
+        scheduler="constant",
+        missing_eos_penalty=None,
+        save_every=0,
+        sample_every=0,
+        mixed_precision="no",
+    )
+    train_ppo(config)
+    log = [r for r in metrics(tmp_path / "out") if "ppo/reward_mean" in r]
+    first, last = log[:5], log[-5:]
+    mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+    reward_before, reward_after = mean(first, "ppo/reward_mean"), mean(last, "ppo/reward_mean")
+    kl_after = mean(last, "ppo/kl")
+    print(f"reward {reward_before:.3f} -> {reward_after:.3f}, KL {kl_after:.2f}")
+    assert log[0]["ppo/kl"] == 0.0  # policy == reference on the first rollout
+    assert reward_after > max(5 * reward_before, 2.0)
+    assert mean(last, "ppo/rlhf_reward") > mean(first, "ppo/rlhf_reward") + 1.0
+    # KL is held to what the score gain pays for (beta * KL < gain) and stays finite
+    assert 0 < kl_after < (reward_after - reward_before) / config.kl_coef
+    assert all(r["ppo/entropy"] > 0.5 for r in log)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_same_final_metrics(tmp_path, world):
+    common = {"max_steps": 12, "save_every": 2}
+    straight = run_module(cli_args(world, tmp_path / "straight", **common))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alignloop.train.ppo", *cli_args(world, out, **common)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    marker = out / "checkpoints" / "step-00000004" / "trainer_state.json"
+    deadline = time.time() + 180
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -9, f"the run ended before it could be killed: {err[-2000:]}"
+    assert not (out / "final_metrics.json").exists()
+
+    resumed = run_module([*cli_args(world, out, **common), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    assert metrics(out) == metrics(tmp_path / "straight")
+    assert final_metrics(out) == final_metrics(tmp_path / "straight")
+    from safetensors.torch import load_file
+
+    a, b = (
+        load_file(out / "model.safetensors"),
+        load_file(tmp_path / "straight" / "model.safetensors"),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_processes_with_torchrun(tmp_path, world):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "alignloop.train.ppo",
+            *cli_args(world, out, max_steps=3, save_every=2),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert final["num_processes"] == 2
+    assert final["episodes"] == 3 * 8 * 2  # steps x batch x processes
+    assert final["stop_reason"] == "max_steps"
+    assert (out / "checkpoints" / "step-00000002").is_dir()
+    assert (out / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_reward_model_plus_reward_fn_and_critic_from_the_reward_model(
+    tmp_path, world, tiny_rm, one_thread
+):
+    """A decoder reward model (the fixture's tiny Llama) scores decoded texts, a
+    reward function adds to it, the critic starts from the reward model, and the
+    tuned policy is saved as an ordinary HF directory that loads and generates."""
+    from transformers import AutoModelForCausalLM
+
+    from alignloop.generate import sample
+    from alignloop.models import load_tokenizer
+
+    out = tmp_path / "out"
+    final = train_ppo(
+        PPOConfig(
+            policy=str(world["policy"]),
+            prompts=world["prompts"],
+            out=out,
+            reward_model=str(tiny_rm),
+            reward_fn=world["fn"],
+            max_new_tokens=6,
+            batch_size=8,
+            minibatch_size=4,
+            max_steps=2,
+            kl_target=1.0,
+            kl_horizon=100,
+            save_every=0,
+            missing_eos_penalty=None,
+            sample_every=1,
+            mixed_precision="no",
+        )
+    )
+    assert final["steps"] == 2 and final["stop_reason"] == "max_steps"
+    assert final["ppo/beta"] != 0.05  # the adaptive controller moved beta
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 2 * 3
+    policy = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = load_tokenizer(out)
+    s = sample(policy, tokenizer, ["the weather was cold . tl;dr :"], max_new_tokens=3)
+    assert len(s.completions) == 1
+
+
+@pytest.mark.slow
+def test_lora_policy_head_saves_adapter_and_stops_on_reward_target(tmp_path, world, one_thread):
+    out = tmp_path / "out"
+    final = train_ppo(
+        PPOConfig(
+            policy=str(world["policy"]),
+            prompts=world["prompts"],
+            out=out,
+            reward_fn=world["fn"],
+            max_new_tokens=6,
+            batch_size=8,
+            minibatch_size=4,
+            max_steps=20,
+            lora_r=4,
+            critic="policy-head",
+            save_adapter=True,
+            reward_target=-100.0,
+            reward_window=2,
+            save_every=0,
+            sample_every=0,
+            mixed_precision="no",
+        )
+    )
+    assert final["steps"] == 2 and final["stop_reason"].startswith("reward_target")
+    assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_kl_budget_stops_the_run(tmp_path, world, one_thread):
+    final = train_ppo(
+        PPOConfig(
+            policy=str(world["policy"]),
+            prompts=world["prompts"],
+            out=tmp_path / "out",
+            reward_fn=world["fn"],
+            max_new_tokens=6,
+            batch_size=8,
+            minibatch_size=4,
+            max_steps=30,
+            lr=3e-2,
+            kl_budget=0.5,
+            save_every=0,
+            sample_every=0,
+            mixed_precision="no",
+        )
+    )
+    assert final["stop_reason"].startswith("kl_budget") and final["steps"] < 30

