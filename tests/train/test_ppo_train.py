@@ -290,3 +290,36 @@ def test_kl_budget_stops_the_run(tmp_path, world, one_thread):
         )
     )
     assert final["stop_reason"].startswith("kl_budget") and final["steps"] < 30
+
+
+@pytest.mark.slow
+def test_reward_model_with_another_tokenizer(tmp_path, world, minilm_path, one_thread):
+    """An encoder reward model with its own WordPiece vocabulary (all-MiniLM-L6-v2)
+    scores the policy's word-level completions: they are decoded and re-encoded, and
+    the score logged with each sample is the reward model's score of that text."""
+    from alignloop.models import RewardModel
+
+    rm_dir = RewardModel.from_pretrained(minilm_path).save_pretrained(tmp_path / "rm")
+    out = tmp_path / "out"
+    final = train_ppo(
+        PPOConfig(
+            policy=str(world["policy"]),
+            prompts=world["prompts"],
+            out=out,
+            reward_model=str(rm_dir),
+            critic="policy-head",
+            max_new_tokens=6,
+            batch_size=4,
+            minibatch_size=4,
+            max_steps=1,
+            save_every=0,
+            missing_eos_penalty=None,
+            sample_every=1,
+            mixed_precision="no",
+        )
+    )
+    assert final["steps"] == 1 and final["ppo/kl"] == 0.0
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    rm = RewardModel.from_pretrained(rm_dir)
+    expected = rm.score([s["prompt"] for s in samples], [s["completion"] for s in samples])
+    assert [s["score"] for s in samples] == pytest.approx(expected, abs=1e-4)
