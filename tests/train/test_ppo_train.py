@@ -15,38 +15,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignloop.io import write_records
 from alignloop.train.ppo import TIME_KEYS, PPOConfig, train_ppo
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "max_position_embeddings": 128}
-REWARDS = '''
-TARGET = {"the", ",", ".", "a"}
-
-def count_target(prompts, completions):
-    """How many of the completion's words are in TARGET."""
-    return [sum(w in TARGET for w in c.split()) for c in completions]
-'''
 # One thread per process: a tiny model gains nothing from two, and on a busy 2-core
 # machine oversubscribed threads make each step 10x slower.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict[str, Path]:
-    from alignloop.models import build_tiny_causal_lm, save_pretrained
-    from alignloop.world import build_tokenizer, make_prompts
-
-    root = tmp_path_factory.mktemp("ppo-train")
-    tokenizer = build_tokenizer()
-    save_pretrained(build_tiny_causal_lm(tokenizer, seed=0, **TINY), tokenizer, root / "policy")
-    write_records(root / "prompts.jsonl", make_prompts(64, seed=0))
-    (root / "rewards.py").write_text(REWARDS)
-    return {
-        "policy": root / "policy",
-        "prompts": root / "prompts.jsonl",
-        "fn": f"{root / 'rewards.py'}:count_target",
-    }
+def world(make_ppo_world) -> dict:
+    """A tiny random policy, 64 world prompts and a reward-function file."""
+    return make_ppo_world(64)
 
 
 @pytest.fixture
