@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alignloop.generate import (
-    generate_completions,
-    pad_left,
-    sample,
-    tokenize_prompts,
-    truncate_after_eos,
-)
-from alignloop.models import build_tiny_causal_lm
+from alignloop.generate import generate_completions, sample, truncate_after_eos
+from alignloop.models import build_tiny_causal_lm, pad_left, tokenize_keep_end
 from alignloop.world import build_tokenizer, make_prompts
 
 TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "max_position_embeddings": 128}
@@ -59,7 +53,7 @@ def test_pad_left_and_left_truncation(tokenizer):
     ids, mask = pad_left([[7, 8, 9], [5]], PAD)
     assert ids.tolist() == [[7, 8, 9], [PAD, PAD, 5]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
-    rows, cut = tokenize_prompts(tokenizer, ["a b c d e", "a b"], max_length=3)
+    rows, cut = tokenize_keep_end(tokenizer, ["a b c d e", "a b"], max_length=3)
     assert cut == 1
     assert rows[0] == tokenizer("c d e")["input_ids"]  # the start is cut, the end kept
     assert rows[1] == tokenizer("a b")["input_ids"]

@@ -25,16 +25,15 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from alignloop.models import pad_left, tokenize_keep_end
 from alignloop.schema import Completion, Prompt
 
 __all__ = [
     "Samples",
     "generate_completions",
-    "pad_left",
     "sample",
     "sampling_config",
     "stop_token_ids",
-    "tokenize_prompts",
     "truncate_after_eos",
 ]
 
@@ -50,29 +49,6 @@ class Samples:
     has_eos: torch.Tensor  # (N,) bool: the response ended with EOS within max_new_tokens
     prompt_index: torch.Tensor  # (N,) index of the prompt each row continues
     completions: list[str]  # N decoded responses, EOS and special tokens dropped
-
-
-def tokenize_prompts(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
-) -> tuple[list[list[int]], int]:
-    """Token ids of each prompt, cut from the left to at most `max_length` tokens
-    (the end of a prompt, next to where the response starts, matters most).
-    Returns (ids, how many prompts were cut)."""
-    rows = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-    cut = sum(len(r) > max_length for r in rows)
-    return [r[-max_length:] for r in rows], cut
-
-
-def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows -> (input_ids, attention_mask), both (N, L), padded on the left."""
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if len(r):
-            input_ids[i, width - len(r) :] = torch.as_tensor(r, dtype=torch.long)
-            attention_mask[i, width - len(r) :] = 1
-    return input_ids, attention_mask
 
 
 def stop_token_ids(model, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -151,7 +127,7 @@ def sample(
         raise ValueError("no prompts to sample from")
     if isinstance(prompts[0], str):
         limit = max_prompt_length or tokenizer.model_max_length
-        rows, cut = tokenize_prompts(tokenizer, prompts, limit)  # type: ignore[arg-type]
+        rows, cut = tokenize_keep_end(tokenizer, prompts, limit)  # type: ignore[arg-type]
         if cut:
             warnings.warn(
                 f"{cut} prompts longer than {limit} tokens lost their start", stacklevel=2

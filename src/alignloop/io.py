@@ -33,6 +33,7 @@ __all__ = [
     "read_comparisons",
     "read_records",
     "to_dataset",
+    "write_json",
     "write_records",
 ]
 
@@ -85,6 +86,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: str | os.PathLike, obj: object) -> None:
+    """One JSON document (metrics, a report), written atomically."""
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
 
 
 def _raw_rows(path: Path) -> Iterator[tuple[str, Any]]:

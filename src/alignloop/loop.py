@@ -20,7 +20,6 @@ world's stand-in sampler (perturbed references), which is said in the output.
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import time
 import zlib
@@ -30,7 +29,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from alignloop.io import atomic_write, write_records
+from alignloop.io import write_json, write_records
 from alignloop.schema import Completion, Prompt
 
 console = Console(stderr=True)
@@ -115,12 +114,6 @@ def stand_in_completions(prompts: Sequence[Prompt], *, k: int, seed: int) -> lis
                 Completion(id=f"{p.id}-c{j}", prompt_id=p.id, completion=text, policy="stand-in")
             )
     return completions
-
-
-def write_json(path: str | Path, obj: object) -> None:
-    with atomic_write(path) as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
 
 
 def _labeler_table(report: dict):

@@ -15,6 +15,7 @@ it would a real model; only its size makes it fit a laptop CPU.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -37,8 +38,11 @@ __all__ = [
     "disable_dropout",
     "last_token_index",
     "load_tokenizer",
+    "pad_left",
+    "pad_right",
     "position_ids_from_mask",
     "save_pretrained",
+    "tokenize_keep_end",
 ]
 
 NORMALIZATION_KEY = "alignloop_reward_normalization"  # in a reward model's config.json
@@ -108,6 +112,53 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
             raise ValueError(f"{name_or_path}: the tokenizer has neither a pad nor an EOS token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def tokenize_keep_end(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> tuple[list[list[int]], int]:
+    """Token ids of each text, cut from the START to at most `max_length` tokens: the
+    end of a prompt (where the response starts) and of a completion (where the reward
+    is read) matter most. The tokenizer cuts, so special tokens (BOS, [CLS] ... [SEP])
+    stay. Returns (ids, how many texts were cut)."""
+    rows = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    long = [i for i, ids in enumerate(rows) if len(ids) > max_length]
+    if long:
+        side = tokenizer.truncation_side
+        tokenizer.truncation_side = "left"
+        try:
+            cut = tokenizer([texts[i] for i in long], truncation=True, max_length=max_length)
+        finally:
+            tokenizer.truncation_side = side
+        for i, ids in zip(long, cut["input_ids"], strict=True):
+            rows[i] = ids
+    return rows, len(long)
+
+
+def _pad(
+    rows: Sequence[Sequence[int]], pad_id: int, *, left: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if len(r):
+            span = slice(width - len(r), width) if left else slice(0, len(r))
+            input_ids[i, span] = torch.as_tensor(r, dtype=torch.long)
+            attention_mask[i, span] = 1
+    return input_ids, attention_mask
+
+
+def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> (input_ids, attention_mask), both (N, L), padded on the left
+    (prompts for generation: every row's last token is at the end)."""
+    return _pad(rows, pad_id, left=True)
+
+
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> (input_ids, attention_mask), both (N, L), padded on the right
+    (what encoders with absolute positions need)."""
+    return _pad(rows, pad_id, left=False)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -220,24 +271,16 @@ class RewardModel(nn.Module):
         """Rewards of prompt + completion texts (the prompt's start is cut when too
         long). Batches are formed by length, so little compute goes to padding."""
         texts = [join_text(p, c) for p, c in zip(prompts, completions, strict=True)]
-        side = self.tokenizer.truncation_side
-        self.tokenizer.truncation_side = "left"
-        try:
-            rows = self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-        finally:
-            self.tokenizer.truncation_side = side
+        rows, _ = tokenize_keep_end(self.tokenizer, texts, max_length)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         device = next(self.parameters()).device
         raw = torch.empty(len(rows))
         self.eval()
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            width = max(len(rows[i]) for i in chunk)
-            input_ids = torch.full((len(chunk), width), self.tokenizer.pad_token_id)
-            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, i in enumerate(chunk):
-                input_ids[j, : len(rows[i])] = torch.tensor(rows[i])
-                attention_mask[j, : len(rows[i])] = 1
+            input_ids, attention_mask = pad_right(
+                [rows[i] for i in chunk], self.tokenizer.pad_token_id
+            )
             raw[chunk] = self(input_ids.to(device), attention_mask.to(device)).float().cpu()
         gain, bias = self.normalization if normalized else (1.0, 0.0)
         return (gain * raw + bias).tolist()

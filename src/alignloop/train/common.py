@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from alignloop.io import atomic_write
+from alignloop.io import atomic_write, write_json
 from alignloop.train import TrainingError
 
 __all__ = [
@@ -191,8 +191,7 @@ class Checkpoints:
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            with atomic_write(tmp / STATE_FILE) as f:
-                json.dump({"step": step, **state}, f, indent=2)
+            write_json(tmp / STATE_FILE, {"step": step, **state})
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             for _, old in self.complete()[: -self.keep]:

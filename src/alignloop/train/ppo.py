@@ -577,7 +577,7 @@ def _optimizers(config: PPOConfig, policy, critic) -> list[torch.optim.Optimizer
 
 def _prompt_rows(config: PPOConfig, policy, tokenizer, texts) -> list[list[int]]:
     """Prompt token ids, cut from the left so prompt + response fit the context."""
-    from alignloop.generate import tokenize_prompts
+    from alignloop.models import tokenize_keep_end
 
     limit = config.max_prompt_length
     hf = policy.policy if hasattr(policy, "value_head") else policy
@@ -589,7 +589,7 @@ def _prompt_rows(config: PPOConfig, policy, tokenizer, texts) -> list[list[int]]
                 f"a prompt in the policy's context of {context} tokens"
             )
         limit = min(limit, context - config.max_new_tokens)
-    rows, cut = tokenize_prompts(tokenizer, texts, limit)
+    rows, cut = tokenize_keep_end(tokenizer, texts, limit)
     if cut:
         warnings.warn(
             f"{config.prompts}: {cut} of {len(rows)} prompts are longer than {limit} "
@@ -629,7 +629,7 @@ def train_ppo(config: PPOConfig) -> dict:
     from rich.console import Console
     from transformers import get_scheduler
 
-    from alignloop.loop import write_json
+    from alignloop.io import write_json
     from alignloop.train.common import make_accelerator
 
     out = Path(config.out)

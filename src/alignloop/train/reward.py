@@ -31,6 +31,7 @@ import torch
 
 from alignloop.io import read_comparisons
 from alignloop.losses import centering_loss, pairwise_loss
+from alignloop.models import pad_right, tokenize_keep_end
 from alignloop.schema import Comparison, SchemaError, join_text
 from alignloop.train.common import (
     Checkpoints,
@@ -47,7 +48,6 @@ __all__ = [
     "PromptGroup",
     "RewardBatch",
     "collate",
-    "pad_right",
     "evaluate_pairs",
     "group_pairs",
     "load_pairs",
@@ -116,19 +116,11 @@ def tokenize_groups(groups: list[PromptGroup], tokenizer, max_length: int) -> in
     when too long so the completion's end, where the reward is read, stays.
     Returns how many sequences were cut."""
     texts = [join_text(g.prompt, t) for g in groups for t in g.texts]
-    full = tokenizer(texts, add_special_tokens=True)["input_ids"]
-    long = [i for i, ids in enumerate(full) if len(ids) > max_length]
-    if long:
-        side = tokenizer.truncation_side
-        tokenizer.truncation_side = "left"
-        cut = tokenizer([texts[i] for i in long], truncation=True, max_length=max_length)
-        tokenizer.truncation_side = side
-        for i, ids in zip(long, cut["input_ids"], strict=True):
-            full[i] = ids
-    it = iter(full)
+    rows, cut = tokenize_keep_end(tokenizer, texts, max_length)
+    it = iter(rows)
     for g in groups:
         g.input_ids = [next(it) for _ in g.texts]
-    return len(long)
+    return cut
 
 
 @dataclass
@@ -150,17 +142,6 @@ class RewardBatch:
                 for k, v in self.__dict__.items()
             }  # fmt: skip
         )
-
-
-def pad_right(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows -> (input_ids, attention_mask), both (N, L), right-padded."""
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, : len(r)] = torch.tensor(r)
-        attention_mask[i, : len(r)] = 1
-    return input_ids, attention_mask
 
 
 def collate(groups: Sequence[PromptGroup], pad_id: int) -> RewardBatch:
@@ -303,7 +284,7 @@ def train_reward_model(config: RewardConfig) -> dict:
     from rich.console import Console
     from transformers import get_scheduler
 
-    from alignloop.loop import write_json
+    from alignloop.io import write_json
     from alignloop.models import RewardModel
 
     out = Path(config.out)
