@@ -37,6 +37,7 @@ __all__ = [
     "build_tiny_causal_lm",
     "disable_dropout",
     "last_token_index",
+    "add_lora",
     "load_tokenizer",
     "pad_left",
     "pad_right",
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 NORMALIZATION_KEY = "alignloop_reward_normalization"  # in a reward model's config.json
+APPEND_EOS_KEY = "alignloop_reward_appends_eos"  # in a reward model's config.json
 
 
 def build_tiny_causal_lm(
@@ -115,12 +117,20 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
 
 
 def tokenize_keep_end(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    max_length: int,
+    *,
+    append_eos: bool = False,
 ) -> tuple[list[list[int]], int]:
     """Token ids of each text, cut from the START to at most `max_length` tokens: the
     end of a prompt (where the response starts) and of a completion (where the reward
     is read) matter most. The tokenizer cuts, so special tokens (BOS, [CLS] ... [SEP])
-    stay. Returns (ids, how many texts were cut)."""
+    stay. `append_eos` ends every row with the EOS token (within `max_length`).
+    Returns (ids, how many texts were cut)."""
+    if append_eos:
+        rows, cut = tokenize_keep_end(tokenizer, texts, max_length - 1)
+        return [[*ids, tokenizer.eos_token_id] for ids in rows], cut
     rows = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
     long = [i for i, ids in enumerate(rows) if len(ids) > max_length]
     if long:
@@ -173,6 +183,17 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def _should_append_eos(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> bool:
+    """A decoder reads its reward at the last token; ending every text with EOS gives
+    it one fixed reading position, the token where the policy stops (the TL;DR
+    reproductions read the reward at EOS). Not for encoders (they pool their first
+    token) nor for tokenizers that add an EOS themselves."""
+    if not hasattr(model, "score") or tokenizer.eos_token_id is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return not ids or ids[-1] != tokenizer.eos_token_id
+
+
 def disable_dropout(model: nn.Module) -> None:
     """Dropout off everywhere: RLHF's models must score a text the same way twice."""
     for module in model.modules():
@@ -214,6 +235,8 @@ class RewardModel(nn.Module):
         )
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
+        if getattr(model.config, APPEND_EOS_KEY, None) is None:
+            setattr(model.config, APPEND_EOS_KEY, _should_append_eos(model, tokenizer))
         disable_dropout(model)
         return cls(model, tokenizer)
 
@@ -245,6 +268,11 @@ class RewardModel(nn.Module):
         scores = self.token_scores(input_ids, attention_mask)  # (N, L)
         return scores.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
 
+    @property
+    def appends_eos(self) -> bool:
+        """Whether every text gets an EOS token, where a decoder reads its reward."""
+        return bool(getattr(self.hf_model.config, APPEND_EOS_KEY, False))
+
     # normalization ---------------------------------------------------------------
 
     @property
@@ -271,7 +299,9 @@ class RewardModel(nn.Module):
         """Rewards of prompt + completion texts (the prompt's start is cut when too
         long). Batches are formed by length, so little compute goes to padding."""
         texts = [join_text(p, c) for p, c in zip(prompts, completions, strict=True)]
-        rows, _ = tokenize_keep_end(self.tokenizer, texts, max_length)
+        rows, _ = tokenize_keep_end(
+            self.tokenizer, texts, max_length, append_eos=self.appends_eos
+        )
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         device = next(self.parameters()).device
         raw = torch.empty(len(rows))
@@ -340,6 +370,20 @@ def load_policy(
         model.config.pad_token_id = tokenizer.pad_token_id
     disable_dropout(model)
     return model, tokenizer
+
+
+def add_lora(model: PreTrainedModel, *, r: int, alpha: int = 16, dropout: float = 0.0):
+    """LoRA adapters on every linear layer of a causal LM (peft)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules="all-linear",
+    )
+    return get_peft_model(model, config)
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

@@ -240,7 +240,7 @@ def _held_out_metrics(model_dir: Path, data: Path) -> dict:
 
     rm = RewardModel.from_pretrained(model_dir)
     groups = group_pairs(load_pairs(data))
-    tokenize_groups(groups, rm.tokenizer, 512)
+    tokenize_groups(groups, rm.tokenizer, 512, append_eos=rm.appends_eos)
     return evaluate_pairs(rm, groups, batch_size=32)
 
 
@@ -306,7 +306,7 @@ def test_lora_trains_and_saves_a_merged_ordinary_directory(tiny_rm, easy_data, t
     out = tmp_path / "lora"
     args = ["train-rm", "--model", str(tiny_rm), "--data", str(easy_data["train"]),
             "--eval-data", str(easy_data["eval"]), "--out", str(out), "--lora-r", "4",
-            "--lr", "1e-2", "--epochs", "2", "--warmup-ratio", "0",
+            "--lr", "1e-2", "--epochs", "3", "--warmup-ratio", "0",
             "--save-every", "0"]  # fmt: skip
     assert main(args) == 0
     final = json.loads((out / "eval.json").read_text())

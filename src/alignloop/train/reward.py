@@ -111,12 +111,14 @@ def split_groups(
     )
 
 
-def tokenize_groups(groups: list[PromptGroup], tokenizer, max_length: int) -> int:
+def tokenize_groups(
+    groups: list[PromptGroup], tokenizer, max_length: int, *, append_eos: bool = False
+) -> int:
     """Tokenize every prompt + completion in place, cutting the start of the prompt
     when too long so the completion's end, where the reward is read, stays.
     Returns how many sequences were cut."""
     texts = [join_text(g.prompt, t) for g in groups for t in g.texts]
-    rows, cut = tokenize_keep_end(tokenizer, texts, max_length)
+    rows, cut = tokenize_keep_end(tokenizer, texts, max_length, append_eos=append_eos)
     it = iter(rows)
     for g in groups:
         g.input_ids = [next(it) for _ in g.texts]
@@ -260,10 +262,11 @@ def _read_data(config: RewardConfig) -> tuple[list, list]:
     return train, held
 
 
-def _tokenize_data(config: RewardConfig, train: list, held: list, tokenizer, log) -> None:
+def _tokenize_data(config: RewardConfig, train: list, held: list, reward_model, log) -> None:
     """Tokenize in place, saying how many sequences lost the start of their prompt."""
-    cut = tokenize_groups(train, tokenizer, config.max_length)
-    cut += tokenize_groups(held, tokenizer, config.max_length)
+    tokenizer, eos = reward_model.tokenizer, reward_model.appends_eos
+    cut = tokenize_groups(train, tokenizer, config.max_length, append_eos=eos)
+    cut += tokenize_groups(held, tokenizer, config.max_length, append_eos=eos)
     if cut:
         log(f"[yellow]{cut} sequences longer than {config.max_length} tokens lost the "
             "start of their prompt[/yellow]")  # fmt: skip
@@ -299,7 +302,7 @@ def train_reward_model(config: RewardConfig) -> dict:
     train, held = _read_data(config)
     torch.manual_seed(config.seed)
     reward_model = RewardModel.from_pretrained(config.model)
-    _tokenize_data(config, train, held, reward_model.tokenizer, console.print)
+    _tokenize_data(config, train, held, reward_model, console.print)
     console.print(f"reward model: {config.model}; {len(train)} training prompts "
                   f"({sum(len(g.pairs) for g in train)} pairs), {len(held)} held out")  # fmt: skip
     reward_model.prepare_for_training(
@@ -398,6 +401,7 @@ def train_reward_model(config: RewardConfig) -> dict:
                 bar.update(task, completed=step)
             if step >= total_steps:
                 break
+    train_seconds = time.perf_counter() - started  # the training loop alone
 
     final = (
         evaluate_pairs(model, held, batch_size=config.eval_batch_size, accelerator=accelerator)
@@ -419,6 +423,7 @@ def train_reward_model(config: RewardConfig) -> dict:
         log.write({"step": step, **{f"eval/{k}": v for k, v in final.items()}})
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    final["train_seconds"] = round(train_seconds, 2)  # returned only: the log stays reproducible
     console.print(
         f"held-out accuracy {final['accuracy']}, mean margin {final['mean_margin']} "
         f"on {final['n']} pairs; saved to {out}"

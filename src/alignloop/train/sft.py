@@ -1,0 +1,368 @@
+"""Supervised fine-tuning: teach a causal LM to write the targets of a prompt file.
+
+The first stage of RLHF (Stiennon et al. 2020; Ouyang et al. 2022): before any
+preference is collected, the policy learns to imitate demonstrations, here the
+prompts' `reference` texts or a completions file joined to the prompts.
+
+    example  = prompt tokens + target tokens + EOS
+    loss     = mean cross-entropy over target tokens and EOS only (the prompt is
+               context, not something to learn to write)
+
+The target is tokenized the way generation will produce it: as the continuation of
+the prompt (`join_text`), so a BPE tokenizer's leading-space tokens match what the
+policy will sample later. Prompts longer than `max_length` lose their start; targets
+are never cut (an example whose target alone is too long is an error).
+
+The training loop shares its machinery with the reward trainer (`train.common`):
+accelerate for multi-process runs, a seeded resumable data order, atomic
+checkpoints, a metrics log and a progress bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from alignloop.config import ConfigError
+from alignloop.schema import Prompt, SchemaError, join_text
+from alignloop.train.common import (
+    Checkpoints,
+    MetricsLog,
+    TrainingError,
+    epoch_batches,
+    iterate_from,
+    make_accelerator,
+    progress,
+)
+from alignloop.train.sft_config import SFTConfig
+
+__all__ = ["SFTConfig", "load_examples", "sft_loss", "tokenize_example", "train_sft"]
+
+IGNORE = -100  # label of a token that is not learned (cross_entropy's ignore_index)
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt_id: str
+    prompt: str
+    target: str
+
+
+def load_examples(prompts_path: Path, completions_path: Path | None = None) -> list[Example]:
+    """(prompt, target) examples: each prompt's `reference`, or every completion of
+    `completions_path` joined to its prompt. Every problem names its file and line."""
+    from alignloop.io import read_records
+
+    prompts = read_records(prompts_path, "prompt")
+    if not prompts:
+        raise SchemaError(f"{prompts_path}: no prompts")
+    if completions_path is None:
+        missing = [p.where for p in prompts if not (p.reference or "").strip()]
+        if missing:
+            raise SchemaError(
+                f"{len(missing)} prompts have no 'reference' to learn from (first: "
+                f"{missing[0]}); give the targets with --completions"
+            )
+        return [Example(p.id, p.prompt, p.reference) for p in prompts]  # type: ignore[arg-type]
+    by_id: dict[str, Prompt] = {p.id: p for p in prompts}
+    examples = []
+    for c in read_records(completions_path, "completion"):
+        if c.prompt_id not in by_id:
+            raise SchemaError(f"{c.where}: prompt_id {c.prompt_id!r} is not in {prompts_path}")
+        if c.completion.strip():
+            examples.append(Example(c.prompt_id, by_id[c.prompt_id].prompt, c.completion))
+    if not examples:
+        raise SchemaError(f"{completions_path}: no non-empty completions")
+    return examples
+
+
+def tokenize_example(tokenizer, prompt: str, target: str, max_length: int) -> tuple[list[int], int]:
+    """(input ids, number of prompt tokens): prompt (with the tokenizer's special
+    tokens, as generation sees it) + target as the prompt's continuation + EOS.
+    The prompt loses its start when the whole is longer than `max_length`."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    bare = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    joined = tokenizer(join_text(prompt, target), add_special_tokens=False)["input_ids"]
+    if joined[: len(bare)] == bare:
+        target_ids = joined[len(bare) :]
+    else:  # the tokenizer merged across the boundary: tokenize the target alone
+        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    target_ids = [*target_ids, tokenizer.eos_token_id]
+    room = max_length - len(target_ids)
+    if room < 1:
+        raise SchemaError(
+            f"a target is {len(target_ids)} tokens long, more than --max-length {max_length} "
+            f"leaves for it: {target[:60]!r}"
+        )
+    if len(prompt_ids) > room:  # keep the end of the prompt, where the target starts
+        prompt_ids = prompt_ids[len(prompt_ids) - room :]
+    return prompt_ids + target_ids, len(prompt_ids)
+
+
+@dataclass
+class SFTBatch:
+    input_ids: torch.Tensor  # (B, L) right-padded
+    attention_mask: torch.Tensor  # (B, L)
+    labels: torch.Tensor  # (B, L) target ids, IGNORE elsewhere
+
+    def to(self, device) -> SFTBatch:
+        return SFTBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels)))
+
+
+def collate(rows: Sequence[tuple[list[int], int]], pad_id: int) -> SFTBatch:
+    """Right-pad a batch; labels mark the target tokens (prompt and padding ignored)."""
+    from alignloop.models import pad_right
+
+    input_ids, attention_mask = pad_right([ids for ids, _ in rows], pad_id)
+    labels = torch.full_like(input_ids, IGNORE)
+    for i, (ids, n_prompt) in enumerate(rows):
+        labels[i, n_prompt : len(ids)] = input_ids[i, n_prompt : len(ids)]
+    return SFTBatch(input_ids, attention_mask, labels)
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy over the labelled tokens, their count). Position t's
+    logits predict token t + 1."""
+    logits = logits[:, :-1].float()
+    labels = labels[:, 1:]
+    n = (labels != IGNORE).sum()
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
+        reduction="sum",
+    )  # fmt: skip
+    return loss / n.clamp(min=1), n
+
+
+def _split(examples: list[Example], fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out a seeded share of the prompts (all targets of a prompt on one side)."""
+    ids = sorted({e.prompt_id for e in examples})
+    if fraction <= 0 or len(ids) < 2:
+        return examples, []
+    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_held = max(1, round(fraction * len(ids)))
+    held_ids = {ids[i] for i in order[:n_held]}
+    return (
+        [e for e in examples if e.prompt_id not in held_ids],
+        [e for e in examples if e.prompt_id in held_ids],
+    )
+
+
+@torch.no_grad()
+def held_out_loss(model, rows: list, pad_id: int, *, batch_size: int, device) -> float | None:
+    """Token-weighted mean cross-entropy over the held-out examples."""
+    if not rows:
+        return None
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        batch = collate(rows[start : start + batch_size], pad_id).to(device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        loss, n = sft_loss(logits, batch.labels)
+        total += loss.item() * n.item()
+        count += n.item()
+    return total / max(count, 1)
+
+
+def train_sft(config: SFTConfig) -> dict:
+    """Fine-tune `config.model` on the examples; save it (LoRA merged) to `config.out`
+    with metrics.jsonl and eval.json. Returns the final metrics."""
+    from rich.console import Console
+    from transformers import get_scheduler
+
+    from alignloop.io import write_json
+    from alignloop.models import add_lora, load_policy, save_pretrained
+
+    out = Path(config.out)
+    accelerator = make_accelerator(
+        mixed_precision=config.mixed_precision,
+        grad_accum=config.grad_accum,
+        report_to=config.report_to,
+        out=out,
+    )
+    main = accelerator.is_main_process
+    console = Console(stderr=True, quiet=not main)
+    train, held = _split(
+        load_examples(config.prompts, config.completions), config.eval_fraction, config.seed
+    )
+    if not train:
+        raise SchemaError(f"{config.prompts}: no training examples left after the split")
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_policy(config.model)
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"{config.model}: the tokenizer has no EOS token to end targets with")
+    train_rows = [tokenize_example(tokenizer, e.prompt, e.target, config.max_length) for e in train]
+    held_rows = [tokenize_example(tokenizer, e.prompt, e.target, config.max_length) for e in held]
+    console.print(f"SFT of {config.model}: {len(train)} examples, {len(held)} held out")
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if config.lora_r > 0:
+        model = add_lora(model, r=config.lora_r, alpha=config.lora_alpha,
+                         dropout=config.lora_dropout)  # fmt: skip
+        if config.gradient_checkpointing:
+            model.enable_input_require_grads()
+
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
+    world = accelerator.num_processes
+    per_epoch = len(epoch_batches(len(train_rows), config.batch_size, seed=0, epoch=0, world=world))
+    total_steps = max(1, math.ceil(per_epoch * config.epochs / config.grad_accum))
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    scheduler = get_scheduler(
+        config.scheduler, optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler steps here
+    if config.report_to != "none":
+        accelerator.init_trackers(
+            "alignloop-sft", config={k: str(v) for k, v in vars(config).items()}
+        )
+
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = Checkpoints(out / "checkpoints", keep=config.keep_checkpoints)
+    accelerator.register_for_checkpointing(scheduler)
+    log = MetricsLog(out / "metrics.jsonl", enabled=main)
+    state = {"step": 0, "epoch": 0, "batch": 0}
+    if config.resume and (latest := checkpoints.latest()) is not None:
+        state = checkpoints.load(accelerator, latest)
+        console.print(f"resumed from {latest} (step {state['step']})")
+    elif main and log.path.exists():
+        log.path.unlink()
+    log.truncate_after(state["step"])
+
+    pad_id = tokenizer.pad_token_id
+    device = accelerator.device
+    step, started = state["step"], time.perf_counter()
+    window: list[tuple[float, int]] = []
+    bar, task = progress(total_steps, "supervised fine-tuning", enabled=main)
+    bar.update(task, completed=step)
+
+    def evaluate() -> float | None:
+        loss = held_out_loss(model, held_rows, pad_id, batch_size=32, device=device)
+        if loss is not None and world > 1:
+            loss = accelerator.reduce(torch.tensor(loss, device=device), "mean").item()
+        return loss
+
+    with bar:
+        for epoch in range(state["epoch"], config.epochs):
+            batches = epoch_batches(
+                len(train_rows), config.batch_size, seed=config.seed, epoch=epoch,
+                rank=accelerator.process_index, world=world,
+            )  # fmt: skip
+            start = state["batch"] if epoch == state["epoch"] else 0
+            for b_index, indices in iterate_from(batches, start):
+                if step >= total_steps:
+                    break
+                batch = collate([train_rows[i] for i in indices], pad_id).to(device)
+                model.train()
+                with accelerator.accumulate(model):
+                    logits = model(
+                        input_ids=batch.input_ids, attention_mask=batch.attention_mask
+                    ).logits
+                    loss, n = sft_loss(logits, batch.labels)
+                    if not torch.isfinite(loss):
+                        last = checkpoints.latest()
+                        raise TrainingError(
+                            f"the loss became {loss.item()} at step {step + 1}; stopped. "
+                            + (f"The last good checkpoint is {last}." if last else
+                               "No checkpoint was saved yet (see --save-every).")
+                        )  # fmt: skip
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and config.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                window.append((loss.item(), n.item()))
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                step += 1
+                position = {"epoch": epoch, "batch": b_index + 1}
+                if b_index + 1 == len(batches):
+                    position = {"epoch": epoch + 1, "batch": 0}
+                saving = bool(config.save_every) and step % config.save_every == 0
+                if step % config.log_every == 0 or step == total_steps or saving:
+                    local = torch.tensor(
+                        [sum(x * k for x, k in window), sum(k for _, k in window)], device=device
+                    )
+                    total = accelerator.reduce(local, "sum") if world > 1 else local
+                    record = {
+                        "sft/loss": (total[0] / total[1].clamp(min=1)).item(),
+                        "sft/tokens": int(total[1].item()),
+                        "sft/lr": scheduler.get_last_lr()[0],
+                        "sft/epoch": epoch,
+                    }
+                    window = []
+                    log.write({"step": step, **record})
+                    if config.report_to != "none":
+                        accelerator.log(record, step=step)
+                    bar.update(task, status=f"loss {record['sft/loss']:.3f}")
+                if config.eval_every and step % config.eval_every == 0 and held_rows:
+                    log.write({"step": step, "eval/loss": evaluate()})
+                if saving:
+                    checkpoints.save(accelerator, step, position)
+                bar.update(task, completed=step)
+            if step >= total_steps:
+                break
+
+    final = {
+        "eval_loss": evaluate(),
+        "n_train": len(train_rows),
+        "n_eval": len(held_rows),
+        "steps": step,
+        "seconds": round(time.perf_counter() - started, 2),
+        "num_processes": world,
+    }
+    accelerator.wait_for_everyone()
+    if main:
+        unwrapped = accelerator.unwrap_model(model)
+        if hasattr(unwrapped, "merge_and_unload"):
+            unwrapped = unwrapped.merge_and_unload()
+        save_pretrained(unwrapped, tokenizer, out)
+        write_json(out / "eval.json", final)
+        log.write({"step": step, **{f"eval/{k}": v for k, v in final.items()}})
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    console.print(
+        f"held-out loss {final['eval_loss']} on {len(held_rows)} examples; saved to {out}"
+    )
+    return final
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    from alignloop.config import add_config_arguments
+
+    parser = parser or argparse.ArgumentParser(
+        prog="alignloop train-sft", description="Supervised fine-tuning on demonstrations."
+    )
+    add_config_arguments(parser, SFTConfig)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from alignloop.config import config_from_args
+
+    args = make_parser().parse_args(argv)
+    try:
+        train_sft(config_from_args(SFTConfig, args))
+    except (ConfigError, SchemaError, TrainingError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
