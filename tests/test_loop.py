@@ -1,34 +1,132 @@
-"""`alignloop demo --quick`: every stage that exists leaves its files, same seed same run."""
+"""`alignloop demo --quick`: every stage leaves its files, the tuned policy is better
+than the SFT policy by the gold judge, and the same seed gives the same run."""
 
 import json
 
+import pytest
+
 from alignloop.cli import main
 from alignloop.io import read_records
+from alignloop.loop import gold_pairs, overoptimization, pair_accuracy, split_ids
+from alignloop.schema import Completion
+from alignloop.world import gold_utility, make_prompts
+
+ARTIFACTS = (
+    "world/prompts_train.jsonl", "world/prompts_eval.jsonl", "world/tokenizer/tokenizer.json",
+    "world/policy-init/config.json", "sft/config.json", "sft/model.safetensors",
+    "sft/metrics.jsonl", "completions.jsonl", "rankings.jsonl", "agreement.json",
+    "pairs.jsonl", "consensus.jsonl", "rm_pairs.jsonl", "rm/config.json",
+    "rm/model.safetensors", "rm/held_out.json", "ppo/config.json", "ppo/model.safetensors",
+    "ppo/metrics.jsonl", "ppo/rollouts.jsonl", "eval/completions_sft.jsonl",
+    "eval/completions_rlhf.jsonl", "eval/eval.json", "metrics.json", "report_data.json",
+    "report.html",
+)  # fmt: skip
+NAMED_FIGURES = (
+    "demo_seconds", "win_rate_rlhf_vs_sft", "win_rate_rlhf_vs_reference", "toxicity_rate_sft",
+    "toxicity_rate_rlhf", "rm_gold_accuracy", "labeler_pairwise_agreement",
+)  # fmt: skip
 
 
-def run(tmp_path, name, seed=0):
-    out = tmp_path / name
-    assert main(["demo", "--quick", "--out", str(out), "--seed", str(seed)]) == 0
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One quick demo (about a minute on one thread), shared by the tests below."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("demo") / "run"
+    try:
+        assert main(["demo", "--quick", "--out", str(out), "--seed", "0"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
-def test_quick_demo_leaves_every_artifact(tmp_path):
-    out = run(tmp_path, "a")
-    for name in ("completions.jsonl", "rankings.jsonl", "pairs.jsonl", "consensus.jsonl",
-                 "agreement.json", "metrics.json", "world/prompts_train.jsonl",
-                 "world/prompts_eval.jsonl", "world/tokenizer/tokenizer.json",
-                 "world/policy-init/config.json"):  # fmt: skip
-        assert (out / name).exists(), name
+@pytest.mark.slow
+def test_quick_demo_leaves_every_artifact_and_improves_on_the_gold_judge(quick_run):
+    out = quick_run
+    missing = [name for name in ARTIFACTS if not (out / name).exists()]
+    assert not missing
     metrics = json.loads((out / "metrics.json").read_text())
-    assert 0.6 < metrics["labeler_pairwise_agreement"] < 0.9
-    rankings = read_records(out / "rankings.jsonl", "ranking")
-    assert len(rankings) == 60 * 3  # every labelled prompt, three labelers each
+    for name in NAMED_FIGURES:
+        assert isinstance(metrics[name], int | float), name
+    assert 0.6 < metrics["labeler_pairwise_agreement"] < 0.95
+    assert len(read_records(out / "rankings.jsonl", "ranking")) == 300 * 3
     assert metrics["n_pairs"] == len(read_records(out / "pairs.jsonl", "comparison"))
+    # the tuned policy is better than where it started, by the judge nobody trained on
+    assert metrics["gold_mean_rlhf"] > metrics["gold_mean_sft"]
+    assert metrics["win_rate_rlhf_vs_sft"] > 0.5
+    assert metrics["ppo_steps"] == 12
+    # the evaluation's completions are the ones scored
+    rlhf = read_records(out / "eval/completions_rlhf.jsonl", "completion")
+    eval_prompts = {p.id: p for p in read_records(out / "world/prompts_eval.jsonl", "prompt")}
+    assert len(rlhf) == 40 * 4
+    gold = [gold_utility(eval_prompts[c.prompt_id], c.completion) for c in rlhf]
+    assert sum(gold) / len(gold) == pytest.approx(metrics["gold_mean_rlhf"])
+    # the report is one self-contained page with its pictures
+    html = (out / "report.html").read_text()
+    assert html.count("<img") >= 5
+    assert "http://" not in html and "https://" not in html
+    assert set(metrics["targets"]) >= {"win_rate_rlhf_vs_sft", "demo_seconds"}
 
 
-def test_same_seed_same_files(tmp_path):
-    a, b = run(tmp_path, "a"), run(tmp_path, "b")
-    for name in ("completions.jsonl", "rankings.jsonl", "pairs.jsonl", "agreement.json"):
-        assert (a / name).read_bytes() == (b / name).read_bytes(), name
-    c = run(tmp_path, "c", seed=1)
-    assert (a / "rankings.jsonl").read_bytes() != (c / "rankings.jsonl").read_bytes()
+@pytest.mark.slow
+def test_same_seed_same_run(quick_run, tmp_path):
+    """Rerun the first stages with the same seed: the same files, byte for byte."""
+    import torch
+
+    again = tmp_path / "again"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["demo", "--quick", "--out", str(again), "--seed", "0"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("completions.jsonl", "rankings.jsonl", "pairs.jsonl", "rm_pairs.jsonl",
+                 "eval/completions_rlhf.jsonl"):  # fmt: skip
+        assert (quick_run / name).read_bytes() == (again / name).read_bytes(), name
+    a = json.loads((quick_run / "metrics.json").read_text())
+    b = json.loads((again / "metrics.json").read_text())
+    for name in ("win_rate_rlhf_vs_sft", "rm_gold_accuracy", "gold_mean_rlhf"):
+        assert a[name] == b[name], name
+
+
+def test_gold_pairs_and_pair_accuracy():
+    [p] = make_prompts(1, 3)
+    ideal = p.metadata["ideal"]
+    texts = [ideal, ideal + " extra words", "weather", ideal]  # the last ties with the first
+    cs = [Completion(id=f"c{i}", prompt_id=p.id, completion=t) for i, t in enumerate(texts)]
+    pairs = gold_pairs([p], cs)
+    gold = [gold_utility(p, t) for t in texts]
+    untied = sum(gold[i] != gold[j] for i in range(4) for j in range(i + 1, 4))
+    assert len(pairs) == untied == 5  # six pairs, less the tie of the two ideal ones
+    assert not any({q.chosen_id, q.rejected_id} == {"c0", "c3"} for q in pairs)
+    for q in pairs:
+        assert gold_utility(p, q.chosen) > gold_utility(p, q.rejected)
+    scores = {c.id: gold_utility(p, c.completion) for c in cs}
+    assert pair_accuracy(scores, pairs) == 1.0
+    assert pair_accuracy({k: -v for k, v in scores.items()}, pairs) == 0.0
+    assert pair_accuracy(scores, []) is None
+
+
+def test_split_ids_is_seeded_and_disjoint():
+    ids = [f"p{i}" for i in range(50)]
+    kept, held = split_ids(ids, 0.1, seed=0)
+    assert len(held) == 5 and not kept & held and kept | held == set(ids)
+    assert split_ids(ids, 0.1, seed=0) == (kept, held)
+    assert split_ids(ids, 0.1, seed=1) != (kept, held)
+
+
+def test_overoptimization_points_average_each_stretch_of_steps():
+    prompts = make_prompts(2, 0)
+    ideal = [p.metadata["ideal"] for p in prompts]
+    rollouts = [
+        {"step": s, "prompt": p.prompt, "completion": text, "score": float(s), "kl": 2.0 * s}
+        for s in range(4) for p, text in zip(prompts, ideal, strict=True)
+    ]  # fmt: skip
+    points = overoptimization(rollouts, prompts, windows=2)
+    assert len(points) == 2
+    assert points[0]["proxy"] == 0.5 and points[1]["proxy"] == 2.5
+    assert points[0]["kl"] == 1.0 and points[1]["kl"] == 5.0
+    gold = sum(gold_utility(p, t) for p, t in zip(prompts, ideal, strict=True)) / 2
+    assert points[0]["gold"] == pytest.approx(gold)

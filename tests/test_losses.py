@@ -18,6 +18,7 @@ from alignloop.losses import (
     pairwise_loss,
     ppo_policy_loss,
     ppo_value_loss,
+    rloo_advantages,
 )
 
 X = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
@@ -137,3 +138,13 @@ def test_logprobs_and_entropy_from_logits():
     assert close(entropy_from_logits(torch.zeros(1, 1, 8)), [[math.log(8)]])
     peaked = torch.tensor([[[100.0, 0.0, 0.0]]])
     assert close(entropy_from_logits(peaked), [[0.0]], 1e-4)
+
+
+def test_rloo_advantages_by_hand():
+    # k = 2: each response against the other one
+    returns = torch.tensor([1.0, 3.0, 0.0, 0.0, 5.0, -1.0])
+    assert close(rloo_advantages(returns, 2), [-2.0, 2.0, 0.0, 0.0, 6.0, -6.0])
+    # k = 3: 1 vs mean(2, 6) = 4; 2 vs mean(1, 6) = 3.5; 6 vs mean(1, 2) = 1.5
+    adv = rloo_advantages(torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0]), 3)
+    assert close(adv, [-3.0, -1.5, 4.5, -1.5, -1.5, 3.0])
+    assert close(adv.view(-1, 3).sum(1), [0.0, 0.0])  # a baseline: zero sum per prompt

@@ -109,6 +109,26 @@ def _train_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_sft(args: argparse.Namespace) -> int:
+    from alignloop.config import config_from_args
+    from alignloop.train.sft import SFTConfig, train_sft
+
+    _print_json(train_sft(config_from_args(SFTConfig, args)))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from alignloop.generate import generate_file
+
+    n = generate_file(
+        args.policy, args.prompts, args.out, k=args.k, temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens, max_prompt_length=args.max_prompt_length,
+        batch_size=args.batch_size, seed=args.seed, policy_name=args.name,
+    )  # fmt: skip
+    print(f"wrote {n} completions to {args.out}")
+    return 0
+
+
 def _train_ppo(args: argparse.Namespace) -> int:
     from alignloop.config import config_from_args
     from alignloop.train.ppo import train_ppo
@@ -124,7 +144,7 @@ def _eval_rm(args: argparse.Namespace) -> int:
 
     model = RewardModel.from_pretrained(args.model)
     groups = group_pairs(load_pairs(Path(args.data)))
-    tokenize_groups(groups, model.tokenizer, args.max_length)
+    tokenize_groups(groups, model.tokenizer, args.max_length, append_eos=model.appends_eos)
     _print_json(evaluate_pairs(model, groups, batch_size=args.batch_size))
     return 0
 
@@ -152,6 +172,26 @@ def _score(args: argparse.Namespace) -> int:
         for c, r in zip(completions, rewards, strict=True):
             f.write(json.dumps({"id": c.id, "prompt_id": c.prompt_id, "reward": r}) + "\n")
     print(f"wrote {len(rewards)} rewards to {args.out}")
+    return 0
+
+
+# --- alignloop eval / report --------------------------------------------------------
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from alignloop.config import config_from_args
+    from alignloop.evaluate import EvalConfig, evaluate
+
+    result = evaluate(config_from_args(EvalConfig, args))
+    _print_json(result["metrics"])
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from alignloop.evaluate.report import load_report_data, render_report
+
+    path = render_report(load_report_data(args.data, ppo_log=args.ppo_log), args.out)
+    print(f"wrote {path}")
     return 0
 
 
@@ -195,7 +235,7 @@ def _world_label(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from alignloop.loop import DemoConfig, run_demo
 
-    config = DemoConfig(out=Path(args.out), seed=args.seed, quick=args.quick)
+    config = DemoConfig(out=Path(args.out), seed=args.seed, quick=args.quick, threads=args.threads)
     metrics = run_demo(config)
     _print_json(metrics)
     return 0
@@ -231,12 +271,29 @@ def make_parser() -> argparse.ArgumentParser:
     p = _command(sub, "demo", _demo, "Run the loop on the built-in summarization task.")
     p.add_argument("--out", default="runs/demo", help="run directory (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of every stage (default: 0)")
-    p.add_argument("--quick", action="store_true", help="a small run for tests (seconds)")
+    p.add_argument("--quick", action="store_true", help="a small run for tests (about a minute)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is best on a busy CPU)")
 
     from alignloop.config import add_config_arguments
     from alignloop.train.ppo_config import PPOConfig
     from alignloop.train.reward_config import RewardConfig
+    from alignloop.train.sft_config import SFTConfig
 
+    p = _command(sub, "train-sft", _train_sft, "Supervised fine-tuning on demonstrations.")
+    add_config_arguments(p, SFTConfig)
+    p = _command(sub, "generate", _generate, "K sampled completions per prompt of a file.")
+    p.add_argument("--policy", required=True, help="causal LM: a local path or a hub id")
+    p.add_argument("--prompts", required=True, help="prompts file (.jsonl or .parquet)")
+    p.add_argument("--out", required=True, help="completions file to write")
+    p.add_argument("--k", type=int, default=4, help="completions per prompt (default: 4)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="longest completion")
+    p.add_argument("--max-prompt-length", type=int, default=None,
+                   help="longer prompts lose their start (default: the model's limit)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--name", help="the completions' 'policy' field (default: the policy path)")
     p = _command(sub, "train-rm", _train_rm, "Train a reward model on preference pairs.")
     add_config_arguments(p, RewardConfig)
     p = _command(sub, "train-ppo", _train_ppo, "Tune a policy with PPO against a reward.")
@@ -253,6 +310,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help='JSONL to write: {"id", "prompt_id", "reward"}')
     p.add_argument("--max-length", type=int, default=512, help="tokens per sequence")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+    from alignloop.evaluate.eval_config import EvalConfig
+
+    p = _command(sub, "eval", _eval, "Reward, win rates, KL, length and toxicity of a policy.")
+    add_config_arguments(p, EvalConfig)
+    p = _command(sub, "report", _report, "A self-contained report.html from report data.")
+    p.add_argument(
+        "--data", nargs="*", default=[], help="report data JSON files, merged in order "
+        "(e.g. an eval run's report_data.json)"
+    )  # fmt: skip
+    p.add_argument("--ppo-log", help="a PPO run's metrics.jsonl, for the PPO plots")
+    p.add_argument("--out", required=True, help="HTML file to write")
 
     data = _group(sub, "data", "Validate, convert and import record files.")
     p = _command(data, "validate", _data_validate, "Check every record of a file.")
@@ -304,6 +372,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--labelers", type=int, default=5, help="size of the labeler pool")
     p.add_argument("--overlap", type=int, default=3, help="distinct labelers per prompt")
     p.add_argument("--seed", type=int, default=0)
+    from alignloop.server.commands import add_server_commands
+    add_server_commands(sub, _command, _group)
     return parser
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
@@ -31,6 +32,7 @@ from alignloop.schema import Completion, Prompt
 __all__ = [
     "Samples",
     "generate_completions",
+    "generate_file",
     "sample",
     "sampling_config",
     "stop_token_ids",
@@ -219,3 +221,47 @@ def generate_completions(
                 )
             )
     return records
+
+
+def generate_file(
+    policy_path: str | Path,
+    prompts_path: str | Path,
+    out: str | Path,
+    *,
+    k: int = 4,
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    max_prompt_length: int | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    policy_name: str | None = None,
+    show_progress: bool = True,
+) -> int:
+    """`alignloop generate`: sample `k` completions of every prompt of a file with a
+    policy (local path or hub id) and write them as completion records (atomically).
+    Seeded: the same seed, policy and prompts give the same file. Returns the count."""
+    from alignloop.io import read_records, write_records
+    from alignloop.models import load_policy
+    from alignloop.schema import SchemaError
+    from alignloop.train.common import progress
+
+    prompts = read_records(prompts_path, "prompt")
+    if not prompts:
+        raise SchemaError(f"{prompts_path}: no prompts to generate from")
+    policy, tokenizer = load_policy(policy_path)
+    policy.eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy.to(device)
+    torch.manual_seed(seed)
+    records: list[Completion] = []
+    bar, task = progress(len(prompts), f"generating {k} per prompt", enabled=show_progress)
+    with bar, torch.inference_mode():
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            records += generate_completions(
+                policy, tokenizer, chunk, k=k, temperature=temperature,
+                max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length,
+                batch_size=batch_size, policy_name=policy_name or str(policy_path),
+            )  # fmt: skip
+            bar.update(task, completed=start + len(chunk))
+    return write_records(out, records)

@@ -5,7 +5,7 @@ A `mask` is 1.0 on the response tokens that count and 0.0 on padding.
 
 - reward model: `pairwise_loss` (Bradley-Terry), `centering_loss`
 - PPO: `kl_k1` / `kl_k3` (per-token KL estimators), `gae`, `ppo_policy_loss`,
-  `ppo_value_loss`, with the masked statistics they need
+  `ppo_value_loss`, with the masked statistics they need; `rloo_advantages` (no critic)
 - log-probabilities and entropy from logits, without full-vocabulary copies
 
 A new variant is a new function here, never a branch on a string.
@@ -32,6 +32,7 @@ __all__ = [
     "pairwise_loss",
     "ppo_policy_loss",
     "ppo_value_loss",
+    "rloo_advantages",
 ]
 
 
@@ -152,6 +153,15 @@ def gae(
         last = (delta + gamma * lam * last) * mask[:, t]
         advantages[:, t] = last
     return advantages, (advantages + values) * mask
+
+
+def rloo_advantages(returns: torch.Tensor, k: int) -> torch.Tensor:
+    """REINFORCE leave-one-out baseline (Kool et al. 2019; Ahmadian et al. 2024): each
+    response's return minus the mean return of the other k - 1 responses to the same
+    prompt. returns: (B,), the k responses of a prompt adjacent -> (B,)."""
+    grouped = returns.view(-1, k)  # (P, k)
+    others = (grouped.sum(1, keepdim=True) - grouped) / (k - 1)  # (P, k) leave-one-out mean
+    return (grouped - others).view(-1)  # (B,)
 
 
 # --- PPO losses --------------------------------------------------------------------

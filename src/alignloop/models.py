@@ -249,20 +249,52 @@ class RewardModel(nn.Module):
     def reads_last_token(self) -> bool:
         return hasattr(self.hf_model, "score")
 
-    def token_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    @property
+    def packs_prompts(self) -> bool:
+        """Whether several texts can share one row (`forward` with a block mask): a
+        decoder whose attention takes a custom 4D mask (sdpa, eager)."""
+        implementation = getattr(self.hf_model.config, "_attn_implementation", None)
+        return self.reads_last_token and implementation in ("sdpa", "eager")
+
+    def token_scores(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The head's output at every position of a decoder backbone: (N, L) -> (N, L).
-        (The value model of PPO starts from these.)"""
+        (The value model of PPO starts from these.) A 4D boolean mask (N, 1, L, L)
+        with explicit positions runs packed rows (see `forward`)."""
         hf = self.hf_model
         backbone = getattr(hf, hf.base_model_prefix)
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
+        if attention_mask.dim() == 4 and hf.config._attn_implementation == "eager":
+            # eager attention adds its mask to the scores: 0 where allowed, min elsewhere
+            dtype = next(hf.parameters()).dtype
+            blocked = torch.zeros(attention_mask.shape, dtype=dtype, device=input_ids.device)
+            attention_mask = blocked.masked_fill(~attention_mask, torch.finfo(dtype).min)
         hidden = backbone(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
         ).last_hidden_state  # (N, L, H)
         return hf.score(hidden).squeeze(-1)  # (N, L)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Raw (unnormalized) rewards: (N, L) -> (N,)."""
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        read_at: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Raw (unnormalized) rewards: (N, L) -> (N,), read at each row's last token.
+
+        Packed rows (decoders, `packs_prompts`): input_ids (G, L) holding several
+        texts, attention_mask (G, 1, L, L) bool saying which token sees which,
+        position_ids (G, L), read_at (N,) flat indices into (G, L) of each text's
+        last token -> (N,)."""
+        if read_at is not None:
+            scores = self.token_scores(input_ids, attention_mask, position_ids)  # (G, L)
+            return scores.flatten()[read_at]
         if not self.reads_last_token:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
         scores = self.token_scores(input_ids, attention_mask)  # (N, L)

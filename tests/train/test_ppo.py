@@ -199,6 +199,47 @@ def test_first_rollout_has_zero_kl_and_an_update_changes_the_parameters(tmp_path
             assert not torch.equal(p, old), f"{name} did not change"
 
 
+def test_rloo_has_no_critic_and_a_leave_one_out_baseline(tmp_path, world):
+    """--advantage rloo: no value model or head; every token of a response carries its
+    return (score - beta * KL) minus the mean return of the other responses to the
+    same prompt; the update has no value loss and moves every policy weight."""
+    from alignloop.train.common import make_accelerator
+
+    with pytest.raises(ConfigError, match="samples-per-prompt"):
+        make_config(world, tmp_path, advantage="rloo")
+    reward = tmp_path / "length.py"  # varies between responses, so advantages are not all 0
+    reward.write_text("def length(prompts, completions):\n    return [len(c) for c in completions]")
+    config = make_config(
+        world, tmp_path, advantage="rloo", samples_per_prompt=2, batch_size=4,
+        whiten_advantages=False, reward_fn=f"{reward}:length", missing_eos_penalty=None,
+    )  # fmt: skip
+    policy, critic, reference, tokenizer, rows, texts, score_fn = _pieces(config)
+    assert critic is None and not hasattr(policy, "value_head")
+    rollout, _ = make_rollout(
+        policy, critic, reference, tokenizer, rows, texts, score_fn, 0.05, config
+    )
+    mask = rollout.response_mask
+    returns = rollout.rewards.sum(1)  # (B,) score - beta * KL, the 2 of a prompt adjacent
+    expected = (returns - returns.view(-1, 2).flip(1).reshape(-1))[:, None] * mask
+    torch.testing.assert_close(rollout.advantages, expected)
+    assert rollout.advantages.abs().sum() > 0
+    assert torch.equal(rollout.values, torch.zeros_like(mask))
+
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    stats = ppo_update(
+        make_accelerator(mixed_precision="no", out=tmp_path),
+        policy,
+        None,
+        _optimizers(config, policy, None),
+        rollout,
+        config,
+        torch.Generator().manual_seed(0),
+    )
+    assert "v_loss" not in stats and {"pg_loss", "approx_kl", "clipfrac"} <= stats.keys()
+    for name, p in policy.named_parameters():
+        assert not torch.equal(p, before[name]), f"{name} did not change"
+
+
 def test_left_padding_does_not_change_log_probs(tmp_path, world):
     """A prompt padded on the left (in a batch with a longer one) gets the log-probs it
     gets alone: positions count real tokens only."""

@@ -164,6 +164,65 @@ def test_decoder_reward_is_the_same_alone_right_padded_and_left_padded(tiny_rm):
     torch.testing.assert_close(rm(other, right_mask), right, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_rows_give_the_rewards_of_separate_sequences(tiny_rm, attention):
+    """A block per prompt ([prompt | completion 1 | completion 2 ...]), short blocks
+    sharing a row, a block mask and positions restarting at each prompt: every text
+    scores as it scores alone."""
+    from alignloop.models import RewardModel
+
+    rm = RewardModel.from_pretrained(tiny_rm)
+    rm.hf_model.config._attn_implementation = attention
+    rm.eval()
+    assert rm.packs_prompts
+    groups = group_pairs([
+        Comparison(prompt="in riverton , the bank funded a new station . tl;dr :",
+                   chosen="bank funded station", rejected="a station", prompt_id="a"),
+        Comparison(prompt="in riverton , the bank funded a new station . tl;dr :",
+                   chosen="bank funded station", rejected="the bank funded a station",
+                   prompt_id="a"),
+        Comparison(prompt="tl;dr :", chosen="a dog", rejected="a dog barked", prompt_id="b"),
+        Comparison(prompt="tl;dr :", chosen="a cat", rejected="the cat", prompt_id="c"),
+    ])  # fmt: skip
+    tokenize_groups(groups, rm.tokenizer, 64, same_cut=True)
+    separate = rm(*collate(groups, pad_id=0).model_inputs())
+    batch = collate(groups, pad_id=0, pack=True)
+    assert batch.input_ids.shape[0] == 2  # the two short prompts share a row
+    torch.testing.assert_close(rm(*batch.model_inputs()), separate, atol=1e-5, rtol=1e-5)
+    # the prompt's tokens are in the row once: fewer tokens than the separate rows
+    assert batch.read_at.tolist()[-1] < sum(len(ids) for g in groups for ids in g.input_ids)
+
+
+def test_same_cut_cuts_the_same_prompt_tokens_from_every_completion(tiny_rm):
+    """Too long: every sequence of the prompt loses the same prompt tokens (the longest
+    ends at max_length), so they share their prompt; when a completion alone does not
+    fit, each sequence is cut on its own."""
+    from alignloop.models import RewardModel
+    from alignloop.train.reward import shared_prefix_length
+
+    tokenizer = RewardModel.from_pretrained(tiny_rm).tokenizer
+    prompt = " ".join(["the bank funded a new station on mill street ."] * 3) + " tl;dr :"
+    groups = group_pairs([
+        Comparison(prompt=prompt, chosen="bank funded station", rejected="a new station on mill"),
+        Comparison(prompt="tl;dr :", chosen="a dog", rejected="a cat on mill street . " * 4),
+    ])  # fmt: skip
+    full = {t: tokenizer(join_text(g.prompt, t))["input_ids"] for g in groups for t in g.texts}
+    max_length = 16
+    cut = tokenize_groups(groups, tokenizer, max_length, same_cut=True)
+    first, second = groups[0].input_ids, groups[1].input_ids
+    assert max(map(len, first)) == max_length and min(map(len, first)) < max_length
+    excess = max(len(full[t]) for t in groups[0].texts) - max_length
+    for text, ids in zip(groups[0].texts, first, strict=True):
+        assert ids == full[text][len(full[text]) - len(ids) :]  # the end kept, the start cut
+        assert len(full[text]) - len(ids) == excess  # the same number of tokens from each
+    whole = shared_prefix_length([full[t] for t in groups[0].texts])
+    assert shared_prefix_length(first) == whole - excess  # what they shared, less the cut
+    # the second prompt: "a dog" fits, the long completion alone is cut to max_length
+    assert second[0] == full["a dog"] and len(second[1]) == max_length
+    assert second[1] == full[groups[1].texts[1]][-max_length:]
+    assert cut == 3
+
+
 def test_encoder_reward_is_the_same_alone_and_right_padded(minilm_path):
     from alignloop.models import RewardModel
 

@@ -11,6 +11,10 @@ Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO"):
     advantages, returns = gae(rewards, values)      # gamma 1, lambda 0.95, whitened
     ppo_update: epochs x shuffled minibatches of clipped policy + value losses
 
+With `advantage="rloo"` there is no critic: K responses per prompt, each one's
+advantage is its return (score - beta * KL) minus the mean return of the others
+(REINFORCE leave-one-out, Ahmadian et al. 2024), and the update has no value loss.
+
 The loop around it (`train_ppo`) adds the KL controller, stopping rules, logging,
 checkpoints that resume bit-exactly on CPU, and multi-process runs via accelerate.
 """
@@ -43,6 +47,7 @@ from alignloop.losses import (
     masked_whiten,
     ppo_policy_loss,
     ppo_value_loss,
+    rloo_advantages,
 )
 from alignloop.schema import SchemaError
 from alignloop.train.common import Checkpoints, MetricsLog, TrainingError, epoch_batches, progress
@@ -222,7 +227,8 @@ def make_rollout(
     parts {"reward_model": (B,), "reward_fn": (B,)} (checked for NaN by the caller)."""
     from alignloop.generate import sample
 
-    generator = policy.policy if critic is None else policy  # the causal LM itself
+    with_values = config.advantage == "gae"  # RLOO: no critic, no values
+    generator = policy.policy if _value_head(config) else policy  # the causal LM itself
     for m in (policy, critic):
         if m is not None:
             m.eval()  # for generate's KV cache, which gradient checkpointing turns off
@@ -241,14 +247,17 @@ def make_rollout(
     with torch.inference_mode(), autocast():
         for idx in chunks:
             args = (s.query_ids[idx], s.query_mask[idx], response_ids[idx], mask[idx])
-            logits, values = forward(policy, critic, *args, config.temperature)
+            logits, values = forward(
+                policy, critic, *args, config.temperature, values=with_values
+            )
             logprobs = logprobs_from_logits(logits, response_ids[idx])  # (b, T)
             entropy = entropy_from_logits(logits)  # (b, T)
             ref_logprobs = reference.logprobs(*args, config.temperature)  # (b, T)
             parts.append((logprobs, ref_logprobs, values, entropy))
     # Out of inference mode from here: these tensors take part in autograd later.
     logprobs, ref_logprobs, values, entropy = (
-        torch.cat(p).clone() for p in zip(*parts, strict=True)
+        torch.cat(p).clone() if p[0] is not None else torch.zeros_like(mask)  # RLOO: no values
+        for p in zip(*parts, strict=True)
     )
     values, entropy = values * mask, entropy * mask
 
@@ -261,7 +270,12 @@ def make_rollout(
     rewards = compute_rewards(scores, kl, mask, kl_coef)  # (B, T)
     if config.whiten_rewards:
         rewards = masked_whiten(rewards, mask, shift_mean=False)
-    advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)  # (B, T) each
+    if with_values:
+        advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)  # (B, T) each
+    else:
+        returns = rewards.sum(1)  # (B,) score - beta * KL of each episode
+        advantages = rloo_advantages(returns, config.samples_per_prompt)[:, None] * mask
+        returns = returns[:, None] * mask  # (B, T): what the episode earned, at every token
     if config.whiten_advantages:
         advantages = masked_whiten(advantages, mask)
     rollout = Rollout(
@@ -303,6 +317,7 @@ def ppo_update(
     models = [m for m in (policy, critic) if m is not None]
     for m in models:
         m.train()
+    with_values = config.advantage == "gae"  # RLOO: no critic, no value loss
     B = len(rollout.scores)
     micro_size = config.minibatch_size // config.grad_accum
     stats: dict[str, list[torch.Tensor]] = {}
@@ -322,15 +337,19 @@ def ppo_update(
                         mb.response_ids,
                         mb.response_mask,
                         config.temperature,
+                        values=with_values,
                     )
                     new_logprobs = logprobs_from_logits(new_logits, mb.response_ids)  # (b, T)
                     pg_loss, pg_stats = ppo_policy_loss(
                         new_logprobs, mb.logprobs, mb.advantages, mb.response_mask, config.clip_eps
                     )
-                    v_loss, vf_clipfrac = ppo_value_loss(
-                        new_values, mb.values, mb.returns, mb.response_mask, config.value_clip_eps
-                    )
-                    loss = pg_loss + config.vf_coef * v_loss
+                    loss, v_loss, vf_clipfrac = pg_loss, None, None
+                    if with_values:
+                        v_loss, vf_clipfrac = ppo_value_loss(
+                            new_values, mb.values, mb.returns, mb.response_mask,
+                            config.value_clip_eps,
+                        )  # fmt: skip
+                        loss = loss + config.vf_coef * v_loss
                     _check_finite(accelerator, loss)
                     accelerator.backward(loss / config.grad_accum)
                 for name, value in (
@@ -340,7 +359,8 @@ def ppo_update(
                     ("clipfrac", pg_stats.clipfrac),
                     ("vf_clipfrac", vf_clipfrac),
                 ):
-                    stats.setdefault(name, []).append(value.detach())
+                    if value is not None:
+                        stats.setdefault(name, []).append(value.detach())
             if config.max_grad_norm > 0:
                 for m in models:
                     accelerator.clip_grad_norm_(m.parameters(), config.max_grad_norm)
@@ -535,7 +555,9 @@ def build_models(config: PPOConfig, console):
             policy.enable_input_require_grads()
 
     critic = None
-    if config.critic == "policy-head":
+    if config.advantage == "rloo":
+        pass  # no critic: the other responses to a prompt are the baseline
+    elif config.critic == "policy-head":
         policy = PolicyWithValueHead(policy)
     else:
         source = config.value_model or config.reward_model or config.policy
@@ -557,21 +579,30 @@ def build_models(config: PPOConfig, console):
     return policy, critic, reference, reward_model, tokenizer
 
 
+def _value_head(config: PPOConfig) -> bool:
+    """Whether the critic is a value head on the policy (a `PolicyWithValueHead`)."""
+    return config.advantage == "gae" and config.critic == "policy-head"
+
+
 def _optimizers(config: PPOConfig, policy, critic) -> list[torch.optim.Optimizer]:
     """AdamW with eps 1e-5 (the TL;DR reproductions' value); the critic at --value-lr."""
+    from alignloop.train.common import adamw
+
     value_lr = config.value_lr or config.lr
     kw = {"weight_decay": config.weight_decay, "eps": 1e-5}
     trainable = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731
-    if critic is None:
+    if _value_head(config):
         head = set(map(id, policy.value_head.parameters()))
         groups = [
             {"params": [p for p in trainable(policy) if id(p) not in head], "lr": config.lr},
             {"params": list(policy.value_head.parameters()), "lr": value_lr},
         ]
-        return [torch.optim.AdamW(groups, **kw)]
+        return [adamw(groups, **kw)]
+    if critic is None:  # RLOO
+        return [adamw(trainable(policy), lr=config.lr, **kw)]
     return [
-        torch.optim.AdamW(trainable(policy), lr=config.lr, **kw),
-        torch.optim.AdamW(trainable(critic), lr=value_lr, **kw),
+        adamw(trainable(policy), lr=config.lr, **kw),
+        adamw(trainable(critic), lr=value_lr, **kw),
     ]
 
 
@@ -685,6 +716,7 @@ def train_ppo(config: PPOConfig) -> dict:
 
     log = MetricsLog(out / "metrics.jsonl", enabled=main)
     samples_log = MetricsLog(out / "samples.jsonl", enabled=main)
+    rollouts_log = MetricsLog(out / "rollouts.jsonl", enabled=main and config.log_rollouts)
     # Each process its own sampling stream; restored from a checkpoint on resume.
     torch.manual_seed(config.seed + rank)
     state = {
@@ -701,10 +733,11 @@ def train_ppo(config: PPOConfig) -> dict:
         console.print(f"resumed from {latest} (step {state['step']})")
     elif main:
         out.mkdir(parents=True, exist_ok=True)
-        for f in (log.path, samples_log.path):
+        for f in (log.path, samples_log.path, rollouts_log.path):
             f.unlink(missing_ok=True)  # a fresh run starts fresh logs
     log.truncate_after(state["step"])
     samples_log.truncate_after(state["step"])
+    rollouts_log.truncate_after(state["step"])
     if config.report_to != "none":
         accelerator.init_trackers(
             "alignloop-ppo", config={k: str(v) for k, v in vars(config).items()}
@@ -786,6 +819,14 @@ def train_ppo(config: PPOConfig) -> dict:
             log.write({"step": step, **record})
             if config.report_to != "none":
                 accelerator.log(record, step=step)
+            for prompt, completion, score, kl in zip(
+                rollout.prompts, rollout.completions, rollout.scores.tolist(),
+                rollout.kl.sum(1).tolist(), strict=True,
+            ):  # fmt: skip
+                rollouts_log.write(
+                    {"step": step, "prompt": prompt, "completion": completion,
+                     "score": score, "kl": kl}
+                )  # fmt: skip
             if config.sample_every and step % config.sample_every == 0:
                 _show_samples(console, samples_log, rollout, step, config.samples_shown)
             if config.save_every and step % config.save_every == 0:
@@ -811,7 +852,7 @@ def train_ppo(config: PPOConfig) -> dict:
         **record,
         "ppo/seconds": round(time.perf_counter() - started, 2),
     }
-    _save_policy(accelerator, policy, critic is None, tokenizer, config, out)
+    _save_policy(accelerator, policy, _value_head(config), tokenizer, config, out)
     if main:
         log.write({"step": step, "stop_reason": stop_reason})
         write_json(out / "final_metrics.json", final)

@@ -48,6 +48,12 @@ class PPOConfig:
     reward_clip: float | None = option(None, "clip scores to [-c, c] (none: no clipping)")
     whiten_rewards: bool = option(False, "whiten the per-token rewards of each batch")
     # PPO
+    advantage: Literal["gae", "rloo"] = option(
+        "gae",
+        "gae: a critic and GAE (PPO); rloo: each response's return (score - beta * KL) "
+        "minus the mean return of the other responses to its prompt (REINFORCE "
+        "leave-one-out, Ahmadian et al. 2024), no critic; needs --samples-per-prompt >= 2",
+    )
     batch_size: int = option(16, "prompts per rollout on each process")
     minibatch_size: int = option(8, "responses per optimizer step on each process")
     grad_accum: int = option(1, "micro-batches each minibatch is split into")
@@ -95,6 +101,10 @@ class PPOConfig:
     seed: int = option(0, "seed of the data order and the sampling (process i uses seed + i)")
     sample_every: int = option(10, "show and log a few sample completions every N steps (0: never)")
     samples_shown: int = option(3, "sample completions shown each time")
+    log_rollouts: bool = option(
+        False, "write every response of every rollout to rollouts.jsonl (step, prompt, "
+        "completion, score, kl); with several processes, the main process's share"
+    )  # fmt: skip
     save_every: int = option(50, "checkpoint every N steps (0: never)")
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
     resume: bool = option(False, "resume from the newest checkpoint in --out")
@@ -123,6 +133,11 @@ class PPOConfig:
         for name in ("max_steps", "max_episodes"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)} must be at least 1")
+        if self.advantage == "rloo" and self.samples_per_prompt < 2:
+            raise ConfigError(
+                "--advantage rloo compares the responses to one prompt: "
+                "--samples-per-prompt must be at least 2"
+            )
         if self.reward_model is None and self.reward_fn is None:
             raise ConfigError("give --reward-model, --reward-fn or both")
         if self.reward_fn is not None and ":" not in self.reward_fn:

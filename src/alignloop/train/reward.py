@@ -12,6 +12,14 @@ of its pairs' `pairwise_loss`; a batch's loss is the mean over its prompts.
     rewards = model(batch.input_ids, mask)        # (N,) read at each text's last token
     loss = per-prompt mean of pairwise_loss(rewards[chosen], rewards[rejected], margin)
 
+A decoder reads left to right, so the prompt, shared by all completions of a
+prompt, is run once for all of them: `collate(pack=True)` lays out one row per
+prompt, [prompt | completion 1 | completion 2 | ...], with a block attention mask
+(each completion sees the prompt and itself) and positions that restart after the
+prompt. The rewards are exactly those of the separate sequences, for about 1.5x
+fewer tokens on HH-RLHF. To share the prompt exactly, a prompt too long for
+`max_length` loses the same tokens in all of its sequences (`same_cut`).
+
 After training, rewards are normalized so that the training completions score mean 0
 and std 1 (the gain and bias are saved in the model's config), which is what PPO
 expects of its reward.
@@ -37,6 +45,7 @@ from alignloop.train.common import (
     Checkpoints,
     MetricsLog,
     TrainingError,
+    adamw,
     epoch_batches,
     iterate_from,
     make_accelerator,
@@ -112,30 +121,94 @@ def split_groups(
 
 
 def tokenize_groups(
-    groups: list[PromptGroup], tokenizer, max_length: int, *, append_eos: bool = False
+    groups: list[PromptGroup],
+    tokenizer,
+    max_length: int,
+    *,
+    append_eos: bool = False,
+    same_cut: bool = False,
 ) -> int:
     """Tokenize every prompt + completion in place, cutting the start of the prompt
     when too long so the completion's end, where the reward is read, stays.
+
+    `same_cut`: when a prompt's longest sequence is too long, every sequence of that
+    prompt loses the same prompt tokens (the longest then has `max_length` tokens,
+    the others fewer), so all completions are read in the same context and share
+    their prompt tokens exactly (what `collate(pack=True)` runs once). Without it,
+    each sequence is cut to `max_length` on its own.
     Returns how many sequences were cut."""
+    if not groups:
+        return 0
     texts = [join_text(g.prompt, t) for g in groups for t in g.texts]
-    rows, cut = tokenize_keep_end(tokenizer, texts, max_length, append_eos=append_eos)
-    it = iter(rows)
+    if not same_cut:
+        rows, cut = tokenize_keep_end(tokenizer, texts, max_length, append_eos=append_eos)
+        it = iter(rows)
+        for g in groups:
+            g.input_ids = [next(it) for _ in g.texts]
+        return cut
+    rows = tokenizer(texts, add_special_tokens=True)["input_ids"]
+    if append_eos:
+        rows = [[*r, tokenizer.eos_token_id] for r in rows]
+    special = set(tokenizer.all_special_ids)
+    it, cut = iter(rows), 0
     for g in groups:
-        g.input_ids = [next(it) for _ in g.texts]
+        g_rows = [next(it) for _ in g.texts]
+        lead = min(_leading(r, special) for r in g_rows)  # BOS / [CLS]: always kept
+        g.input_ids, n = _cut_together(g_rows, lead, max_length)
+        cut += n
     return cut
+
+
+def _leading(row: list[int], special: set[int]) -> int:
+    n = 0
+    while n < len(row) and row[n] in special:
+        n += 1
+    return n
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens that every row starts with, leaving each row at least one of its own."""
+    limit = min(len(r) for r in rows) - 1
+    n = 0
+    while n < limit and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
+
+
+def _cut_together(rows: list[list[int]], lead: int, max_length: int) -> tuple[list, int]:
+    """Cut the same tokens (after the `lead` special ones) from the start of every row
+    of one prompt until the longest fits; when the shared prompt is too short for
+    that, each row too long is cut on its own. Returns (rows, how many lost tokens)."""
+    excess = max(len(r) for r in rows) - max_length
+    if excess <= 0:
+        return rows, 0
+    if excess <= shared_prefix_length(rows) - lead:
+        return [r[:lead] + r[lead + excess :] for r in rows], len(rows)
+    kept = max_length - lead
+    cut = [r if len(r) <= max_length else r[:lead] + r[len(r) - kept :] for r in rows]
+    return cut, sum(len(r) > max_length for r in rows)
 
 
 @dataclass
 class RewardBatch:
-    """Several prompts' pairs, every distinct completion once."""
+    """Several prompts' pairs, every distinct completion once. N texts; packed, R rows
+    hold them all (see `collate`)."""
 
-    input_ids: torch.Tensor  # (N, L) prompt + completion tokens, right-padded
-    attention_mask: torch.Tensor  # (N, L) 1 on real tokens
-    chosen: torch.Tensor  # (P,) row in input_ids of each pair's chosen completion
-    rejected: torch.Tensor  # (P,) row of each pair's rejected completion
+    input_ids: torch.Tensor  # (N, L) prompt + completion tokens, right-padded; packed (R, L)
+    attention_mask: torch.Tensor  # (N, L) 1 on real tokens; packed (R, 1, L, L) bool
+    chosen: torch.Tensor  # (P,) text index (0..N-1) of each pair's chosen completion
+    rejected: torch.Tensor  # (P,) text index of each pair's rejected completion
     margin: torch.Tensor  # (P,) each pair's margin, 0.0 where it has none
     group: torch.Tensor  # (P,) which of the batch's prompts each pair belongs to
     n_groups: int
+    position_ids: torch.Tensor | None = None  # packed: (R, L) restarting at each prompt
+    read_at: torch.Tensor | None = None  # packed: (N,) flat index in (R, L) of each text's end
+
+    def model_inputs(self) -> tuple:
+        """The reward model's arguments: (input_ids, attention_mask[, positions, read_at])."""
+        if self.read_at is None:
+            return self.input_ids, self.attention_mask
+        return self.input_ids, self.attention_mask, self.position_ids, self.read_at
 
     def to(self, device) -> RewardBatch:
         return RewardBatch(
@@ -146,28 +219,109 @@ class RewardBatch:
         )
 
 
-def collate(groups: Sequence[PromptGroup], pad_id: int) -> RewardBatch:
-    """One RewardBatch from tokenized groups."""
-    rows: list[list[int]] = []
+def collate(groups: Sequence[PromptGroup], pad_id: int, *, pack: bool = False) -> RewardBatch:
+    """One RewardBatch from tokenized groups: a right-padded row per text, or, with
+    `pack` (decoders only), each prompt as one block (the tokens its texts share, then
+    each text's own tokens) and the blocks packed into as few rows as hold the
+    longest, with a block mask and positions that make every text's reward exactly
+    what it would be alone."""
+    texts: list[list[int]] = []
     chosen, rejected, margin, group = [], [], [], []
     for g_index, g in enumerate(groups):
-        offset = len(rows)
-        rows.extend(g.input_ids)
+        offset = len(texts)
+        texts.extend(g.input_ids)
         for c, r, m in g.pairs:
             chosen.append(offset + c)
             rejected.append(offset + r)
             margin.append(m)
             group.append(g_index)
-    input_ids, attention_mask = pad_right(rows, pad_id)
+    pairs = {
+        "chosen": torch.tensor(chosen),
+        "rejected": torch.tensor(rejected),
+        "margin": torch.tensor(margin, dtype=torch.float32),
+        "group": torch.tensor(group),
+        "n_groups": len(groups),
+    }
+    if not pack:
+        input_ids, attention_mask = pad_right(texts, pad_id)
+        return RewardBatch(input_ids=input_ids, attention_mask=attention_mask, **pairs)
+    blocks = [_block(g.input_ids) for g in groups]  # (tokens, segments, positions, ends)
+    rows = _fill_rows([len(b[0]) for b in blocks])  # block indices per row
+    L = max(sum(len(blocks[b][0]) for b in row) for row in rows)
+    input_ids = torch.full((len(rows), L), pad_id, dtype=torch.long)  # (R, L)
+    block_id = torch.full((len(rows), L), -1)  # (R, L) which block, -1: padding
+    segment = torch.zeros((len(rows), L), dtype=torch.long)  # (R, L) 0 shared, i text i
+    position_ids = torch.zeros((len(rows), L), dtype=torch.long)  # (R, L)
+    read_at = [0] * len(texts)
+    first_text = [0]  # index of each block's first text
+    for b in blocks:
+        first_text.append(first_text[-1] + len(b[3]))
+    for r, row in enumerate(rows):
+        col = 0
+        for b in row:
+            tokens, seg, pos, ends = blocks[b]
+            span = slice(col, col + len(tokens))
+            input_ids[r, span] = torch.tensor(tokens)
+            block_id[r, span] = b
+            segment[r, span] = torch.tensor(seg)
+            position_ids[r, span] = torch.tensor(pos)
+            for i, e in enumerate(ends):
+                read_at[first_text[b] + i] = r * L + col + e
+            col += len(tokens)
     return RewardBatch(
         input_ids=input_ids,
-        attention_mask=attention_mask,
-        chosen=torch.tensor(chosen),
-        rejected=torch.tensor(rejected),
-        margin=torch.tensor(margin, dtype=torch.float32),
-        group=torch.tensor(group),
-        n_groups=len(groups),
+        attention_mask=block_mask(block_id, segment),
+        position_ids=position_ids,
+        read_at=torch.tensor(read_at),
+        **pairs,
     )
+
+
+def _block(texts: list[list[int]]) -> tuple[list[int], list[int], list[int], list[int]]:
+    """One prompt's texts laid out once: the tokens they share, then each one's own.
+    Returns (tokens, segment of each token: 0 shared / i for text i, positions, the
+    offset of each text's last token)."""
+    shared = shared_prefix_length(texts)
+    tokens, seg, pos = list(texts[0][:shared]), [0] * shared, list(range(shared))
+    ends = []
+    for i, ids in enumerate(texts):
+        own = ids[shared:]
+        tokens += own
+        seg += [i + 1] * len(own)
+        pos += range(shared, shared + len(own))
+        ends.append(len(tokens) - 1)
+    return tokens, seg, pos, ends
+
+
+def _fill_rows(lengths: list[int]) -> list[list[int]]:
+    """Blocks into as few rows as fit the longest block (first fit, longest first):
+    the padding of one row per prompt, mostly gone. Returns block indices per row."""
+    capacity = max(lengths)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for b in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, free in enumerate(room):
+            if lengths[b] <= free:
+                rows[r].append(b)
+                room[r] -= lengths[b]
+                break
+        else:
+            rows.append([b])
+            room.append(capacity - lengths[b])
+    return rows
+
+
+def block_mask(block_id: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    """Who sees whom in packed rows: block_id (R, L) (-1 on padding) and segment (R, L)
+    (0 a prompt's shared tokens, i its text i) -> (R, 1, L, L) bool, True where query q
+    may attend to key k: causal, the same block, and k shared or in q's own text. A
+    padding position sees itself (an empty row would make the softmax NaN)."""
+    L = block_id.shape[1]
+    bq, bk = block_id[:, :, None], block_id[:, None, :]  # (R, L, 1), (R, 1, L)
+    sq, sk = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    allowed = causal & (bk >= 0) & (bk == bq) & ((sk == 0) | (sk == sq))  # (R, L, L)
+    return (allowed | torch.eye(L, dtype=torch.bool))[:, None]
 
 
 # --- loss and evaluation -------------------------------------------------------------
@@ -202,6 +356,7 @@ def evaluate_pairs(model, groups: Sequence[PromptGroup], *, batch_size: int, acc
     device = accelerator.device if accelerator else torch.device("cpu")
     mine = groups[rank::world]
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct, margin, loss, n
+    pack = _packs(accelerator.unwrap_model(model) if accelerator else model)
     model.eval()
     i = 0
     while i < len(mine):
@@ -211,8 +366,8 @@ def evaluate_pairs(model, groups: Sequence[PromptGroup], *, batch_size: int, acc
             chunk.append(mine[i])
             n_seq += len(mine[i].texts)
             i += 1
-        batch = collate(chunk, pad_id=0).to(device)
-        rewards = model(batch.input_ids, batch.attention_mask).float()
+        batch = collate(chunk, pad_id=0, pack=pack).to(device)
+        rewards = model(*batch.model_inputs()).float()
         diff = rewards[batch.chosen] - rewards[batch.rejected]
         totals += torch.stack([
             (diff > 0).sum(), diff.sum(), pairwise_loss(diff, torch.zeros_like(diff)).sum(),
@@ -235,6 +390,7 @@ def normalization(model, groups: Sequence[PromptGroup], *, n: int, batch_size: i
     """(gain, bias) that map the raw rewards of up to `n` training completions to
     mean 0 and std 1."""
     rows = [ids for g in groups for ids in g.input_ids][:n]
+    rows.sort(key=len)  # batches of similar lengths: little padding (the order is moot)
     model.eval()
     rewards = []
     for start in range(0, len(rows), batch_size):
@@ -244,6 +400,12 @@ def normalization(model, groups: Sequence[PromptGroup], *, n: int, batch_size: i
     std = r.std().item() if len(r) > 1 else 1.0
     std = std if std > 1e-6 else 1.0
     return 1.0 / std, -r.mean().item() / std
+
+
+def _packs(reward_model) -> bool:
+    """Whether batches are packed (one row per prompt): decoders whose attention
+    takes a custom 4D mask."""
+    return bool(getattr(reward_model, "packs_prompts", False))
 
 
 # --- training ------------------------------------------------------------------------
@@ -265,8 +427,9 @@ def _read_data(config: RewardConfig) -> tuple[list, list]:
 def _tokenize_data(config: RewardConfig, train: list, held: list, reward_model, log) -> None:
     """Tokenize in place, saying how many sequences lost the start of their prompt."""
     tokenizer, eos = reward_model.tokenizer, reward_model.appends_eos
-    cut = tokenize_groups(train, tokenizer, config.max_length, append_eos=eos)
-    cut += tokenize_groups(held, tokenizer, config.max_length, append_eos=eos)
+    same = _packs(reward_model)  # packed rows share a prompt only if cut alike
+    cut = tokenize_groups(train, tokenizer, config.max_length, append_eos=eos, same_cut=same)
+    cut += tokenize_groups(held, tokenizer, config.max_length, append_eos=eos, same_cut=same)
     if cut:
         log(f"[yellow]{cut} sequences longer than {config.max_length} tokens lost the "
             "start of their prompt[/yellow]")  # fmt: skip
@@ -309,7 +472,7 @@ def train_reward_model(config: RewardConfig) -> dict:
         lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         gradient_checkpointing=config.gradient_checkpointing,
     )  # fmt: skip
-    optimizer = torch.optim.AdamW(
+    optimizer = adamw(
         [p for p in reward_model.parameters() if p.requires_grad],
         lr=config.lr,
         weight_decay=config.weight_decay,
@@ -336,6 +499,7 @@ def train_reward_model(config: RewardConfig) -> dict:
     log.truncate_after(state["step"])
 
     pad_id = reward_model.tokenizer.pad_token_id
+    pack = _packs(reward_model)
     step, micro, started = state["step"], 0, time.perf_counter()
     bar, task = progress(total_steps, "reward model", enabled=main)
     bar.update(task, completed=step)
@@ -350,10 +514,11 @@ def train_reward_model(config: RewardConfig) -> dict:
             for b_index, indices in iterate_from(batches, start):
                 if step >= total_steps:
                     break
-                batch = collate([train[i] for i in indices], pad_id).to(accelerator.device)
+                batch = collate([train[i] for i in indices], pad_id, pack=pack)
+                batch = batch.to(accelerator.device)
                 model.train()
                 with accelerator.accumulate(model):
-                    rewards = model(batch.input_ids, batch.attention_mask).float()
+                    rewards = model(*batch.model_inputs()).float()
                     loss, stats = batch_loss(
                         rewards, batch, use_margin=config.use_margin, center_coef=config.center_coef
                     )

@@ -1,0 +1,89 @@
+"""Options of `alignloop eval`: each field's help text is its `--help`.
+
+Sampling defaults are those of `alignloop train-ppo` (temperature 0.7, 53 new tokens),
+so the KL measured here is the KL that PPO's penalty and its `ppo/kl` log measure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from alignloop.config import REQUIRED, ConfigError, option
+
+
+@dataclass
+class EvalConfig:
+    # inputs and outputs
+    policy: str = option(REQUIRED, "policy to evaluate: a local path or a hub id (a causal LM)")
+    prompts: Path = option(
+        REQUIRED,
+        "prompts file (.jsonl or .parquet); their 'reference' texts, if any, are a baseline too",
+    )
+    out: Path = option(
+        REQUIRED, "output directory: eval.json, completions_*.jsonl, scores.jsonl, report.html, ..."
+    )
+    reference: str | None = option(
+        None, "reference policy (the SFT model, say): KL to it and win rate against it"
+    )
+    reward_model: str | None = option(None, "reward model directory (from train-rm)")
+    judge: str | None = option(
+        None,
+        "a Python judge, 'module:function' or 'file.py:function': f(prompt record, "
+        "completion text) -> float, higher is better (alignloop.world:gold_utility for the "
+        "built-in world's prompts)",
+    )
+    judge_name: str = option("gold", "name of --judge in the figures")
+    toxicity: str = option(
+        "words",
+        "toxicity classifier: 'words' (the built-in world's rude words), 'words:FILE' "
+        "(one word per line) or a text-classification model directory / hub id",
+    )
+    toxicity_label: str | None = option(
+        None, "the classifier's toxic label (default: 'toxic', 'hate'... if it has one)"
+    )
+    toxicity_threshold: float = option(0.5, "a text scoring at least this is toxic")
+    policy_name: str = option("policy", "name of --policy in the figures")
+    reference_name: str = option("reference", "name of --reference in the figures")
+    # sampling
+    max_prompts: int | None = option(None, "evaluate the first N prompts only (default: all)")
+    k: int = option(1, "completions sampled per prompt and policy")
+    temperature: float = option(0.7, "sampling temperature; the KL is measured at it too")
+    max_new_tokens: int = option(53, "longest completion in tokens")
+    max_prompt_length: int = option(512, "longer prompts lose their start")
+    batch_size: int = option(16, "prompts per generate call; sequences per KL forward pass")
+    reward_max_length: int = option(1024, "tokens of prompt + completion the reward model reads")
+    reward_batch_size: int = option(32, "sequences per reward-model forward pass")
+    seed: int = option(0, "seed of the sampling (each policy samples from the same seed)")
+    device: str = option("auto", "torch device: auto (cuda if there is one, else cpu), cpu, cuda")
+    dtype: Literal["float32", "bfloat16", "float16"] = option("float32", "dtype of the policies")
+    # report
+    examples: int = option(20, "prompts shown side by side in the report")
+    report: bool = option(True, "write report.html beside eval.json")
+
+    def __post_init__(self) -> None:
+        for name in (
+            "k",
+            "max_new_tokens",
+            "max_prompt_length",
+            "batch_size",
+            "reward_max_length",
+            "reward_batch_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ConfigError("--max-prompts must be at least 1")
+        if self.examples < 0:
+            raise ConfigError("--examples must not be negative")
+        if self.temperature <= 0:
+            raise ConfigError("--temperature must be positive (evaluation samples)")
+        if self.judge is not None and ":" not in self.judge:
+            raise ConfigError(f"--judge {self.judge!r}: expected 'module:function'")
+        for name in ("policy_name", "reference_name"):
+            if getattr(self, name) in ("prompt", "scores", "prompt_reference"):
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is taken")
+        if self.judge_name in ("id", "prompt_id", "policy", "reward", "kl", "toxicity", "toxic"):
+            raise ConfigError(f"--judge-name {self.judge_name!r} is taken by another score")
+        if self.reference is not None and self.policy_name == self.reference_name:
+            raise ConfigError("--policy-name and --reference-name must differ")

@@ -1,0 +1,279 @@
+"""The JSON API under /api/v1: what the labeling page's JavaScript uses, and scripts.
+
+    GET  /api/v1/me
+    GET  /api/v1/projects
+    GET  /api/v1/projects/{project}/guidelines
+    POST /api/v1/projects/{project}/guidelines/{version}/acknowledge
+    GET  /api/v1/tasks/next[?project=NAME]        200 a task, 204 none left
+    GET  /api/v1/assignments/{id}
+    POST /api/v1/assignments/{id}/ranking         201 stored, 200 the same one again
+    POST /api/v1/assignments/{id}/skip
+    GET  /api/v1/admin/projects                   (admins)
+    GET  /api/v1/admin/projects/{project}/status
+    GET  /api/v1/admin/projects/{project}/export?what=rankings|pairs|consensus
+    POST /api/v1/admin/labelers                   201 with the new token (shown once)
+
+Errors are `{"detail": "..."}` (401, 403, 404, 409), and 422 is FastAPI's validation
+shape `{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}` whether the body is
+malformed or a ranking is not an ordering of the assignment's completions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from alignloop.server import assign, service
+from alignloop.server.auth import Identity, api_admin, api_identity, db_of
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1")
+Labeler = Annotated[Identity, Depends(api_identity)]
+Admin = Annotated[Identity, Depends(api_admin)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RankingIn(Strict):
+    criterion: str | None = Field(
+        None, description="one of the project's criteria; may be left out when it has one"
+    )
+    ranking: list[list[str]] = Field(
+        default_factory=list,
+        description="groups of completion ids, best first; ids in one group are tied",
+        examples=[[["3f2a9c01d4e5b6a7"], ["9b1c2d3e4f5a6b7c", "0a1b2c3d4e5f6a7b"]]],
+    )
+    unrankable: bool = Field(
+        False, description="the labeler cannot rank these (may leave ranking empty)"
+    )
+    rationale: str = Field("", max_length=assign.RATIONALE_MAX, description="optional free text")
+    flag_unsafe: bool = Field(False, description="flag the prompt or a completion as unsafe")
+
+    @field_validator("ranking", mode="before")
+    @classmethod
+    def _groups(cls, v: Any) -> Any:
+        if isinstance(v, list) and any(isinstance(g, str) for g in v):
+            raise ValueError(
+                'must be a list of groups of completion ids, best first, e.g. [["a"], '
+                '["b", "c"]] (b and c tied); got a flat list'
+            )
+        return v
+
+
+class CompletionOut(BaseModel):
+    id: str
+    text: str
+
+
+class Progress(BaseModel):
+    labeler_done: int
+    project_complete_prompts: int
+    project_prompts: int
+
+
+class TaskOut(BaseModel):
+    assignment_id: int
+    project: str
+    prompt: str
+    completions: list[CompletionOut]
+    criteria: list[str]
+    ranked_criteria: list[str]
+    guidelines_version: str
+    expires_at: str
+    progress: Progress
+    status: str = Field(description="pending, done, skipped or expired")
+
+
+class RankingOut(BaseModel):
+    assignment_id: int
+    criterion: str
+    ranking: list[list[str]]
+    unrankable: bool
+    rationale: str
+    flag_unsafe: bool
+    created: bool = Field(description="False: this ranking was already stored (a retry)")
+    assignment_complete: bool
+
+
+class SkipOut(BaseModel):
+    assignment_id: int
+    status: str
+
+
+class GuidelinesOut(BaseModel):
+    project: str
+    version: str
+    markdown: str
+    acknowledged: bool
+
+
+class AcknowledgementOut(BaseModel):
+    project: str
+    version: str
+    acknowledged_at: str
+
+
+class MeOut(BaseModel):
+    name: str
+    is_admin: bool
+
+
+class NewLabelerIn(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    admin: bool = False
+
+
+class NewLabelerOut(BaseModel):
+    name: str
+    is_admin: bool
+    token: str = Field(description="shown once: only its SHA-256 is stored")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no or unknown token"},
+    404: {"description": "no such assignment of yours, or no such project"},
+}
+
+
+@router.get("/me", response_model=MeOut, responses=ERRORS)
+def me(who: Labeler) -> MeOut:
+    return MeOut(name=who.name, is_admin=who.is_admin)
+
+
+@router.get("/projects", responses=ERRORS)
+def projects(request: Request, who: Labeler) -> list[dict[str, Any]]:
+    return [
+        {k: p[k] for k in ("name", "criteria", "prompts", "guidelines_version")}
+        for p in service.list_projects(db_of(request))
+    ]
+
+
+@router.get("/projects/{project}/guidelines", response_model=GuidelinesOut, responses=ERRORS)
+def guidelines(request: Request, project: str, who: Labeler) -> dict[str, Any]:
+    return assign.guidelines_for(db_of(request), who.labeler_id, project)
+
+
+@router.post(
+    "/projects/{project}/guidelines/{version}/acknowledge",
+    response_model=AcknowledgementOut,
+    responses={**ERRORS, 409: {"description": "not the current version"}},
+)
+def acknowledge(request: Request, project: str, version: str, who: Labeler) -> dict[str, Any]:
+    return assign.acknowledge(db_of(request), who.labeler_id, project, version)
+
+
+@router.get(
+    "/tasks/next",
+    response_model=TaskOut,
+    responses={
+        **ERRORS,
+        204: {"description": "no task is left for you"},
+        409: {"description": "acknowledge the project's current guidelines first"},
+    },
+)
+def next_task(
+    request: Request,
+    who: Labeler,
+    project: Annotated[str | None, Query(description="a project (default: any)")] = None,
+) -> Any:
+    task = assign.next_task(db_of(request), who.labeler_id, project, now=request.app.state.clock())
+    return Response(status_code=204) if task is None else task
+
+
+@router.get("/assignments/{assignment_id}", response_model=TaskOut, responses=ERRORS)
+def get_assignment(request: Request, assignment_id: int, who: Labeler) -> dict[str, Any]:
+    return assign.get_task(
+        db_of(request), who.labeler_id, assignment_id, now=request.app.state.clock()
+    )
+
+
+@router.post(
+    "/assignments/{assignment_id}/ranking",
+    response_model=RankingOut,
+    status_code=201,
+    responses={
+        **ERRORS,
+        200: {"model": RankingOut, "description": "the same ranking was already stored"},
+        409: {"description": "a different ranking is stored, or the task was skipped/expired"},
+    },
+)
+def submit(
+    request: Request, response: Response, assignment_id: int, body: RankingIn, who: Labeler
+) -> dict[str, Any]:
+    result = assign.submit_ranking(
+        db_of(request),
+        who.labeler_id,
+        assignment_id,
+        assign.Submission(
+            criterion=body.criterion,
+            ranking=body.ranking,
+            unrankable=body.unrankable,
+            rationale=body.rationale,
+            flag_unsafe=body.flag_unsafe,
+        ),
+        now=request.app.state.clock(),
+    )
+    if not result["created"]:
+        response.status_code = 200
+    return result
+
+
+@router.post("/assignments/{assignment_id}/skip", response_model=SkipOut, responses=ERRORS)
+def skip(request: Request, assignment_id: int, who: Labeler) -> dict[str, Any]:
+    return assign.skip_assignment(db_of(request), who.labeler_id, assignment_id)
+
+
+# --- admins ------------------------------------------------------------------------
+
+ADMIN_ERRORS = {**ERRORS, 403: {"description": "not an admin"}}
+
+
+@router.get("/admin/projects", responses=ADMIN_ERRORS)
+def admin_projects(request: Request, who: Admin) -> list[dict[str, Any]]:
+    return service.list_projects(db_of(request))
+
+
+@router.get("/admin/projects/{project}/status", responses=ADMIN_ERRORS)
+def admin_status(request: Request, project: str, who: Admin) -> dict[str, Any]:
+    return service.project_status(db_of(request), project, now=request.app.state.clock())
+
+
+@router.get(
+    "/admin/projects/{project}/export",
+    responses={**ADMIN_ERRORS, 200: {"content": {"application/x-ndjson": {}}}},
+)
+def admin_export(
+    request: Request,
+    project: str,
+    who: Admin,
+    what: Literal["rankings", "pairs", "consensus"] = "rankings",
+    include_gold: bool = False,
+) -> Response:
+    records = service.export_project(db_of(request), project, what, include_gold=include_gold)
+    return jsonl_response(records, f"{project}-{what}.jsonl")
+
+
+def jsonl_response(records: list, filename: str) -> Response:
+    """Records as a JSONL download; the file name keeps only safe characters."""
+    body = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
+    return Response(
+        body,
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="{safe}"'},
+    )
+
+
+@router.post(
+    "/admin/labelers", response_model=NewLabelerOut, status_code=201, responses=ADMIN_ERRORS
+)
+def admin_add_labeler(request: Request, body: NewLabelerIn, who: Admin) -> NewLabelerOut:
+    token = service.add_labeler(db_of(request), body.name, admin=body.admin)
+    return NewLabelerOut(name=body.name.strip(), is_admin=body.admin, token=token)

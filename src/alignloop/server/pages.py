@@ -1,0 +1,269 @@
+"""The HTML pages: sign-in, guidelines, labeling, and the admin's pages.
+
+Templates are Jinja2 with autoescaping on, so whatever a model wrote shows as text.
+The only Markdown rendered to HTML is the guidelines', with raw HTML disabled (a
+`<script>` in the guidelines shows as text too). Pages carry no inline script: the
+labeling page's data reach `rank.js` through data- attributes, and the Content
+Security Policy (see `app.py`) allows scripts from this server only.
+
+Every form posts the session's CSRF token; the sign-in form, before there is a
+session, uses a double-submit cookie instead.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markdown_it import MarkdownIt
+
+from alignloop.server import assign, service
+from alignloop.server.api import jsonl_response
+from alignloop.server.auth import (
+    SESSION_LIFETIME,
+    Identity,
+    db_of,
+    end_session,
+    page_identity,
+    start_session,
+)
+from alignloop.server.errors import ServerError
+from alignloop.server.security import (
+    LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
+    new_csrf_token,
+    same_secret,
+)
+
+__all__ = ["render", "router"]
+
+router = APIRouter(include_in_schema=False)
+Page = Annotated[Identity, Depends(page_identity)]
+
+_env = Environment(
+    loader=PackageLoader("alignloop.server", "templates"),
+    autoescape=select_autoescape(["html"], default=True),
+)
+# CommonMark with tables; raw HTML in the Markdown is shown as text, and link
+# targets such as javascript: are refused by markdown-it's own check.
+_markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+
+def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    html = _env.get_template(template).render(request=request, **context)
+    return HTMLResponse(html, status_code=status)
+
+
+class CsrfFailed(ServerError):
+    status = 403
+
+
+def _check_csrf(identity: Identity, given: str | None) -> None:
+    if not same_secret(given, identity.csrf_token):
+        raise CsrfFailed("the form's security token is missing or stale: reload the page")
+
+
+def _cookie_secure(request: Request) -> bool:
+    return request.app.state.secure_cookies or request.url.scheme == "https"
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site (no scheme, no //host): no open redirect."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+# --- signing in and out ---------------------------------------------------------
+
+
+@router.get("/login")
+def login_form(request: Request, next: str = "/") -> HTMLResponse:
+    csrf = new_csrf_token()
+    response = render(request, "login.html", csrf=csrf, next=_safe_next(next), error=None)
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        csrf,
+        httponly=True,
+        samesite="lax",
+        secure=_cookie_secure(request),
+        max_age=3600,
+        path="/login",
+    )
+    return response
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    token: Annotated[str, Form()] = "",
+    csrf_token: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/",
+) -> Response:
+    if not same_secret(csrf_token, request.cookies.get(LOGIN_CSRF_COOKIE)):
+        raise CsrfFailed("the sign-in form's security token is missing or stale: reload the page")
+    started = start_session(db_of(request), token.strip())
+    if started is None:
+        csrf = new_csrf_token()
+        response = render(
+            request,
+            "login.html",
+            status=401,
+            csrf=csrf,
+            next=_safe_next(next),
+            error="Unknown token.",
+        )
+        response.set_cookie(
+            LOGIN_CSRF_COOKIE,
+            csrf,
+            httponly=True,
+            samesite="lax",
+            secure=_cookie_secure(request),
+            max_age=3600,
+            path="/login",
+        )
+        return response
+    session_id, _ = started
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        session_id,
+        httponly=True,
+        samesite="lax",
+        secure=_cookie_secure(request),
+        max_age=int(SESSION_LIFETIME.total_seconds()),
+        path="/",
+    )
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, who: Page, csrf_token: Annotated[str, Form()] = "") -> Response:
+    _check_csrf(who, csrf_token)
+    end_session(db_of(request), request.cookies.get(SESSION_COOKIE))
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+# --- labelers ----------------------------------------------------------------------
+
+
+@router.get("/")
+def home(request: Request, who: Page) -> HTMLResponse:
+    db = db_of(request)
+    projects = []
+    for p in service.list_projects(db):
+        g = assign.guidelines_for(db, who.labeler_id, p["name"])
+        projects.append({**p, "acknowledged": g["acknowledged"]})
+    return render(request, "home.html", who=who, projects=projects)
+
+
+@router.get("/projects/{project}/guidelines")
+def guidelines_page(request: Request, project: str, who: Page) -> HTMLResponse:
+    g = assign.guidelines_for(db_of(request), who.labeler_id, project)
+    return render(
+        request,
+        "guidelines.html",
+        who=who,
+        g=g,
+        html=_markdown.render(g["markdown"]),
+        label_url=f"/projects/{quote(project, safe='')}/label",
+    )
+
+
+@router.post("/projects/{project}/guidelines/acknowledge")
+def acknowledge_page(
+    request: Request,
+    project: str,
+    who: Page,
+    version: Annotated[str, Form()] = "",
+    csrf_token: Annotated[str, Form()] = "",
+) -> Response:
+    _check_csrf(who, csrf_token)
+    assign.acknowledge(db_of(request), who.labeler_id, project, version)
+    return RedirectResponse(f"/projects/{quote(project, safe='')}/label", status_code=303)
+
+
+@router.get("/projects/{project}/label")
+def label_page(request: Request, project: str, who: Page) -> Response:
+    g = assign.guidelines_for(db_of(request), who.labeler_id, project)
+    if not g["acknowledged"]:
+        return RedirectResponse(f"/projects/{quote(project, safe='')}/guidelines", status_code=303)
+    return render(request, "label.html", who=who, project=project, csrf=who.csrf_token)
+
+
+# --- admins -------------------------------------------------------------------------
+
+
+class NotAdmin(ServerError):
+    status = 403
+
+
+def _admin(who: Identity) -> None:
+    if not who.is_admin:
+        raise NotAdmin("this page is for admins")
+
+
+@router.get("/admin")
+def admin_home(request: Request, who: Page) -> HTMLResponse:
+    _admin(who)
+    return render(
+        request, "admin_index.html", who=who, projects=service.list_projects(db_of(request))
+    )
+
+
+@router.get("/admin/projects/{project}")
+def admin_project(request: Request, project: str, who: Page) -> HTMLResponse:
+    _admin(who)
+    status = service.project_status(db_of(request), project, now=request.app.state.clock())
+    return render(request, "admin_project.html", who=who, s=status, quoted=quote(project, safe=""))
+
+
+@router.get("/admin/projects/{project}/export/{what}")
+def admin_export(request: Request, project: str, what: str, who: Page) -> Response:
+    _admin(who)
+    records = service.export_project(db_of(request), project, what)
+    return jsonl_response(records, f"{project}-{what}.jsonl")
+
+
+@router.get("/admin/labelers")
+def admin_labelers(request: Request, who: Page) -> HTMLResponse:
+    _admin(who)
+    return render(
+        request,
+        "admin_labelers.html",
+        who=who,
+        csrf=who.csrf_token,
+        labelers=service.list_labelers(db_of(request)),
+        new=None,
+    )
+
+
+@router.post("/admin/labelers")
+def admin_add_labeler(
+    request: Request,
+    who: Page,
+    name: Annotated[str, Form()] = "",
+    admin: Annotated[bool, Form()] = False,
+    csrf_token: Annotated[str, Form()] = "",
+) -> HTMLResponse:
+    _admin(who)
+    _check_csrf(who, csrf_token)
+    db = db_of(request)
+    token = service.add_labeler(db, name, admin=admin)
+    response = render(
+        request,
+        "admin_labelers.html",
+        status=201,
+        who=who,
+        csrf=who.csrf_token,
+        labelers=service.list_labelers(db),
+        new={"name": name.strip(), "token": token, "admin": admin},
+    )
+    response.headers["Cache-Control"] = "no-store"  # the token must not linger in a cache
+    return response

@@ -1,0 +1,607 @@
+"""Administration: projects, guidelines, labelers, status and export.
+
+What `alignloop project ...` / `alignloop labeler add` and the admin pages do, as
+library functions over a `Database`. The feedback math (pairs, consensus, agreement)
+is `alignloop.feedback`'s: rankings leave the database as `alignloop.schema.Ranking`
+records and go through the very functions the file-based commands use, so an export
+is exactly what `alignloop feedback pairs` would have written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, defer
+
+from alignloop.feedback import agreement_report, consensus, pairwise_agreement, rankings_to_pairs
+from alignloop.schema import Completion, Prompt, Ranking, Record, SchemaError, check_rankings
+from alignloop.server.db import Database
+from alignloop.server.errors import Conflict, Invalid, NotFound
+from alignloop.server.models import (
+    DONE,
+    EXPIRED,
+    PENDING,
+    SKIPPED,
+    Assignment,
+    CompletionRow,
+    GoldRanking,
+    Guidelines,
+    Labeler,
+    Project,
+    PromptRow,
+    RankingRow,
+    utcnow,
+)
+from alignloop.server.security import hash_secret, new_token
+
+__all__ = [
+    "EXPORTS",
+    "add_labeler",
+    "create_project",
+    "current_guidelines",
+    "export_project",
+    "get_project",
+    "list_labelers",
+    "guidelines_version",
+    "list_projects",
+    "project_status",
+    "set_guidelines",
+]
+
+EXPORTS = ("rankings", "pairs", "consensus")
+GOLD_LABELER = "gold"  # the labeler name of gold rankings when they are scored
+
+
+def guidelines_version(markdown: str) -> str:
+    """The version of a guidelines text: SHA-256 of its Markdown (line endings
+    normalized, so the same file saved on Windows is the same version)."""
+    return hashlib.sha256(markdown.replace("\r\n", "\n").encode("utf-8")).hexdigest()
+
+
+def get_project(session: Session, name: str) -> Project:
+    project = session.scalar(select(Project).where(Project.name == name))
+    if project is None:
+        names = session.scalars(select(Project.name).order_by(Project.id)).all()
+        known = ", ".join(repr(n) for n in names) or "none yet"
+        raise NotFound(f"no project named {name!r} (projects: {known})")
+    return project
+
+
+def current_guidelines(session: Session, project: Project) -> Guidelines:
+    return session.scalars(
+        select(Guidelines)
+        .options(defer(Guidelines.markdown))  # loaded only where the text is shown
+        .where(Guidelines.project_id == project.id)
+        .order_by(Guidelines.id.desc())
+        .limit(1)
+    ).one()
+
+
+# --- creating a project ----------------------------------------------------------
+
+
+def _check_criteria(criteria: Sequence[str]) -> list[str]:
+    criteria = [c.strip() for c in criteria]
+    if not criteria or any(not c for c in criteria):
+        raise Invalid(
+            "--criteria: give one or more names, e.g. helpfulness,harmlessness", "criteria"
+        )
+    repeated = [c for c, n in Counter(criteria).items() if n > 1]
+    if repeated:
+        raise Invalid(f"--criteria: {repeated[0]!r} is given twice", "criteria")
+    return criteria
+
+
+def _check_task(
+    prompts: Sequence[Prompt],
+    completions: Sequence[Completion],
+    gold: Sequence[Ranking],
+    criteria: Sequence[str],
+) -> None:
+    """Every completion belongs to a prompt, every prompt has at least two completions
+    to rank, every gold ranking ranks a prompt's own completions under a criterion of
+    the project. Raises one SchemaError naming every bad record's file and line."""
+    problems: list[str] = []
+    seen: dict[str, Prompt] = {}
+    for p in prompts:
+        if p.id in seen:
+            problems.append(
+                f"{p.where}: field 'id': prompt id {p.id!r} already used at {seen[p.id].where}"
+            )
+        seen[p.id] = p
+    try:
+        check_rankings(gold, completions, prompts)
+    except SchemaError as e:
+        problems.extend(e.problems)
+    per_prompt = Counter(c.prompt_id for c in completions)
+    for p in prompts:
+        if per_prompt[p.id] < 2:
+            problems.append(
+                f"{p.where}: prompt {p.id!r} has {per_prompt[p.id]} completion(s); "
+                "a ranking needs at least 2"
+            )
+    gold_keys: dict[tuple[str, str], Ranking] = {}
+    for r in gold:
+        if r.criterion not in criteria:
+            problems.append(
+                f"{r.where}: field 'criterion': {r.criterion!r} is not one of the "
+                f"project's criteria ({', '.join(criteria)})"
+            )
+        if r.unrankable or not r.ranking:
+            problems.append(f"{r.where}: a gold ranking must rank the completions")
+        key = (r.prompt_id, r.criterion)
+        if key in gold_keys:
+            problems.append(
+                f"{r.where}: a second gold ranking of prompt {r.prompt_id!r} by "
+                f"{r.criterion!r} (first at {gold_keys[key].where})"
+            )
+        gold_keys[key] = r
+    if problems:
+        raise SchemaError(problems)
+
+
+def _public_ids(n: int) -> list[str]:
+    """Random ids for completions as labelers see them: nothing about the file's id,
+    its order or its policy can be read from them."""
+    ids: set[str] = set()
+    while len(ids) < n:
+        ids.add(secrets.token_hex(8))
+    return list(ids)
+
+
+@dataclass
+class ProjectSummary:
+    name: str
+    prompts: int
+    gold_prompts: int
+    completions: int
+    criteria: list[str]
+    overlap: int
+    gold_rate: float
+    guidelines_version: str
+
+
+def create_project(
+    db: Database,
+    *,
+    name: str,
+    criteria: Sequence[str],
+    guidelines: str,
+    prompts: Sequence[Prompt],
+    completions: Sequence[Completion],
+    overlap: int,
+    gold: Sequence[Ranking] = (),
+    gold_rate: float | None = None,
+    assignment_ttl_s: int = 3600,
+) -> ProjectSummary:
+    """A new project with its prompts, completions, guidelines and gold rankings, in
+    one transaction (all of it or nothing).
+
+    Prompts that have a gold ranking become hidden gold items: every labeler may get
+    each one once, at `gold_rate` of their tasks (default 0.1 when gold is given),
+    and they are scored against the gold ranking instead of counting for overlap.
+    """
+    criteria = _check_criteria(criteria)
+    if not name.strip():
+        raise Invalid("--name: a project needs a name", "name")
+    if overlap < 1:
+        raise Invalid(f"--overlap must be at least 1, got {overlap}", "overlap")
+    if assignment_ttl_s < 1:
+        raise Invalid("--assignment-ttl must be positive", "assignment_ttl_s")
+    gold_rate = (0.1 if gold else 0.0) if gold_rate is None else gold_rate
+    if not 0.0 <= gold_rate < 1.0:
+        raise Invalid(f"--gold-rate must be in [0, 1), got {gold_rate}", "gold_rate")
+    if gold_rate > 0 and not gold:
+        raise Invalid("--gold-rate needs gold rankings (--gold FILE)", "gold_rate")
+    if not guidelines.strip():
+        raise Invalid("the guidelines are empty", "guidelines")
+    _check_task(prompts, completions, gold, criteria)
+    gold_prompts = {r.prompt_id for r in gold}
+    if len(gold_prompts) == len({p.id for p in prompts}):
+        raise Invalid("every prompt has a gold ranking: nothing is left to label", "gold")
+
+    with db.write() as session:
+        if session.scalar(select(Project.id).where(Project.name == name)) is not None:
+            raise Conflict(f"a project named {name!r} already exists")
+        project = Project(
+            name=name,
+            criteria=list(criteria),
+            overlap=overlap,
+            gold_rate=gold_rate,
+            assignment_ttl_s=assignment_ttl_s,
+        )
+        session.add(project)
+        session.flush()
+        session.add(
+            Guidelines(
+                project_id=project.id, version=guidelines_version(guidelines), markdown=guidelines
+            )
+        )
+        prompt_rows = {
+            p.id: PromptRow(
+                project_id=project.id,
+                external_id=p.id,
+                text=p.prompt,
+                reference=p.reference,
+                meta=dict(p.metadata),
+                is_gold=p.id in gold_prompts,
+            )
+            for p in prompts
+        }
+        session.add_all(prompt_rows.values())
+        session.flush()
+        session.add_all(
+            CompletionRow(
+                project_id=project.id,
+                prompt_id=prompt_rows[c.prompt_id].id,
+                external_id=c.id,
+                public_id=public_id,
+                text=c.completion,
+                policy=c.policy,
+            )
+            for c, public_id in zip(completions, _public_ids(len(completions)), strict=True)
+        )
+        session.add_all(
+            GoldRanking(
+                prompt_id=prompt_rows[r.prompt_id].id,
+                criterion=r.criterion,
+                groups=[list(g) for g in r.ranking],
+            )
+            for r in gold
+        )
+    return ProjectSummary(
+        name=name,
+        prompts=len(prompts) - len(gold_prompts),
+        gold_prompts=len(gold_prompts),
+        completions=len(completions),
+        criteria=list(criteria),
+        overlap=overlap,
+        gold_rate=gold_rate,
+        guidelines_version=guidelines_version(guidelines),
+    )
+
+
+def set_guidelines(db: Database, name: str, markdown: str) -> tuple[str, bool]:
+    """Make `markdown` the project's current guidelines; (version, whether it changed).
+    Labelers must acknowledge a new version before their next task."""
+    if not markdown.strip():
+        raise Invalid("the guidelines are empty", "guidelines")
+    version = guidelines_version(markdown)
+    with db.write() as session:
+        project = get_project(session, name)
+        if current_guidelines(session, project).version == version:
+            return version, False
+        existing = session.scalar(
+            select(Guidelines).where(
+                Guidelines.project_id == project.id, Guidelines.version == version
+            )
+        )
+        if existing is not None:
+            # Back to an earlier text: it becomes the newest row again and, being a
+            # change from what labelers last read, needs acknowledging again.
+            session.delete(existing)
+            session.flush()
+        session.add(Guidelines(project_id=project.id, version=version, markdown=markdown))
+    return version, True
+
+
+# --- labelers ----------------------------------------------------------------------
+
+
+def add_labeler(db: Database, name: str, *, admin: bool = False) -> str:
+    """A new labeler; returns their login token. Only its hash is stored: the token
+    cannot be shown again (add the labeler under a new name to issue another)."""
+    name = name.strip()
+    if not name:
+        raise Invalid("--name: a labeler needs a name", "name")
+    if name == GOLD_LABELER:
+        raise Invalid(f"--name: {GOLD_LABELER!r} is reserved for gold rankings", "name")
+    token = new_token()
+    try:
+        with db.write() as session:
+            if session.scalar(select(Labeler.id).where(Labeler.name == name)) is not None:
+                raise Conflict(f"a labeler named {name!r} already exists")
+            session.add(Labeler(name=name, token_hash=hash_secret(token), is_admin=admin))
+    except IntegrityError:
+        raise Conflict(f"a labeler named {name!r} already exists") from None
+    return token
+
+
+def list_labelers(db: Database) -> list[dict[str, Any]]:
+    with db.read() as session:
+        return [
+            {
+                "name": lab.name,
+                "is_admin": lab.is_admin,
+                "active": lab.active,
+                "created_at": lab.created_at.isoformat(timespec="seconds"),
+            }
+            for lab in session.scalars(select(Labeler).order_by(Labeler.id))
+        ]
+
+
+def labeler_by_token(session: Session, token: str) -> Labeler | None:
+    if not token:
+        return None
+    labeler = session.scalar(select(Labeler).where(Labeler.token_hash == hash_secret(token)))
+    return labeler if labeler is not None and labeler.active else None
+
+
+# --- what the database holds, as the schema's records -------------------------------
+
+
+@dataclass
+class ProjectRecords:
+    prompts: list[Prompt]
+    completions: list[Completion]
+    rankings: list[Ranking]  # labelers' rankings, in the order they were stored
+    gold: list[Ranking]  # the known rankings of gold prompts (labeler "gold")
+    gold_prompt_ids: set[str]
+
+
+def project_records(session: Session, project: Project) -> ProjectRecords:
+    prompt_rows = session.scalars(
+        select(PromptRow).where(PromptRow.project_id == project.id).order_by(PromptRow.id)
+    ).all()
+    by_pk = {p.id: p for p in prompt_rows}
+    prompts = [
+        Prompt(id=p.external_id, prompt=p.text, reference=p.reference, metadata=p.meta or {})
+        for p in prompt_rows
+    ]
+    completions = [
+        Completion(
+            id=c.external_id,
+            prompt_id=by_pk[c.prompt_id].external_id,
+            completion=c.text,
+            policy=c.policy,
+        )
+        for c in session.scalars(
+            select(CompletionRow)
+            .where(CompletionRow.project_id == project.id)
+            .order_by(CompletionRow.id)
+        )
+    ]
+    rows = session.execute(
+        select(RankingRow, Assignment.prompt_id, Labeler.name)
+        .join(Assignment, RankingRow.assignment_id == Assignment.id)
+        .join(Labeler, Assignment.labeler_id == Labeler.id)
+        .where(Assignment.project_id == project.id)
+        .order_by(RankingRow.id)
+    ).all()
+    rankings = [
+        Ranking(
+            prompt_id=by_pk[prompt_pk].external_id,
+            labeler=labeler,
+            criterion=r.criterion,
+            ranking=r.groups,
+            unrankable=r.unrankable,
+            rationale=r.rationale or None,
+        )
+        for r, prompt_pk, labeler in rows
+    ]
+    gold = [
+        Ranking(
+            prompt_id=by_pk[g.prompt_id].external_id,
+            labeler=GOLD_LABELER,
+            criterion=g.criterion,
+            ranking=g.groups,
+        )
+        for g in session.scalars(
+            select(GoldRanking)
+            .join(PromptRow, GoldRanking.prompt_id == PromptRow.id)
+            .where(PromptRow.project_id == project.id)
+            .order_by(GoldRanking.id)
+        )
+    ]
+    gold_ids = {p.external_id for p in prompt_rows if p.is_gold}
+    return ProjectRecords(prompts, completions, rankings, gold, gold_ids)
+
+
+def export_project(
+    db: Database, name: str, what: str, *, include_gold: bool = False, criterion: str | None = None
+) -> list[Record]:
+    """The project's rankings, pairs or consensus rankings as schema records, ready
+    for `alignloop.io.write_records` and then `alignloop train-rm`.
+
+    Rankings of gold prompts are left out unless `include_gold`: every labeler ranks
+    each gold prompt, which would weigh those prompts far more than the others."""
+    if what not in EXPORTS:
+        raise Invalid(f"--what must be one of {', '.join(EXPORTS)}, got {what!r}", "what")
+    with db.read() as session:
+        project = get_project(session, name)
+        if criterion is not None and criterion not in project.criteria:
+            raise Invalid(
+                f"--criterion {criterion!r} is not one of the project's criteria "
+                f"({', '.join(project.criteria)})",
+                "criterion",
+            )
+        records = project_records(session, project)
+    rankings = [
+        r
+        for r in records.rankings
+        if (include_gold or r.prompt_id not in records.gold_prompt_ids)
+        and (criterion is None or r.criterion == criterion)
+    ]
+    if what == "rankings":
+        return list(rankings)
+    if what == "consensus":
+        return list(consensus(rankings))
+    result = rankings_to_pairs(rankings, records.completions, records.prompts)
+    return list(result.pairs)
+
+
+# --- status ------------------------------------------------------------------------
+
+
+def _gold_scores(rankings: Iterable[Ranking], gold: list[Ranking]) -> dict[str, dict[str, Any]]:
+    """Labeler -> {"accuracy", "pairs", "items"}: the share of the gold rankings'
+    strictly ordered pairs the labeler ordered the same way (pairs the labeler tied
+    or left out do not count), by `feedback.pairwise_agreement` between the labeler
+    and the gold labeler."""
+    by_labeler: dict[str, list[Ranking]] = defaultdict(list)
+    gold_keys = {(g.prompt_id, g.criterion) for g in gold}
+    for r in rankings:
+        if (r.prompt_id, r.criterion) in gold_keys:
+            by_labeler[r.labeler].append(r)
+    scores = {}
+    for labeler, own in by_labeler.items():
+        share, pairs = pairwise_agreement([*gold, *own])
+        scores[labeler] = {
+            "accuracy": None if share is None else round(share, 4),
+            "pairs": pairs,
+            "items": len({r.prompt_id for r in own}),
+        }
+    return scores
+
+
+def _assignment_counts(session: Session, project: Project) -> tuple[dict, dict, int]:
+    """(labeler -> status -> count, labeler -> [seconds per done task], complete prompts)."""
+    rows = session.execute(
+        select(
+            Labeler.name,
+            Assignment.status,
+            Assignment.is_gold,
+            Assignment.created_at,
+            Assignment.completed_at,
+            Assignment.prompt_id,
+        )
+        .join(Labeler, Assignment.labeler_id == Labeler.id)
+        .where(Assignment.project_id == project.id)
+    ).all()
+    counts: dict[str, Counter] = defaultdict(Counter)
+    seconds: dict[str, list[float]] = defaultdict(list)
+    done_per_prompt: Counter = Counter()
+    for name, status, is_gold, created, completed, prompt_pk in rows:
+        counts[name][status] += 1
+        if status == DONE:
+            if completed is not None:
+                seconds[name].append((completed - created).total_seconds())
+            if not is_gold:
+                done_per_prompt[prompt_pk] += 1
+    complete = sum(1 for n in done_per_prompt.values() if n >= project.overlap)
+    return counts, seconds, complete
+
+
+def project_status(db: Database, name: str, *, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Progress, per-labeler throughput, agreement (`feedback.agreement_report` over
+    the non-gold rankings), gold accuracy and flagged items, as one JSON-safe dict."""
+    now = now or utcnow()
+    with db.read() as session:
+        project = get_project(session, name)
+        records = project_records(session, project)
+        counts, seconds, complete = _assignment_counts(session, project)
+        guidelines = current_guidelines(session, project)
+        last_hour = Counter(
+            session.scalars(
+                select(Labeler.name)
+                .join(Assignment, Assignment.labeler_id == Labeler.id)
+                .join(RankingRow, RankingRow.assignment_id == Assignment.id)
+                .where(
+                    Assignment.project_id == project.id,
+                    RankingRow.created_at > now - dt.timedelta(hours=1),
+                )
+            ).all()
+        )
+        flagged = [
+            {
+                "prompt_id": prompt_id,
+                "labeler": labeler,
+                "criterion": r.criterion,
+                "rationale": r.rationale or "",
+                "at": r.created_at.isoformat(timespec="seconds"),
+            }
+            for r, prompt_id, labeler in session.execute(
+                select(RankingRow, PromptRow.external_id, Labeler.name)
+                .join(Assignment, RankingRow.assignment_id == Assignment.id)
+                .join(PromptRow, Assignment.prompt_id == PromptRow.id)
+                .join(Labeler, Assignment.labeler_id == Labeler.id)
+                .where(Assignment.project_id == project.id, RankingRow.flagged_unsafe.is_(True))
+                .order_by(RankingRow.id)
+            )
+        ]
+        criteria, overlap, gold_rate = list(project.criteria), project.overlap, project.gold_rate
+    regular = [r for r in records.rankings if r.prompt_id not in records.gold_prompt_ids]
+    agreement = agreement_report(regular)
+    gold = _gold_scores(records.rankings, records.gold)
+    labelers: dict[str, dict[str, Any]] = {}
+    for labeler in sorted(set(counts) | {r.labeler for r in records.rankings}):
+        own = [r for r in records.rankings if r.labeler == labeler]
+        c = counts.get(labeler, Counter())
+        labelers[labeler] = {
+            "assignments_done": c[DONE],
+            "pending": c[PENDING],
+            "skipped": c[SKIPPED],
+            "expired": c[EXPIRED],
+            "rankings": len(own),
+            "unrankable": sum(r.unrankable for r in own),
+            "rankings_last_hour": last_hour.get(labeler, 0),
+            "median_seconds_per_task": (
+                round(statistics.median(seconds[labeler]), 1) if seconds[labeler] else None
+            ),
+            "agreement_with_consensus": agreement["labelers"]
+            .get(labeler, {})
+            .get("agreement_with_consensus"),
+            "gold": gold.get(labeler, {"accuracy": None, "pairs": 0, "items": 0}),
+        }
+    n_regular = len(records.prompts) - len(records.gold_prompt_ids)
+    return {
+        "project": name,
+        "criteria": criteria,
+        "overlap": overlap,
+        "gold_rate": gold_rate,
+        "guidelines_version": guidelines.version,
+        "progress": {
+            "prompts": n_regular,
+            "complete_prompts": complete,
+            "gold_prompts": len(records.gold_prompt_ids),
+            "rankings": len(records.rankings),
+            "regular_rankings": len(regular),
+            "share_complete": round(complete / n_regular, 4) if n_regular else None,
+        },
+        "labelers": labelers,
+        "agreement": {k: v for k, v in agreement.items() if k != "labelers"},
+        "flagged_unsafe": flagged,
+    }
+
+
+def list_projects(db: Database) -> list[dict[str, Any]]:
+    """Every project with its size and progress (for the project lists)."""
+    with db.read() as session:
+        projects = session.scalars(select(Project).order_by(Project.id)).all()
+        out = []
+        for p in projects:
+            n = session.scalar(
+                select(func.count())
+                .select_from(PromptRow)
+                .where(PromptRow.project_id == p.id, PromptRow.is_gold.is_(False))
+            )
+            done = session.scalar(
+                select(func.count())
+                .select_from(Assignment)
+                .where(
+                    Assignment.project_id == p.id,
+                    Assignment.status == DONE,
+                    Assignment.is_gold.is_(False),
+                )
+            )
+            out.append(
+                {
+                    "name": p.name,
+                    "criteria": list(p.criteria),
+                    "overlap": p.overlap,
+                    "prompts": n,
+                    "assignments_done": done,
+                    "assignments_needed": n * p.overlap,
+                    "guidelines_version": current_guidelines(session, p).version,
+                }
+            )
+    return out

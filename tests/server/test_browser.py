@@ -1,0 +1,363 @@
+"""The pages in a real headless Chromium (Debian's `chromium`, driven by Playwright
+for Python) against a real server process (`alignloop serve`) on a free port:
+sign in, acknowledge the guidelines, rank by keyboard and by dragging with a tie,
+submit, see the next task; a completion holding markup shows as text; the admin page.
+
+Screenshots go to a temporary directory, or to docs/screenshots/ (the README shows
+them) when ALIGNLOOP_SCREENSHOTS=1.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from alignloop.schema import Completion, Prompt
+from alignloop.server import service
+from alignloop.server.db import Database, upgrade
+from alignloop.server.models import Labeler
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[2]
+XSS = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+GUIDELINES = """# How to rank summaries
+
+Rank the responses from **best to worst** by how well they summarize the document.
+
+- A summary that invents facts is worse than a short one.
+- Give two responses **the same rank** when you cannot tell them apart.
+- Use *Flag as unsafe* for anything harmful, and *I cannot rank these* when no ranking
+  makes sense.
+"""
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"{CHROMIUM} is missing: `apt-get install chromium` (scripts/test-services.sh "
+        "does it where apt and root are available)",
+    ),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    if os.environ.get("ALIGNLOOP_SCREENSHOTS") == "1":
+        out = REPO / "docs" / "screenshots"
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    return tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A labeling server process over a fresh SQLite file with one project, a
+    labeler and an admin; yields {"url", "tokens", "db", "log"}."""
+    root = tmp_path_factory.mktemp("browser")
+    db = Database(f"sqlite:///{root / 'labels.db'}")
+    upgrade(db)
+    docs = [
+        (
+            "The council approved the new bridge after a two-year debate over its cost.",
+            [
+                "The council approved the bridge after two years of debate about cost.",
+                "A bridge was approved.",
+                XSS + " The council met.",
+            ],
+        ),
+        (
+            "Heavy rain flooded the valley road, closing it for three days.",
+            [
+                "Rain closed the valley road for three days.",
+                "The road flooded.",
+                "Sunny weather all week.",
+            ],
+        ),
+        (
+            "The library will open on Sundays starting in March.",
+            ["From March the library opens on Sundays.", "The library opens.", "Libraries close."],
+        ),
+    ]
+    prompts = [
+        Prompt(id=f"doc{i}", prompt=f"Summarize: {text}") for i, (text, _) in enumerate(docs)
+    ]
+    completions = [
+        Completion(id=f"doc{i}-{j}", prompt_id=f"doc{i}", completion=c, policy=f"policy-{j}")
+        for i, (_, cs) in enumerate(docs)
+        for j, c in enumerate(cs)
+    ]
+    service.create_project(
+        db,
+        name="news-summaries",
+        criteria=["helpfulness"],
+        guidelines=GUIDELINES,
+        prompts=prompts,
+        completions=completions,
+        overlap=3,
+    )
+    service.create_project(
+        db,
+        name="two-criteria",
+        criteria=["helpfulness", "harmlessness"],
+        guidelines="# Two rankings per task\n",
+        prompts=[Prompt(id="q0", prompt="First question?"), Prompt(id="q1", prompt="Second?")],
+        completions=[
+            Completion(id=f"q{i}-{j}", prompt_id=f"q{i}", completion=f"answer {j} to {i}")
+            for i in range(2)
+            for j in range(3)
+        ],
+        overlap=1,
+    )
+    tokens = {
+        "ann": service.add_labeler(db, "ann"),
+        "boss": service.add_labeler(db, "boss", admin=True),
+        "cai": service.add_labeler(db, "cai"),
+    }
+    port = _free_port()
+    log = root / "server.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "alignloop", "serve", "--db", str(db.url), "--port", str(port)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url + "/login", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start:\n{log.read_text()}") from None
+                time.sleep(0.2)
+        yield {"url": url, "tokens": tokens, "db": db, "log": log}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        db.dispose()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    yield page
+    context.close()
+    expected = getattr(page, "expected_failures", set())
+    assert [f for f in failed if f not in expected] == []
+    assert len(errors) == len([f for f in failed if f in expected]), errors
+
+
+def sign_in(page, server, who: str, shots: Path | None = None) -> None:
+    page.goto(server["url"] + "/")
+    assert page.url.startswith(server["url"] + "/login")
+    page.fill("#token", server["tokens"][who])
+    if shots:
+        page.fill("#token", "")
+        page.screenshot(path=str(shots / "sign-in.png"))
+        page.fill("#token", server["tokens"][who])
+    page.click("button[type=submit]")
+    page.wait_for_url(server["url"] + "/")
+
+
+def card(page, letter: str):
+    return page.locator("article.completion", has_text=f"Response {letter}")
+
+
+def test_sign_in_acknowledge_rank_by_keyboard_and_drag_with_a_tie_then_next(page, server, shots):
+    sign_in(page, server, "ann", shots)
+    page.locator("li.card", has_text="news-summaries").get_by_text("Read the guidelines").click()
+    page.wait_for_selector("#acknowledge")
+    assert page.locator("article.guidelines strong").first.inner_text() == "best to worst"
+    page.screenshot(path=str(shots / "guidelines.png"), full_page=True)
+    page.click("#acknowledge")
+    page.wait_for_url("**/projects/news-summaries/label")
+    page.wait_for_selector("#task:not([hidden])")
+    first_prompt = page.inner_text("#prompt")
+    assert first_prompt.startswith("Summarize: The council")  # the prompt under way first
+    assert page.locator("article.completion").count() == 3
+
+    # The completion with markup shows it as text; nothing ran.
+    xss_card = page.locator("article.completion", has_text="<script>")
+    assert xss_card.count() == 1
+    assert "<script>window.__pwned = 1</script>" in xss_card.inner_text()
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("article.completion img").count() == 0
+    page.screenshot(path=str(shots / "task.png"), full_page=True)
+
+    # Keyboard: A and B both get rank 1 (a tie) ...
+    assert page.is_disabled("#submit")
+    card(page, "A").focus()
+    page.keyboard.press("1")
+    card(page, "B").focus()
+    page.keyboard.press("1")
+    # ... and C is dragged to rank 2.
+    card(page, "C").drag_to(page.locator('#ranks li[data-rank="2"]'))
+    badges = [card(page, x).locator(".badge").inner_text() for x in "ABC"]
+    assert badges == ["rank 1", "rank 1", "rank 2"]
+    assert page.locator('#ranks li[data-rank="1"] article.completion').count() == 2
+    texts = {x: card(page, x).locator(".text").inner_text() for x in "ABC"}
+    page.fill("#rationale", "A and B say the same; C is off.")
+    assert page.is_enabled("#submit")
+    page.screenshot(path=str(shots / "ranked.png"), full_page=True)
+
+    page.click("#submit")
+    page.wait_for_function(
+        "(p) => document.querySelector('#prompt').textContent !== p", arg=first_prompt
+    )
+    page.wait_for_selector("#message:has-text('Saved.')")
+    assert page.inner_text("#progress").startswith("You have finished 1 task")
+    assert page.is_disabled("#submit")  # a fresh board
+
+    # What the server stored: A and B tied, then C, in the files' ids.
+    rankings = service.export_project(server["db"], "news-summaries", "rankings")
+    (stored,) = [r for r in rankings if r.labeler == "ann"]
+    text_of = {c.id: c.completion for c in _completions(server["db"])}
+    assert [sorted(text_of[i] for i in g) for g in stored.ranking] == [
+        sorted([texts["A"], texts["B"]]),
+        [texts["C"]],
+    ]
+    assert stored.rationale == "A and B say the same; C is off."
+
+
+def test_two_criteria_cannot_rank_and_skip(page, server):
+    sign_in(page, server, "cai")
+    page.goto(server["url"] + "/projects/two-criteria/label")
+    page.wait_for_url("**/projects/two-criteria/guidelines")  # not acknowledged yet
+    page.click("#acknowledge")
+    page.wait_for_selector("#task:not([hidden])")
+    prompt = page.inner_text("#prompt")
+    assert page.inner_text("#criterion") == "helpfulness"
+    assert page.inner_text("#criterion-step") == "(criterion 1 of 2)"
+    for letter, digit in zip("ABC", "321", strict=True):
+        card(page, letter).focus()
+        page.keyboard.press(digit)
+    card(page, "A").focus()
+    page.keyboard.press("0")  # taken back: not everything is ranked any more
+    assert page.is_disabled("#submit")
+    page.keyboard.press("3")
+    page.click("#submit")
+    page.wait_for_selector("#message:has-text('Now rank the same responses by harmlessness')")
+    assert page.inner_text("#criterion") == "harmlessness"
+    assert page.inner_text("#prompt") == prompt
+    assert page.is_disabled("#submit")
+    page.check("#unrankable")
+    page.check("#unsafe")
+    page.click("#submit")
+    page.wait_for_function("(p) => document.querySelector('#prompt').textContent !== p", arg=prompt)
+    page.click("#skip")
+    page.wait_for_selector("#done:not([hidden])")
+
+    rankings = service.export_project(server["db"], "two-criteria", "rankings")
+    assert [(r.criterion, r.unrankable, len(r.ranking)) for r in rankings] == [
+        ("helpfulness", False, 3),
+        ("harmlessness", True, 0),
+    ]
+    status = service.project_status(server["db"], "two-criteria")
+    assert status["labelers"]["cai"]["skipped"] == 1
+    assert [f["criterion"] for f in status["flagged_unsafe"]] == ["harmlessness"]
+
+
+def _completions(db):
+    with db.read() as session:
+        project = service.get_project(session, "news-summaries")
+        return service.project_records(session, project).completions
+
+
+def _label_the_rest(db) -> None:
+    """Three more labelers rank every task left through the library: one by text
+    length (longest first), one the same with the last two swapped, one with the
+    first two tied; one of them flags the task with markup."""
+    from alignloop.server import assign
+
+    for name in ("bea", "cem", "dia"):
+        service.add_labeler(db, name)
+        with db.read() as session:
+            labeler_id = session.scalar(select(Labeler.id).where(Labeler.name == name))
+        assign.acknowledge(
+            db,
+            labeler_id,
+            "news-summaries",
+            assign.guidelines_for(db, labeler_id, "news-summaries")["version"],
+        )
+        while (task := assign.next_task(db, labeler_id, "news-summaries")) is not None:
+            by_length = sorted(task["completions"], key=lambda c: -len(c["text"]))
+            groups = [[c["id"]] for c in by_length]
+            if name == "cem":
+                groups[-2:] = groups[-1:-3:-1]
+            if name == "dia":
+                groups = [groups[0] + groups[1], *groups[2:]]
+            markup = "<script>" in " ".join(c["text"] for c in task["completions"])
+            assign.submit_ranking(
+                db,
+                labeler_id,
+                task["assignment_id"],
+                assign.Submission(
+                    None,
+                    groups,
+                    flag_unsafe=markup and name == "bea",
+                    rationale="markup in a response" if markup and name == "bea" else "",
+                ),
+            )
+
+
+def test_admin_sees_progress_labelers_agreement_and_flags(page, server, shots):
+    _label_the_rest(server["db"])
+    sign_in(page, server, "boss")
+    page.click("text=Admin")
+    page.click("text=news-summaries")
+    page.wait_for_selector("text=Progress")
+    # ann's second task is still pending in her browser: it holds one slot of its prompt
+    assert "2 of 3 prompts complete" in page.inner_text("main")
+    for name in ("ann", "bea", "cem", "dia"):
+        assert page.locator("td", has_text=name).count() >= 1
+    assert page.locator("td", has_text="markup in a response").count() == 1
+    page.screenshot(path=str(shots / "admin.png"), full_page=True)
+
+
+def test_a_labeler_cannot_open_admin_pages(page, server):
+    sign_in(page, server, "ann")
+    url = server["url"] + "/admin/projects/news-summaries"
+    page.expected_failures = {f"403 {url}"}
+    response = page.goto(url)
+    assert response.status == 403
+    assert "this page is for admins" in page.inner_text("main")
+
+
+def test_the_server_logged_no_secret(server):
+    log = server["log"].read_text()
+    assert "GET /login" in log  # the access log is there
+    for token in server["tokens"].values():
+        assert token not in log

@@ -1,0 +1,215 @@
+"""The HTML pages through a test client (SQLite): sign-in and its cookie, CSRF on
+every form and on cookie-authenticated API calls, escaping of untrusted text,
+admin-only pages, security headers, and no secrets in the logs."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from alignloop.schema import Completion, Prompt
+from alignloop.server import service
+from alignloop.server.app import create_app
+
+XSS = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+
+
+@pytest.fixture
+def site(sqlite_db):
+    """(client, db, tokens) with a project whose texts try to inject markup."""
+    prompts = [Prompt(id="p0", prompt=f"Prompt {XSS}"), Prompt(id="p1", prompt="Prompt two")]
+    completions = [
+        Completion(id=f"{p.id}-{j}", prompt_id=p.id, completion=f"{XSS} answer {j}")
+        for p in prompts
+        for j in range(3)
+    ]
+    guidelines = (
+        f"# Rules\n\n{XSS}\n\n[click](javascript:alert(1))\n\n| a | b |\n|---|---|\n| 1 | 2 |\n"
+    )
+    service.create_project(
+        sqlite_db,
+        name="demo",
+        criteria=["helpfulness"],
+        guidelines=guidelines,
+        prompts=prompts,
+        completions=completions,
+        overlap=2,
+    )
+    tokens = {
+        "ann": service.add_labeler(sqlite_db, "ann"),
+        "boss": service.add_labeler(sqlite_db, "boss", admin=True),
+    }
+    with TestClient(create_app(sqlite_db)) as client:
+        yield client, sqlite_db, tokens
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def sign_in(client, token: str):
+    form = client.get("/login")
+    return client.post(
+        "/login",
+        data={"token": token, "csrf_token": csrf_of(form.text), "next": "/"},
+        follow_redirects=False,
+    )
+
+
+def test_pages_need_a_session(site):
+    client, _, _ = site
+    for path in ("/", "/projects/demo/label", "/projects/demo/guidelines", "/admin"):
+        r = client.get(path, follow_redirects=False)
+        assert r.status_code == 303
+        assert r.headers["location"].startswith("/login?next=")
+
+
+def test_sign_in_sets_an_httponly_samesite_cookie(site):
+    client, _, tokens = site
+    r = sign_in(client, tokens["ann"])
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    cookie = [c for c in r.headers.get_list("set-cookie") if c.startswith("alignloop_session=")][0]
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/" in cookie
+    assert tokens["ann"] not in cookie
+    assert "ann" in client.get("/").text
+
+
+def test_sign_in_refuses_bad_tokens_and_forged_forms(site):
+    client, _, tokens = site
+    r = sign_in(client, "alt_wrong")
+    assert r.status_code == 401 and "Unknown token." in r.text
+    client.cookies.clear()
+    r = client.post(
+        "/login", data={"token": tokens["ann"], "csrf_token": "forged"}, follow_redirects=False
+    )
+    assert r.status_code == 403
+    r = sign_in(client, tokens["ann"])
+    # an absolute or scheme-relative `next` is not followed (no open redirect)
+    form = client.get("/login")
+    r = client.post(
+        "/login",
+        data={"token": tokens["ann"], "csrf_token": csrf_of(form.text), "next": "//evil.example/"},
+        follow_redirects=False,
+    )
+    assert r.headers["location"] == "/"
+
+
+def test_guidelines_are_rendered_escaped_and_acknowledged_with_csrf(site):
+    client, _, tokens = site
+    sign_in(client, tokens["ann"])
+    r = client.get("/projects/demo/label", follow_redirects=False)
+    assert r.headers["location"] == "/projects/demo/guidelines"  # not acknowledged yet
+    page = client.get("/projects/demo/guidelines").text
+    assert "<h1>Rules</h1>" in page and "<table>" in page
+    assert "<script>window.__pwned" not in page and "&lt;script&gt;" in page
+    assert 'href="javascript:' not in page
+    version = re.search(r'name="version" value="([0-9a-f]{64})"', page).group(1)
+    url = "/projects/demo/guidelines/acknowledge"
+    r = client.post(url, data={"version": version}, follow_redirects=False)
+    assert r.status_code == 403  # no CSRF token
+    r = client.post(
+        url, data={"version": version, "csrf_token": csrf_of(page)}, follow_redirects=False
+    )
+    assert r.status_code == 303 and r.headers["location"] == "/projects/demo/label"
+    label = client.get("/projects/demo/label")
+    assert label.status_code == 200
+    assert 'src="/static/rank.js"' in label.text and "<script>" not in label.text.replace(
+        '<script src="/static/rank.js" defer></script>', ""
+    )
+
+
+def test_cookie_sessions_need_the_csrf_header_for_api_changes(site):
+    client, db, tokens = site
+    sign_in(client, tokens["ann"])
+    page = client.get("/projects/demo/guidelines").text
+    version = re.search(r'name="version" value="([0-9a-f]{64})"', page).group(1)
+    url = f"/api/v1/projects/demo/guidelines/{version}/acknowledge"
+    assert client.post(url).status_code == 403
+    assert client.post(url, headers={"X-CSRF-Token": "nope"}).status_code == 403
+    assert client.post(url, headers={"X-CSRF-Token": csrf_of(page)}).status_code == 200
+    task = client.get("/api/v1/tasks/next").json()  # GET needs no token
+    assert task["completions"][0]["text"].startswith("<script>")  # JSON, shown via textContent
+
+
+def test_admin_pages_are_for_admins_and_escape_what_labelers_wrote(site):
+    client, db, tokens = site
+    from alignloop.server import assign
+    from alignloop.server.models import Labeler
+
+    with db.read() as session:
+        ann_id = session.query(Labeler.id).filter_by(name="ann").scalar()
+    assign.acknowledge(db, ann_id, "demo", assign.guidelines_for(db, ann_id, "demo")["version"])
+    task = assign.next_task(db, ann_id, "demo")
+    ranking = [[c["id"]] for c in task["completions"]]
+    assign.submit_ranking(
+        db,
+        ann_id,
+        task["assignment_id"],
+        assign.Submission(None, ranking, rationale=XSS, flag_unsafe=True),
+    )
+
+    sign_in(client, tokens["ann"])
+    for path in (
+        "/admin",
+        "/admin/projects/demo",
+        "/admin/labelers",
+        "/admin/projects/demo/export/pairs",
+    ):
+        r = client.get(path)
+        assert r.status_code == 403, path
+    client.cookies.clear()
+    sign_in(client, tokens["boss"])
+    page = client.get("/admin/projects/demo")
+    assert page.status_code == 200 and "Flagged as unsafe" in page.text
+    assert "&lt;script&gt;window.__pwned" in page.text and "<script>window" not in page.text
+    export = client.get("/admin/projects/demo/export/rankings")
+    assert export.status_code == 200 and '"labeler": "ann"' in export.text
+    form = client.get("/admin/labelers").text
+    r = client.post("/admin/labelers", data={"name": "carol", "csrf_token": csrf_of(form)})
+    assert r.status_code == 201 and r.headers["cache-control"] == "no-store"
+    token = re.search(r'id="new-token" class="token">([^<]+)<', r.text).group(1)
+    assert token.startswith("alt_")
+    assert token not in client.get("/admin/labelers").text  # shown once
+    r = client.post("/admin/labelers", data={"name": "dave"})
+    assert r.status_code == 403
+
+
+def test_sign_out_ends_the_session_on_the_server(site):
+    client, _, tokens = site
+    sign_in(client, tokens["ann"])
+    old_cookie = client.cookies.get("alignloop_session")
+    home = client.get("/").text
+    assert (
+        client.post(
+            "/logout", data={"csrf_token": csrf_of(home)}, follow_redirects=False
+        ).status_code
+        == 303
+    )
+    client.cookies.set("alignloop_session", old_cookie)
+    assert client.get("/", follow_redirects=False).status_code == 303  # the old cookie is dead
+
+
+def test_security_headers(site):
+    client, _, _ = site
+    for path in ("/login", "/static/app.css", "/openapi.json"):
+        r = client.get(path)
+        assert "script-src 'self'" in r.headers["content-security-policy"]
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["x-frame-options"] == "DENY"
+
+
+def test_no_secrets_in_logs(site, caplog):
+    client, _, tokens = site
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.INFO, logger="sqlalchemy.engine")  # every SQL statement, with values
+    sign_in(client, tokens["ann"])
+    session_id = client.cookies.get("alignloop_session")
+    client.get("/api/v1/tasks/next", headers={"Authorization": f"Bearer {tokens['boss']}"})
+    client.get("/api/v1/tasks/next", headers={"Authorization": "Bearer alt_guess"})
+    logged = caplog.text
+    assert "FROM labelers" in logged  # the statements that looked the tokens up are there
+    for secret in (*tokens.values(), session_id, "alt_guess"):
+        assert secret not in logged
