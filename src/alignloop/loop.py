@@ -231,7 +231,7 @@ def overoptimization(
             "kl": sum(r["kl"] for r in rows) / len(rows),
             "proxy": sum(r["score"] for r in rows) / len(rows),
             "gold": sum(gold) / len(gold),
-            "label": f"steps {min(span) + 1}-{max(span) + 1}",
+            "label": f"steps {min(span)}-{max(span)}",
         })  # fmt: skip
     return points
 

@@ -543,8 +543,9 @@ def render_report(data: Mapping[str, Any], out_path: str | Path) -> Path:
                 "Over-optimization",
                 _img(over, "gold and proxy reward against KL")
                 + _table(["policy", "KL", "proxy", "gold"], rows),
-                "The proxy (the reward model) keeps rising with KL; the gold reward rises, then "
-                "falls once the policy exploits the proxy's errors (Gao et al. 2022).",
+                "Proxy (reward-model) and gold reward of the policy as its KL to the reference "
+                "grows. Where the proxy keeps rising while the gold reward stalls or falls, the "
+                "policy is exploiting the reward model's errors (Gao et al. 2022).",
             )
         )
     if d.win_rates:
