@@ -235,7 +235,8 @@ def _world_label(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from alignloop.loop import DemoConfig, run_demo
 
-    config = DemoConfig(out=Path(args.out), seed=args.seed, quick=args.quick, threads=args.threads)
+    config = DemoConfig(out=Path(args.out), seed=args.seed, quick=args.quick,
+                        threads=args.threads)  # fmt: skip
     metrics = run_demo(config)
     _print_json(metrics)
     return 0
@@ -272,8 +273,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="run directory (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of every stage (default: 0)")
     p.add_argument("--quick", action="store_true", help="a small run for tests (about a minute)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; 1 is best on a busy CPU)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default: 1; the demo's models are tiny)")
 
     from alignloop.config import add_config_arguments
     from alignloop.train.ppo_config import PPOConfig

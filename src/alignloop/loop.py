@@ -64,7 +64,7 @@ class DemoConfig:
     sft_epochs: int = 10
     sft_lr: float = 2e-3
     # reward model, started from the SFT policy, trained on the consensus pairs
-    rm_epochs: int = 2
+    rm_epochs: int = 3
     rm_lr: float = 3e-4
     rm_held_out: float = 0.1  # share of the labelled prompts held out to test it
     # PPO
@@ -75,7 +75,9 @@ class DemoConfig:
     reward_target: float | None = None  # stop early once the reward reaches this
     # evaluation
     eval_k: int = 4  # samples per held-out document and policy
-    threads: int | None = None  # torch CPU threads (default: torch's choice)
+    # torch CPU threads: the demo's tiny models gain little from more, and on a busy
+    # CPU multi-threaded torch slows down many times over
+    threads: int | None = 1
 
     def sized(self) -> DemoConfig:
         """The effective configuration (`quick` shrinks the data and the steps)."""
