@@ -174,3 +174,32 @@ def config_from_args(cls: type[C], args: argparse.Namespace | dict[str, Any]) ->
     if missing:
         raise ConfigError(f"missing required option(s): {', '.join(missing)}")
     return config
+
+
+def load_callable(spec: str, flag: str):
+    """'package.module:function' or 'path/to/file.py:function' -> the function; every
+    failure is a ConfigError that names the flag (`--reward-fn`, `--judge`)."""
+    import importlib
+    import importlib.util
+
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise ConfigError(f"{flag} {spec!r}: expected 'module:function' or 'file.py:function'")
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.exists():
+                raise ConfigError(f"{flag} {spec}: {path} does not exist")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+            module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            module = importlib.import_module(where)
+    except ConfigError:
+        raise
+    except Exception as e:  # an import error of any kind in the user's module
+        raise ConfigError(f"{flag} {spec}: cannot import {where}: {e}") from e
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ConfigError(f"{flag} {spec}: {where} has no function {name!r}")
+    return fn

@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
-import importlib.util
 import json
-import pkgutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,25 +78,9 @@ def _bar(total: int, description: str) -> Iterator[Callable[[int], None]]:
 
 def load_judge(spec: str) -> Judge:
     """'package.module:function' or 'path/to/file.py:function' -> the function."""
-    where, _, name = spec.rpartition(":")
-    try:
-        if where.endswith(".py"):
-            path = Path(where)
-            if not path.exists():
-                raise ConfigError(f"--judge {spec}: {path} does not exist")
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
-            module_spec.loader.exec_module(module)  # type: ignore[union-attr]
-            fn = getattr(module, name, None)
-        else:
-            fn = pkgutil.resolve_name(spec)
-    except ConfigError:
-        raise
-    except Exception as e:  # an import error of any kind in the user's module
-        raise ConfigError(f"--judge {spec}: cannot import it: {e}") from e
-    if not callable(fn):
-        raise ConfigError(f"--judge {spec}: {where} has no function {name!r}")
-    return fn
+    from alignloop.config import load_callable
+
+    return load_callable(spec, "--judge")
 
 
 # --- scoring completions that exist ----------------------------------------------------

@@ -36,6 +36,7 @@ __all__ = [
     "epoch_batches",
     "make_accelerator",
     "progress",
+    "stop_unless_finite",
 ]
 
 
@@ -218,6 +219,19 @@ class Checkpoints:
         """Restore the accelerator's state from `path`; returns the trainer's state."""
         accelerator.load_state(str(path))
         return json.loads((path / STATE_FILE).read_text())
+
+
+def stop_unless_finite(loss: torch.Tensor, step: int, checkpoints: Checkpoints) -> None:
+    """Raise TrainingError when the loss is NaN or infinite, naming the last good
+    checkpoint to resume from (the run's files are left as they were)."""
+    if torch.isfinite(loss):
+        return
+    last = checkpoints.latest()
+    raise TrainingError(
+        f"the loss became {loss.item()} at step {step + 1}; stopped. "
+        + (f"The last good checkpoint is {last}." if last else
+           "No checkpoint was saved yet (see --save-every).")
+    )  # fmt: skip
 
 
 def iterate_from(batches: list[list[int]], start: int) -> Iterator[tuple[int, list[int]]]:

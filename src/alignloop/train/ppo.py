@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib
-import importlib.util
 import math
 import sys
 import time
@@ -436,25 +434,9 @@ class AdaptiveKL(FixedKL):
 
 def load_reward_fn(spec: str) -> RewardFn:
     """'package.module:function' or 'path/to/file.py:function' -> the function."""
-    where, _, name = spec.rpartition(":")
-    try:
-        if where.endswith(".py"):
-            path = Path(where)
-            if not path.exists():
-                raise ConfigError(f"--reward-fn {spec}: {path} does not exist")
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
-            module_spec.loader.exec_module(module)  # type: ignore[union-attr]
-        else:
-            module = importlib.import_module(where)
-    except ConfigError:
-        raise
-    except Exception as e:
-        raise ConfigError(f"--reward-fn {spec}: cannot import {where}: {e}") from e
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise ConfigError(f"--reward-fn {spec}: {where} has no function {name!r}")
-    return fn
+    from alignloop.config import load_callable
+
+    return load_callable(spec, "--reward-fn")
 
 
 def make_score_fn(reward_model, reward_fn: RewardFn | None, config: PPOConfig):

@@ -44,12 +44,12 @@ from alignloop.schema import Comparison, SchemaError, join_text
 from alignloop.train.common import (
     Checkpoints,
     MetricsLog,
-    TrainingError,
     adamw,
     epoch_batches,
     iterate_from,
     make_accelerator,
     progress,
+    stop_unless_finite,
 )
 from alignloop.train.reward_config import RewardConfig
 
@@ -522,13 +522,7 @@ def train_reward_model(config: RewardConfig) -> dict:
                     loss, stats = batch_loss(
                         rewards, batch, use_margin=config.use_margin, center_coef=config.center_coef
                     )
-                    if not torch.isfinite(loss):
-                        last = checkpoints.latest()
-                        raise TrainingError(
-                            f"the loss became {loss.item()} at step {step + 1}; stopped. "
-                            + (f"The last good checkpoint is {last}." if last else
-                               "No checkpoint was saved yet (see --save-every).")
-                        )  # fmt: skip
+                    stop_unless_finite(loss, step, checkpoints)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)

@@ -40,6 +40,7 @@ from alignloop.train.common import (
     iterate_from,
     make_accelerator,
     progress,
+    stop_unless_finite,
 )
 from alignloop.train.sft_config import SFTConfig
 
@@ -270,13 +271,7 @@ def train_sft(config: SFTConfig) -> dict:
                         input_ids=batch.input_ids, attention_mask=batch.attention_mask
                     ).logits
                     loss, n = sft_loss(logits, batch.labels)
-                    if not torch.isfinite(loss):
-                        last = checkpoints.latest()
-                        raise TrainingError(
-                            f"the loss became {loss.item()} at step {step + 1}; stopped. "
-                            + (f"The last good checkpoint is {last}." if last else
-                               "No checkpoint was saved yet (see --save-every).")
-                        )  # fmt: skip
+                    stop_unless_finite(loss, step, checkpoints)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
