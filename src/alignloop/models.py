@@ -288,12 +288,12 @@ class RewardModel(nn.Module):
     ) -> torch.Tensor:
         """Raw (unnormalized) rewards: (N, L) -> (N,), read at each row's last token.
 
-        Packed rows (decoders, `packs_prompts`): input_ids (G, L) holding several
-        texts, attention_mask (G, 1, L, L) bool saying which token sees which,
-        position_ids (G, L), read_at (N,) flat indices into (G, L) of each text's
+        Packed rows (decoders, `packs_prompts`): input_ids (R, L) holding several
+        texts, attention_mask (R, 1, L, L) bool saying which token sees which,
+        position_ids (R, L), read_at (N,) flat indices into (R, L) of each text's
         last token -> (N,)."""
         if read_at is not None:
-            scores = self.token_scores(input_ids, attention_mask, position_ids)  # (G, L)
+            scores = self.token_scores(input_ids, attention_mask, position_ids)  # (R, L)
             return scores.flatten()[read_at]
         if not self.reads_last_token:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
