@@ -35,6 +35,7 @@ from alignloop.schema import join_text
 __all__ = [
     "RewardModel",
     "build_tiny_causal_lm",
+    "continuation_ids",
     "disable_dropout",
     "last_token_index",
     "add_lora",
@@ -143,6 +144,20 @@ def tokenize_keep_end(
         for i, ids in zip(long, cut["input_ids"], strict=True):
             rows[i] = ids
     return rows, len(long)
+
+
+def continuation_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, text: str) -> list[int]:
+    """The tokens of `text` as the continuation of `prompt` (no special tokens), the
+    way a policy samples them: the tokens of join_text(prompt, text) after the
+    prompt's own, so a BPE tokenizer's leading-space token is there; or, when the
+    tokenizer merges across the boundary, `text` tokenized alone."""
+    if not text:
+        return []
+    bare = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    joined = tokenizer(join_text(prompt, text), add_special_tokens=False)["input_ids"]
+    if joined[: len(bare)] == bare:
+        return joined[len(bare) :]
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _pad(

@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from alignloop.evaluate.metrics import (
-    completion_token_ids,
     length_stats,
     sequence_kl,
     win_rate,
 )
-from alignloop.models import load_policy
+from alignloop.models import continuation_ids, load_policy
 from alignloop.world import make_prompts
 
 
@@ -146,9 +145,9 @@ def test_sequence_kl_matches_ppo_on_sampled_tokens(models):
 
 def test_completion_tokens_continue_the_prompt(models):
     _, _, tokenizer = models
-    ids = completion_token_ids(tokenizer, "in riverton , the bank . tl;dr :", "the bank")
+    ids = continuation_ids(tokenizer, "in riverton , the bank . tl;dr :", "the bank")
     assert ids == tokenizer("the bank", add_special_tokens=False)["input_ids"]
-    assert completion_token_ids(tokenizer, "a", "") == []
+    assert continuation_ids(tokenizer, "a", "") == []
 
 
 def test_sequence_kl_checks_its_inputs(models):

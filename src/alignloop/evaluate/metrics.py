@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["completion_token_ids", "length_stats", "sequence_kl", "summary_stats", "win_rate"]
+__all__ = ["length_stats", "sequence_kl", "summary_stats", "win_rate"]
 
 
 def win_rate(
@@ -93,21 +93,6 @@ def length_stats(texts: Sequence[str], tokenizer=None) -> dict[str, Any]:
 # --- KL to the reference -------------------------------------------------------------
 
 
-def completion_token_ids(tokenizer, prompt: str, completion: str) -> list[int]:
-    """The completion's tokens as the continuation of the prompt (no EOS): the
-    tokens of join_text(prompt, completion) after the prompt's own, or, when the
-    tokenizer merges across the boundary, the completion tokenized alone."""
-    from alignloop.schema import join_text
-
-    if not completion:
-        return []
-    bare = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    joined = tokenizer(join_text(prompt, completion), add_special_tokens=False)["input_ids"]
-    if joined[: len(bare)] == bare:
-        return joined[len(bare) :]
-    return tokenizer(completion, add_special_tokens=False)["input_ids"]
-
-
 def sequence_kl(
     policy,
     reference,
@@ -131,7 +116,13 @@ def sequence_kl(
     import torch
 
     from alignloop.losses import logprobs_from_logits
-    from alignloop.models import pad_left, pad_right, position_ids_from_mask, tokenize_keep_end
+    from alignloop.models import (
+        continuation_ids,
+        pad_left,
+        pad_right,
+        position_ids_from_mask,
+        tokenize_keep_end,
+    )
 
     if len(prompts) != len(completions):
         raise ValueError(f"sequence_kl: {len(prompts)} prompts for {len(completions)} completions")
@@ -145,7 +136,7 @@ def sequence_kl(
     query_rows, _ = tokenize_keep_end(tokenizer, list(prompts), limit)
     response_rows = []
     for prompt, completion in zip(prompts, completions, strict=True):
-        ids = completion_token_ids(tokenizer, prompt, completion)
+        ids = continuation_ids(tokenizer, prompt, completion)
         if max_new_tokens is None or len(ids) < max_new_tokens:
             ids = [*ids, tokenizer.eos_token_id]
         response_rows.append(ids)

@@ -486,19 +486,6 @@ def load_prompt_texts(path: Path) -> list[str]:
     return [p.prompt for p in prompts]
 
 
-def _apply_lora(model, config: PPOConfig):
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    lora = LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=0.0,
-        target_modules="all-linear",
-    )
-    return get_peft_model(model, lora)
-
-
 def build_models(config: PPOConfig, console):
     """(policy, critic or None, reference, reward model or None, tokenizer). The
     policy is a `PolicyWithValueHead` when the critic is a head on it."""
@@ -506,6 +493,7 @@ def build_models(config: PPOConfig, console):
         PolicyWithValueHead,
         RewardModel,
         ValueModel,
+        add_lora,
         disable_dropout,
         frozen_copy,
         load_policy,
@@ -527,7 +515,7 @@ def build_models(config: PPOConfig, console):
         reward_model.requires_grad_(False)
         reward_model.eval()
     if config.lora_r > 0:
-        policy = _apply_lora(policy, config)
+        policy = add_lora(policy, r=config.lora_r, alpha=config.lora_alpha)
         reference = Reference(policy, adapter_off=True)
     else:
         reference = Reference(frozen_copy(policy), adapter_off=False)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from alignloop.config import ConfigError
-from alignloop.schema import Prompt, SchemaError, join_text
+from alignloop.schema import Prompt, SchemaError
 from alignloop.train.common import (
     Checkpoints,
     MetricsLog,
@@ -88,14 +88,10 @@ def tokenize_example(tokenizer, prompt: str, target: str, max_length: int) -> tu
     """(input ids, number of prompt tokens): prompt (with the tokenizer's special
     tokens, as generation sees it) + target as the prompt's continuation + EOS.
     The prompt loses its start when the whole is longer than `max_length`."""
+    from alignloop.models import continuation_ids
+
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    bare = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    joined = tokenizer(join_text(prompt, target), add_special_tokens=False)["input_ids"]
-    if joined[: len(bare)] == bare:
-        target_ids = joined[len(bare) :]
-    else:  # the tokenizer merged across the boundary: tokenize the target alone
-        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
-    target_ids = [*target_ids, tokenizer.eos_token_id]
+    target_ids = [*continuation_ids(tokenizer, prompt, target), tokenizer.eos_token_id]
     room = max_length - len(target_ids)
     if room < 1:
         raise SchemaError(
