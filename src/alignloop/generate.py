@@ -242,8 +242,8 @@ def generate_file(
     Seeded: the same seed, policy and prompts give the same file. Returns the count."""
     from alignloop.io import read_records, write_records
     from alignloop.models import load_policy
+    from alignloop.progress import progress
     from alignloop.schema import SchemaError
-    from alignloop.train.common import progress
 
     prompts = read_records(prompts_path, "prompt")
     if not prompts:

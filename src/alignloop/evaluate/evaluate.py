@@ -52,26 +52,11 @@ SCORE_COLUMNS = ("id", "prompt_id", "policy", "reward", "kl", "toxicity", "toxic
 
 @contextlib.contextmanager
 def _bar(total: int, description: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr (stdout stays clean for JSON); yields advance(n)."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """The project's progress bar on stderr (stdout stays clean for JSON); yields
+    advance(n)."""
+    from alignloop.progress import progress
 
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-    task = bar.add_task(description, total=total)
+    bar, task = progress(total, description, stderr=True)
     with bar:
         yield lambda n: bar.update(task, advance=n)
 

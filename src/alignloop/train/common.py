@@ -35,7 +35,6 @@ __all__ = [
     "adamw",
     "epoch_batches",
     "make_accelerator",
-    "progress",
     "stop_unless_finite",
 ]
 
@@ -102,32 +101,6 @@ def epoch_batches(
             break
         batches.append(chunk[rank::world])
     return batches
-
-
-def progress(total: int, description: str, *, enabled: bool = True):
-    """A progress bar with ETA (rich), shown on the main process only."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        disable=not enabled,
-        transient=False,
-    )
-    task = bar.add_task(description, total=total, status="")
-    return bar, task
 
 
 class MetricsLog:

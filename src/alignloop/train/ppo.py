@@ -47,8 +47,9 @@ from alignloop.losses import (
     ppo_value_loss,
     rloo_advantages,
 )
+from alignloop.progress import progress
 from alignloop.schema import SchemaError
-from alignloop.train.common import Checkpoints, MetricsLog, TrainingError, epoch_batches, progress
+from alignloop.train.common import Checkpoints, MetricsLog, TrainingError, epoch_batches
 from alignloop.train.ppo_config import PPOConfig
 
 __all__ = [

@@ -41,6 +41,7 @@ import torch
 from alignloop.io import read_comparisons
 from alignloop.losses import centering_loss, pairwise_loss
 from alignloop.models import pad_right, tokenize_keep_end
+from alignloop.progress import progress
 from alignloop.schema import Comparison, SchemaError, join_text
 from alignloop.train.common import (
     Checkpoints,
@@ -49,7 +50,6 @@ from alignloop.train.common import (
     epoch_batches,
     iterate_from,
     make_accelerator,
-    progress,
     stop_unless_finite,
 )
 from alignloop.train.reward_config import RewardConfig

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from alignloop.config import ConfigError
+from alignloop.progress import progress
 from alignloop.schema import Prompt, SchemaError
 from alignloop.train.common import (
     Checkpoints,
@@ -39,7 +40,6 @@ from alignloop.train.common import (
     epoch_batches,
     iterate_from,
     make_accelerator,
-    progress,
     stop_unless_finite,
 )
 from alignloop.train.sft_config import SFTConfig
