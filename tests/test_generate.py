@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alignloop.generate import generate_completions, sample, truncate_after_eos
+from alignloop import generate as gen
+from alignloop.generate import decode, draw, generate_completions, sample, truncate_after_eos
 from alignloop.models import build_tiny_causal_lm, pad_left, tokenize_keep_end
 from alignloop.world import build_tokenizer, make_prompts
 
@@ -77,10 +78,13 @@ def test_sample_shapes_masks_and_texts(model, tokenizer):
     assert s.query_mask[:, -1].all()
 
 
-def test_sampling_ignores_the_models_own_generation_config(model, tokenizer):
+@pytest.mark.parametrize("own_loop", [True, False], ids=["decode", "transformers-generate"])
+def test_sampling_ignores_the_models_own_generation_config(model, tokenizer, own_loop, monkeypatch):
     """A hub model's generation config may carry top_k or a repetition penalty: the
     samples must come from softmax(logits / T) all the same. With min_p=0.999 left in
-    force, every sample of one prompt would be the same greedy text."""
+    force, every sample of one prompt would be the same greedy text. Both paths: the
+    own KV-cached loop, and `generate` for models without a standard cache."""
+    monkeypatch.setattr(gen, "_has_standard_cache", lambda m: own_loop)
     model.generation_config.min_p = 0.999
     try:
         torch.manual_seed(0)
@@ -111,3 +115,93 @@ def test_generate_completions_records(model, tokenizer):
     )
     assert [r.id for r in records] == [f"{p.id}-{j}" for p in prompts for j in range(2)]
     assert all(r.policy == "tiny" and r.prompt_id in r.id for r in records)
+
+
+def _ragged_prompts(tokenizer):
+    texts = [p.prompt for p in make_prompts(4, seed=3)]
+    rows = [tokenizer(t)["input_ids"][: 4 + 3 * i] for i, t in enumerate(texts)]  # 4..13 tokens
+    return pad_left(rows, PAD)
+
+
+def test_decode_continues_exactly_as_generate_does(model, tokenizer):
+    """The KV-cached loop against transformers' `generate` on left-padded prompts of
+    four lengths, both drawing with torch.multinomial from the same seed: the same
+    tokens, the same stops and padding. The stop id is a token one row samples early,
+    so rows stop at different steps."""
+    from transformers import GenerationConfig
+
+    ids, mask = _ragged_prompts(tokenizer)
+
+    def hf(stop_ids, min_new):
+        config = gen.sampling_config(temperature=1.0, max_new_tokens=12, pad_id=PAD,
+                                     stop_ids=stop_ids)  # fmt: skip
+        config.min_new_tokens = min_new
+        saved, model.generation_config = model.generation_config, GenerationConfig()
+        try:
+            torch.manual_seed(5)
+            return model.generate(input_ids=ids, attention_mask=mask,
+                                  generation_config=config)[:, ids.shape[1]:]  # fmt: skip
+        finally:
+            model.generation_config = saved
+
+    multinomial = lambda logits: torch.multinomial(torch.softmax(logits.float(), -1), 1)  # noqa: E731
+    with torch.inference_mode():
+        free = hf([EOS], min_new=12)  # no row can stop: 12 tokens each
+        stop = int(free[1, 2])
+        expected = hf([stop], min_new=0)
+        torch.manual_seed(5)
+        got = decode(model, ids, mask, max_new_tokens=12, stop_ids=[stop], pad_id=PAD,
+                     pick=multinomial)  # fmt: skip
+    assert got.tolist() == expected.tolist()
+    firsts = [row.index(stop) if stop in row else None for row in got.tolist()]
+    assert firsts[1] is not None and firsts[1] <= 2
+    for row, first in zip(got.tolist(), firsts, strict=True):
+        if first is not None:
+            assert all(t == PAD for t in row[first + 1 :])  # padded after its stop
+    assert len(set(free.flatten().tolist())) > 4  # varied samples, not one token repeated
+
+
+def test_decode_matches_a_full_forward_pass(model, tokenizer):
+    """What the cache computes step by step is what one forward pass over prompt +
+    response computes: the log-probability of every sampled token agrees (what PPO's
+    importance ratios rely on)."""
+    from alignloop.losses import logprobs_from_logits
+    from alignloop.models import position_ids_from_mask
+
+    ids, mask = _ragged_prompts(tokenizer)
+    steps = []
+
+    def pick(logits):
+        steps.append(torch.log_softmax(logits.float(), -1))
+        return draw(logits, 1.0)
+
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        new = decode(model, ids, mask, max_new_tokens=8, stop_ids=[EOS], pad_id=PAD, pick=pick)
+        full_ids = torch.cat([ids, new], 1)
+        full_mask = torch.cat([mask, torch.ones_like(new)], 1)
+        logits = model(input_ids=full_ids, attention_mask=full_mask,
+                       position_ids=position_ids_from_mask(full_mask)).logits  # fmt: skip
+    Q = ids.shape[1]
+    full = logprobs_from_logits(logits[:, Q - 1 : -1].float(), new)  # (N, R)
+    cached = torch.stack([s.gather(1, new[:, t : t + 1])[:, 0] for t, s in enumerate(steps)], 1)
+    assert torch.allclose(full, cached, atol=1e-4)
+
+
+def test_draw_samples_the_temperature_distribution():
+    """200,000 draws from softmax(logits / T) over five tokens, one of probability 0:
+    the frequencies match the probabilities and the impossible token never comes."""
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0, float("-inf")])
+    probs = torch.softmax(logits / 0.7, -1)
+    torch.manual_seed(0)
+    tokens = draw(logits.repeat(200_000, 1), temperature=0.7)  # (N, 1)
+    freq = torch.bincount(tokens[:, 0], minlength=5).float() / 200_000
+    assert freq[4] == 0
+    assert torch.allclose(freq, probs, atol=0.004)  # > 4 standard errors for every entry
+
+
+def test_draw_never_picks_a_zero_probability_token_at_the_top_of_the_cdf(monkeypatch):
+    """The uniform number at (or rounded up to) the total lands past the last entry:
+    the last token has probability 0 here, so the draw falls back to the argmax."""
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.ones(*a, dtype=k.get("dtype")))
+    assert draw(torch.tensor([[0.0, 3.0, float("-inf")]]), 1.0).tolist() == [[1]]

@@ -31,6 +31,8 @@ from alignloop.schema import Completion, Prompt
 
 __all__ = [
     "Samples",
+    "decode",
+    "draw",
     "generate_completions",
     "generate_file",
     "sample",
@@ -85,7 +87,8 @@ def truncate_after_eos(
 def sampling_config(
     *, temperature: float, max_new_tokens: int, pad_id: int, stop_ids: Sequence[int]
 ) -> GenerationConfig:
-    """Pure sampling at `temperature`: every other logits processor off."""
+    """Pure sampling at `temperature` for transformers' `generate` (the path for
+    models without a standard KV cache): every other logits processor off."""
     return GenerationConfig(
         do_sample=True,
         temperature=temperature,
@@ -108,6 +111,81 @@ def sampling_config(
 def _hf_model(model):
     """The transformers model inside a peft wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def draw(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """One token per row from softmax(logits / T): (N, V) -> (N, 1).
+
+    By inverse CDF: one uniform number per row located in the cumulative
+    distribution (summed in float64, so each token's interval has its probability's
+    width to ~1e-16). torch.multinomial draws a random number per vocabulary entry:
+    for 16 rows of an 8k vocabulary on a CPU it took 3.9 ms a step against 0.2 ms,
+    a quarter of the whole generation (benchmarks/README.md)."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (N, V)
+    cdf = probs.cumsum(dim=-1, dtype=torch.float64)  # (N, V)
+    u = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
+    token = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)  # (N, 1)
+    # u can round up to the total, landing on a last entry of probability 0: argmax then.
+    zero = probs.gather(1, token) == 0
+    return torch.where(zero, probs.argmax(dim=-1, keepdim=True), token)
+
+
+def decode(
+    policy,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    pad_id: int,
+    pick,
+) -> torch.Tensor:
+    """The KV-cached sampling loop: left-padded prompts (N, Q) -> new tokens (N, R),
+    R <= max_new_tokens, stopping when every row has produced a stop token (rows that
+    stopped get `pad_id`). `pick(logits (N, V)) -> (N, 1)` chooses each next token.
+
+    A static cache sized Q + max_new_tokens is written in place, where transformers'
+    `generate` grows a dynamic one by concatenation at every step; with `draw`, this
+    loop sampled 16 x 32 tokens from the benchmark's tiny Llama 2.4x faster than
+    `generate` (0.21 s against 0.50 s)."""
+    from transformers import StaticCache
+
+    from alignloop.models import position_ids_from_mask
+
+    N, Q = query_ids.shape
+    cache = StaticCache(config=_hf_model(policy).config, max_cache_len=Q + max_new_tokens)
+    # The mask covers the whole cache: a column opens when its token is fed.
+    mask = torch.cat([query_mask, query_mask.new_zeros(N, max_new_tokens)], dim=1)
+    position = position_ids_from_mask(query_mask)  # (N, Q)
+    stops = torch.as_tensor(list(stop_ids), device=query_ids.device)
+    out = query_ids.new_full((N, max_new_tokens), pad_id)
+    done = torch.zeros(N, dtype=torch.bool, device=query_ids.device)
+    logits = policy(
+        input_ids=query_ids, attention_mask=mask, position_ids=position,
+        past_key_values=cache, use_cache=True, logits_to_keep=1,
+    ).logits[:, -1]  # fmt: skip
+    position = position[:, -1:]  # (N, 1)
+    for t in range(max_new_tokens):
+        token = pick(logits).masked_fill_(done[:, None], pad_id)  # (N, 1)
+        out[:, t] = token[:, 0]
+        done |= torch.isin(token[:, 0], stops)
+        if t == max_new_tokens - 1 or bool(done.all()):
+            return out[:, : t + 1]
+        mask[:, Q + t] = 1
+        position = position + 1
+        logits = policy(
+            input_ids=token, attention_mask=mask, position_ids=position,
+            past_key_values=cache, use_cache=True,
+        ).logits[:, -1]  # fmt: skip
+    return out
+
+
+def _has_standard_cache(model) -> bool:
+    """Whether `decode`'s static KV cache fits the model (not for the recurrent and
+    exotic architectures transformers itself keeps on their own caches)."""
+    hf = _hf_model(model)
+    supports = getattr(hf, "_supports_default_dynamic_cache", None)
+    return bool(supports and supports()) and not getattr(hf, "_is_stateful", False)
 
 
 @torch.inference_mode()
@@ -145,22 +223,28 @@ def sample(
     prompt_index = torch.arange(len(rows)).repeat_interleave(k)  # (N,)
     query_ids, query_mask = query_ids[prompt_index].to(device), query_mask[prompt_index].to(device)
 
-    config = sampling_config(
-        temperature=temperature, max_new_tokens=max_new_tokens, pad_id=pad_id, stop_ids=stop_ids
-    )
-    hf = _hf_model(policy)
-    # The model's own generation config fills every field ours leaves unset (its
-    # top_k, min_p, bad words...): a bare one is swapped in for the call.
-    saved, hf.generation_config = hf.generation_config, GenerationConfig()
-    try:
-        out = policy.generate(
-            input_ids=query_ids, attention_mask=query_mask, generation_config=config
-        )  # (N, Q + R)
-    finally:
-        hf.generation_config = saved
-    response_ids, response_mask, has_eos = truncate_after_eos(
-        out[:, query_ids.shape[1] :], stop_ids, pad_id
-    )
+    if _has_standard_cache(policy):
+        new_tokens = decode(
+            policy, query_ids, query_mask, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+            pad_id=pad_id, pick=lambda logits: draw(logits, temperature),
+        )  # fmt: skip
+    else:
+        config = sampling_config(
+            temperature=temperature, max_new_tokens=max_new_tokens, pad_id=pad_id,
+            stop_ids=stop_ids,
+        )  # fmt: skip
+        hf = _hf_model(policy)
+        # The model's own generation config fills every field ours leaves unset (its
+        # top_k, min_p, bad words...): a bare one is swapped in for the call.
+        saved, hf.generation_config = hf.generation_config, GenerationConfig()
+        try:
+            out = policy.generate(
+                input_ids=query_ids, attention_mask=query_mask, generation_config=config
+            )  # (N, Q + R)
+        finally:
+            hf.generation_config = saved
+        new_tokens = out[:, query_ids.shape[1] :]
+    response_ids, response_mask, has_eos = truncate_after_eos(new_tokens, stop_ids, pad_id)
     return Samples(
         query_ids=query_ids,
         query_mask=query_mask,
