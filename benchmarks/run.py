@@ -473,6 +473,19 @@ def _num(x) -> str:
     return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
 
 
+WORKLOAD_TEXT = {  # the table's description of each workload, {size} filled in
+    "rm_llama": "the tiny Llama (hidden 256, 4 layers) + score head, {size}, 8 pairs a "
+    "step, lr 1e-4 linear, held out: 160 HH pairs.",
+    "rm_minilm": "all-MiniLM-L6-v2 + a new head, {size}, 8 pairs a step, lr 5e-5.",
+    "ppo": "SFT'd tiny Llama policy, reference copy, reward model and value model started "
+    "from it; {size}, 16 prompts (<= 64 tokens) a step, responses of 32 tokens at "
+    "temperature 0.7, 4 PPO epochs over the batch of 16 in 2 micro-batches, lr 3e-5, KL "
+    "coefficient 0.05.",
+    "rloo": "the same policy and reward model; {size}, 16 prompts x 2 completions a step, "
+    "one pass per batch, lr 3e-5, KL coefficient 0.05.",
+}
+
+
 def _size(name: str, r: dict) -> str:
     size, facts = r["size"], r["facts"]
     if KIND[name] == "reward":
@@ -539,17 +552,15 @@ def markdown(results: dict) -> str:
         "",
         "Workloads (both sides: same initial weights, same data, same batch sizes, "
         "lengths and epochs, fp32, 2 threads, `OMP_WAIT_POLICY=PASSIVE`):",
-        f"- rm_llama: the tiny Llama (hidden 256, 4 layers) + score head, "
-        f"{sizes.get('rm_llama')}, 8 pairs a step, lr 1e-4 linear, held out: 160 HH "
-        "pairs.",
-        f"- rm_minilm: all-MiniLM-L6-v2 + a new head, {sizes.get('rm_minilm')}, 8 pairs a "
-        "step, lr 5e-5.",
-        f"- ppo: SFT'd tiny Llama policy, reference copy, reward model and value model "
-        f"started from it; {sizes.get('ppo')}, 16 prompts (<= 64 tokens) a step, responses "
-        "of 32 tokens at temperature 0.7, 4 PPO epochs over the batch of 16 in 2 "
-        "micro-batches, lr 3e-5, KL coefficient 0.05.",
-        f"- rloo: the same policy and reward model; {sizes.get('rloo')}, 16 prompts x "
-        "2 completions a step, one pass per batch, lr 3e-5, KL coefficient 0.05.",
+        *(f"- {name}: {WORKLOAD_TEXT[name].format(size=sizes[name])}" for name in w),
+        "",
+        "What alignloop does its own way (its defaults; TRL keeps its own): reward-model "
+        "batches hold pairs of similar length (windows of 50 batches sorted by length, "
+        "then the batches shuffled; TRL shuffles plainly) with widths in steps of 8; a "
+        "decoder reward model runs each prompt once for all its completions (packed "
+        "rows); sampling is alignloop's KV-cached loop (a static cache, one uniform "
+        "number a token) where TRL calls transformers' `generate`; the policy's head "
+        "runs on the response positions only.",
         "",
         "Reward gain: the reward model's mean score of 2 samples for each of 128 "
         "held-out prompts (same seeds for every policy), trained policy minus the "

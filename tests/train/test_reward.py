@@ -116,9 +116,11 @@ def test_collate_offsets_each_prompts_indices():
         PromptGroup("B", ["b0", "b1"], [(1, 0, 0.0)], input_ids=[[7], [8, 9, 10, 11]]),
     ]  # fmt: skip
     batch = collate(groups, pad_id=0)
-    assert batch.input_ids.tolist() == [
+    assert batch.input_ids.shape[1] == 8  # widths come in steps of 8
+    assert batch.input_ids[:, :4].tolist() == [
         [1, 2, 0, 0], [3, 0, 0, 0], [4, 5, 6, 0], [7, 0, 0, 0], [8, 9, 10, 11],
     ]  # fmt: skip
+    assert (batch.input_ids[:, 4:] == 0).all() and (batch.attention_mask[:, 4:] == 0).all()
     assert batch.attention_mask.sum(1).tolist() == [2, 1, 3, 1, 4]
     assert batch.chosen.tolist() == [2, 1, 4]
     assert batch.rejected.tolist() == [0, 0, 3]
@@ -365,7 +367,7 @@ def test_lora_trains_and_saves_a_merged_ordinary_directory(tiny_rm, easy_data, t
     out = tmp_path / "lora"
     args = ["train-rm", "--model", str(tiny_rm), "--data", str(easy_data["train"]),
             "--eval-data", str(easy_data["eval"]), "--out", str(out), "--lora-r", "4",
-            "--lr", "1e-2", "--epochs", "3", "--warmup-ratio", "0",
+            "--lr", "3e-3", "--epochs", "6", "--warmup-ratio", "0",
             "--save-every", "0"]  # fmt: skip
     assert main(args) == 0
     final = json.loads((out / "eval.json").read_text())

@@ -19,7 +19,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,23 +83,46 @@ def adamw(params, **kwargs) -> torch.optim.AdamW:
 
 
 def epoch_batches(
-    n: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world: int = 1
+    n: int,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world: int = 1,
+    lengths: Sequence[int] | None = None,
+    group: int = 50,
 ) -> list[list[int]]:
     """This process's batches of item indices for one epoch.
 
     One seeded permutation per epoch; global batches of `batch_size * world` items,
     each process taking every world-th item of each. A trailing global batch too
     small to give every process an item is dropped (DDP needs every process to
-    step together)."""
+    step together).
+
+    With `lengths`, batches hold items of similar length (little padding): each
+    window of `group` global batches of the permutation is sorted by length before
+    it is cut into batches, and the batches are then shuffled (seeded), so the order
+    stays random while a batch's lengths are close."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n, generator=generator).tolist()
     step = batch_size * world
+    if lengths is not None:
+        window = step * max(group, 1)
+        order = [
+            i
+            for start in range(0, n, window)
+            for i in sorted(order[start : start + window], key=lambda i: -lengths[i])
+        ]
     batches = []
     for start in range(0, n, step):
         chunk = order[start : start + step]
         if len(chunk) < world:
             break
         batches.append(chunk[rank::world])
+    if lengths is not None:
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        batches = [batches[i] for i in shuffled]
     return batches
 
 

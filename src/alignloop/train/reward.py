@@ -245,6 +245,12 @@ def collate(groups: Sequence[PromptGroup], pad_id: int, *, pack: bool = False) -
     }
     if not pack:
         input_ids, attention_mask = pad_right(texts, pad_id)
+        # Widths in steps of 8: a few shapes, not one per batch (the kernels and the
+        # allocator reuse their buffers; length-grouped batches would otherwise give
+        # every batch its own width).
+        extra = -input_ids.shape[1] % 8
+        input_ids = torch.nn.functional.pad(input_ids, (0, extra), value=pad_id)
+        attention_mask = torch.nn.functional.pad(attention_mask, (0, extra), value=0)
         return RewardBatch(input_ids=input_ids, attention_mask=attention_mask, **pairs)
     blocks = [_block(g.input_ids) for g in groups]  # (tokens, segments, positions, ends)
     rows = _fill_rows([len(b[0]) for b in blocks])  # block indices per row
@@ -502,6 +508,14 @@ def train_reward_model(config: RewardConfig) -> dict:
 
     pad_id = reward_model.tokenizer.pad_token_id
     pack = _packs(reward_model)
+    # Tokens a prompt's batch element computes: packed, its texts end to end; padded,
+    # its longest text times their number.
+    lengths = None
+    if config.group_by_length:
+        lengths = [
+            sum(map(len, g.input_ids)) if pack else max(map(len, g.input_ids)) * len(g.input_ids)
+            for g in train
+        ]
     step, micro, started = state["step"], 0, time.perf_counter()
     bar, task = progress(total_steps, "reward model", enabled=main)
     bar.update(task, completed=step)
@@ -511,6 +525,7 @@ def train_reward_model(config: RewardConfig) -> dict:
             batches = epoch_batches(
                 len(train), config.batch_size, seed=config.seed, epoch=epoch,
                 rank=accelerator.process_index, world=accelerator.num_processes,
+                lengths=lengths, group=config.group_by_length,
             )  # fmt: skip
             start = state["batch"] if epoch == state["epoch"] else 0
             for b_index, indices in iterate_from(batches, start):

@@ -20,6 +20,9 @@ class RewardConfig:
     epochs: int = option(1, "passes over the training pairs")
     max_steps: int | None = option(None, "stop after this many optimizer steps (default: epochs)")
     batch_size: int = option(8, "prompts per step on each process, all pairs of a prompt together")
+    group_by_length: int = option(
+        50, "batches of similar lengths: sort each window of N batches by length (0: off)"
+    )
     grad_accum: int = option(1, "gradient accumulation: batches per optimizer step")
     lr: float = option(1e-5, "peak learning rate (AdamW)")
     weight_decay: float = option(0.0, "AdamW weight decay")

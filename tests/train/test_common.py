@@ -1,0 +1,47 @@
+"""The trainers' shared data order (`epoch_batches`)."""
+
+from __future__ import annotations
+
+import random
+
+from alignloop.train.common import epoch_batches
+
+
+def _padded_tokens(batches, lengths):
+    return sum(max(lengths[i] for i in b) * len(b) for b in batches)
+
+
+def test_every_item_once_per_epoch_and_the_order_is_seeded():
+    a = epoch_batches(103, 8, seed=1, epoch=0)
+    assert sorted(i for b in a for i in b) == list(range(103))
+    assert a == epoch_batches(103, 8, seed=1, epoch=0)
+    assert a != epoch_batches(103, 8, seed=1, epoch=1)
+
+
+def test_processes_split_each_global_batch():
+    shards = [epoch_batches(50, 4, seed=0, epoch=0, rank=r, world=2) for r in range(2)]
+    assert len(shards[0]) == len(shards[1])  # every process steps together
+    for b0, b1 in zip(*shards, strict=True):
+        assert len(b0) + len(b1) <= 8 and not set(b0) & set(b1)
+
+
+def test_length_grouping_cuts_padding_and_keeps_the_order_random():
+    """Lengths drawn like real pairs (20-128 tokens): grouped batches pad far less than
+    shuffled ones, still hold every item once, differ between epochs, and do not come
+    sorted (the batches are shuffled after grouping)."""
+    rng = random.Random(0)
+    lengths = [rng.randint(20, 128) for _ in range(480)]
+    plain = epoch_batches(480, 8, seed=0, epoch=0)
+    grouped = epoch_batches(480, 8, seed=0, epoch=0, lengths=lengths, group=50)
+    assert sorted(i for b in grouped for i in b) == list(range(480))
+    assert grouped != epoch_batches(480, 8, seed=0, epoch=1, lengths=lengths, group=50)
+    real = sum(lengths)
+    assert _padded_tokens(grouped, lengths) < 1.05 * real < _padded_tokens(plain, lengths)
+    firsts = [max(lengths[i] for i in b) for b in grouped]
+    assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)
+    # with two processes, the shards stay disjoint and step together
+    shards = [
+        epoch_batches(480, 8, seed=0, epoch=0, rank=r, world=2, lengths=lengths) for r in range(2)
+    ]
+    assert len(shards[0]) == len(shards[1])
+    assert sorted(i for s in shards for b in s for i in b) == list(range(480))
