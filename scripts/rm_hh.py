@@ -4,8 +4,8 @@ Trains `alignloop train-rm`'s trainer on a seeded 90% of the prompts of
 ../shared/data/hh-harmless-dev.jsonl (1,600 pairs of Anthropic's harmless-base test
 split) and evaluates on the other 10% (train-rm's own held-out split, by prompt),
 then prints and writes `OUT/result.json`: held-out accuracy, n, wall time and the
-exact configuration. 10-15 minutes on a 2-core CPU with the defaults (one epoch, 256 tokens;
-about 6 sequences per second trained).
+exact configuration. 7-15 minutes on a 2-core CPU with the defaults (one epoch, 256 tokens;
+batches of similar lengths).
 
     .venv/bin/python scripts/rm_hh.py [--data FILE] [--out runs/rm-hh] [--max-steps 5]
 
