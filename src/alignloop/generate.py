@@ -1,7 +1,9 @@
 """Sampling completions from a causal LM: K samples per prompt, batched, KV-cached.
 
-Used by PPO's rollouts and by `alignloop generate`. The details that decide whether
-RL on the samples is sound:
+Used by PPO's rollouts and by `alignloop generate`. Models with a standard KV cache
+are sampled by this module's own loop (`decode`, `draw`); others by transformers'
+`generate` with the same pure-sampling settings. The details that decide whether RL
+on the samples is sound:
 
 - prompts are left-padded (generation appends on the right) and positions are
   counted over real tokens, so a padded prompt is continued exactly as an unpadded
@@ -119,8 +121,8 @@ def draw(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     By inverse CDF: one uniform number per row located in the cumulative
     distribution (summed in float64, so each token's interval has its probability's
     width to ~1e-16). torch.multinomial draws a random number per vocabulary entry:
-    for 16 rows of an 8k vocabulary on a CPU it took 3.9 ms a step against 0.2 ms,
-    a quarter of the whole generation (benchmarks/README.md)."""
+    for 16 rows of an 8k vocabulary on 2 CPU threads it took 4.8 ms a step against
+    0.6 ms (`benchmarks/sampling.py`)."""
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # (N, V)
     cdf = probs.cumsum(dim=-1, dtype=torch.float64)  # (N, V)
     u = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
@@ -145,9 +147,9 @@ def decode(
     stopped get `pad_id`). `pick(logits (N, V)) -> (N, 1)` chooses each next token.
 
     A static cache sized Q + max_new_tokens is written in place, where transformers'
-    `generate` grows a dynamic one by concatenation at every step; with `draw`, this
-    loop sampled 16 x 32 tokens from the benchmark's tiny Llama 2.4x faster than
-    `generate` (0.21 s against 0.50 s)."""
+    `generate` grows a dynamic one by concatenation at every step. With `draw`,
+    `sample` took 334 ms for 16 prompts x 32 tokens of the benchmark's tiny Llama
+    where `generate` took 487 ms (`benchmarks/sampling.py`, 2 CPU threads)."""
     from transformers import StaticCache
 
     from alignloop.models import position_ids_from_mask
