@@ -161,9 +161,10 @@ def continuation_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, text: str)
 
 
 def _pad(
-    rows: Sequence[Sequence[int]], pad_id: int, *, left: bool
+    rows: Sequence[Sequence[int]], pad_id: int, *, left: bool, multiple_of: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
+    width += -width % multiple_of
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
@@ -180,10 +181,12 @@ def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return _pad(rows, pad_id, left=True)
 
 
-def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_right(
+    rows: Sequence[Sequence[int]], pad_id: int, *, multiple_of: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token rows -> (input_ids, attention_mask), both (N, L), padded on the right
-    (what encoders with absolute positions need)."""
-    return _pad(rows, pad_id, left=False)
+    (what encoders with absolute positions need); L rounded up to `multiple_of`."""
+    return _pad(rows, pad_id, left=False, multiple_of=multiple_of)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -244,13 +244,10 @@ def collate(groups: Sequence[PromptGroup], pad_id: int, *, pack: bool = False) -
         "n_groups": len(groups),
     }
     if not pack:
-        input_ids, attention_mask = pad_right(texts, pad_id)
         # Widths in steps of 8: a few shapes, not one per batch (the kernels and the
         # allocator reuse their buffers; length-grouped batches would otherwise give
         # every batch its own width).
-        extra = -input_ids.shape[1] % 8
-        input_ids = torch.nn.functional.pad(input_ids, (0, extra), value=pad_id)
-        attention_mask = torch.nn.functional.pad(attention_mask, (0, extra), value=0)
+        input_ids, attention_mask = pad_right(texts, pad_id, multiple_of=8)
         return RewardBatch(input_ids=input_ids, attention_mask=attention_mask, **pairs)
     blocks = [_block(g.input_ids) for g in groups]  # (tokens, segments, positions, ends)
     rows = _fill_rows([len(b[0]) for b in blocks])  # block indices per row
