@@ -47,3 +47,22 @@ def small_task() -> tuple[list[Prompt], list[Completion], list[Ranking]]:
         )
     ]  # fmt: skip
     return prompts, completions, rankings
+
+
+@pytest.fixture(scope="session")
+def tiny_rm(tmp_path_factory) -> Path:
+    """A 1-layer Llama with a one-output score head and the world's tokenizer, saved
+    as an ordinary Hugging Face directory (seeded: the same weights every time)."""
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    from alignloop.models import build_tiny_causal_lm, save_pretrained
+    from alignloop.world import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config = build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=4).config
+    config.num_labels = 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForSequenceClassification(config)
+    return save_pretrained(model, tokenizer, tmp_path_factory.mktemp("tiny-rm"))

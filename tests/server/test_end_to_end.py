@@ -39,33 +39,16 @@ def world_task(n_prompts: int, seed: int, prefix: str):
     return prompts, completions
 
 
-@pytest.fixture
-def tiny_rm(tmp_path):
-    """A 1-layer Llama with a one-output head and the world's tokenizer (as in
-    tests/train/conftest.py), seeded."""
-    import torch
-    from transformers import LlamaForSequenceClassification
-
-    from alignloop.models import build_tiny_causal_lm, save_pretrained
-    from alignloop.world import build_tokenizer
-
-    torch.set_num_threads(1)
-    tokenizer = build_tokenizer()
-    config = build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=4).config
-    config.num_labels = 1
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LlamaForSequenceClassification(config)
-    return save_pretrained(model, tokenizer, tmp_path / "tiny-rm")
-
-
 def test_rankings_from_the_api_train_a_reward_model(tmp_path, tiny_rm, capsys):
+    """`tiny_rm`: the 1-layer Llama reward model of tests/conftest.py."""
+    import torch
     from fastapi.testclient import TestClient
 
     from alignloop.server import service
     from alignloop.server.app import create_app
     from alignloop.world import has_rude_word
 
+    torch.set_num_threads(1)
     url = f"sqlite:///{tmp_path / 'labels.db'}"
     prompts, completions = world_task(40, seed=0, prefix="train")
     write_records(tmp_path / "prompts.jsonl", prompts)
