@@ -175,6 +175,17 @@ def _live(now: dt.datetime):
     )
 
 
+def _taken_per_prompt(now: dt.datetime):
+    """The live assignments of each prompt, as a subquery correlated to PromptRow."""
+    return (
+        select(func.count())
+        .select_from(Assignment)
+        .where(Assignment.prompt_id == PromptRow.id, _live(now))
+        .correlate(PromptRow)
+        .scalar_subquery()
+    )
+
+
 def _taken(session: Session, prompt_pk: int, now: dt.datetime, *, besides: int | None = None):
     q = (
         select(func.count())
@@ -238,13 +249,7 @@ def _pick_gold(session: Session, labeler: Labeler, project: Project, rng: random
 def _pick_regular(
     db: Database, session: Session, labeler: Labeler, project: Project, now: dt.datetime
 ) -> int | None:
-    taken = (
-        select(func.count())
-        .select_from(Assignment)
-        .where(Assignment.prompt_id == PromptRow.id, _live(now))
-        .correlate(PromptRow)
-        .scalar_subquery()
-    )
+    taken = _taken_per_prompt(now)
     passed: list[int] = []
     while True:
         q = (
@@ -323,13 +328,7 @@ def _has_work(
     )
     if pending:
         return True
-    taken = (
-        select(func.count())
-        .select_from(Assignment)
-        .where(Assignment.prompt_id == PromptRow.id, _live(now))
-        .correlate(PromptRow)
-        .scalar_subquery()
-    )
+    taken = _taken_per_prompt(now)
     return (
         session.scalar(
             select(PromptRow.id)

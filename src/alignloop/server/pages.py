@@ -82,8 +82,15 @@ def _safe_next(target: str | None) -> str:
 
 @router.get("/login")
 def login_form(request: Request, next: str = "/") -> HTMLResponse:
+    return _login_page(request, next)
+
+
+def _login_page(request: Request, next: str, *, error: str | None = None, status: int = 200):
+    """The sign-in form with a fresh CSRF token, also set in its own cookie."""
     csrf = new_csrf_token()
-    response = render(request, "login.html", csrf=csrf, next=_safe_next(next), error=None)
+    response = render(
+        request, "login.html", status=status, csrf=csrf, next=_safe_next(next), error=error
+    )
     response.set_cookie(
         LOGIN_CSRF_COOKIE,
         csrf,
@@ -107,25 +114,7 @@ def login(
         raise CsrfFailed("the sign-in form's security token is missing or stale: reload the page")
     started = start_session(db_of(request), token.strip())
     if started is None:
-        csrf = new_csrf_token()
-        response = render(
-            request,
-            "login.html",
-            status=401,
-            csrf=csrf,
-            next=_safe_next(next),
-            error="Unknown token.",
-        )
-        response.set_cookie(
-            LOGIN_CSRF_COOKIE,
-            csrf,
-            httponly=True,
-            samesite="lax",
-            secure=_cookie_secure(request),
-            max_age=3600,
-            path="/login",
-        )
-        return response
+        return _login_page(request, next, error="Unknown token.", status=401)
     session_id, _ = started
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(
