@@ -217,17 +217,28 @@ class Checkpoints:
         return json.loads((path / STATE_FILE).read_text())
 
 
-def stop_unless_finite(loss: torch.Tensor, step: int, checkpoints: Checkpoints) -> None:
-    """Raise TrainingError when the loss is NaN or infinite, naming the last good
-    checkpoint to resume from (the run's files are left as they were)."""
-    if torch.isfinite(loss):
+def stop_unless_finite(
+    accelerator, loss: torch.Tensor, step: int, checkpoints: Checkpoints | None, *, hint: str = ""
+) -> None:
+    """Raise TrainingError on every process when the loss of any process is NaN or
+    infinite, naming the step and the last good checkpoint to resume from (the run's
+    files are left as they were); `hint` is appended to the message.
+
+    The flag is summed over the processes: one process raising alone would leave the
+    others waiting in their next collective for ever. Note: `.item()` on the flag is a
+    CPU-GPU sync point."""
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    if not bad.item():
         return
-    last = checkpoints.latest()
-    raise TrainingError(
-        f"the loss became {loss.item()} at step {step + 1}; stopped. "
-        + (f"The last good checkpoint is {last}." if last else
-           "No checkpoint was saved yet (see --save-every).")
-    )  # fmt: skip
+    value = loss.item() if not torch.isfinite(loss) else "non-finite on another process"
+    message = f"the loss became {value} at step {step + 1}; stopped."
+    if checkpoints is not None:
+        last = checkpoints.latest()
+        message += (f" The last good checkpoint is {last}." if last else
+                    " No checkpoint was saved yet (see --save-every).")  # fmt: skip
+    raise TrainingError(message + (f" {hint}" if hint else ""))
 
 
 def iterate_from(batches: list[list[int]], start: int) -> Iterator[tuple[int, list[int]]]:

@@ -536,7 +536,7 @@ def train_reward_model(config: RewardConfig) -> dict:
                     loss, stats = batch_loss(
                         rewards, batch, use_margin=config.use_margin, center_coef=config.center_coef
                     )
-                    stop_unless_finite(loss, step, checkpoints)
+                    stop_unless_finite(accelerator, loss, step, checkpoints)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)

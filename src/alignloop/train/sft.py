@@ -267,7 +267,7 @@ def train_sft(config: SFTConfig) -> dict:
                         input_ids=batch.input_ids, attention_mask=batch.attention_mask
                     ).logits
                     loss, n = sft_loss(logits, batch.labels)
-                    stop_unless_finite(loss, step, checkpoints)
+                    stop_unless_finite(accelerator, loss, step, checkpoints)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
