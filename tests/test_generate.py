@@ -117,6 +117,19 @@ def test_generate_completions_records(model, tokenizer):
     assert all(r.policy == "tiny" and r.prompt_id in r.id for r in records)
 
 
+def test_generate_completions_reports_progress_per_batch_and_samples_the_same(model, tokenizer):
+    prompts = make_prompts(5, seed=1)
+    torch.manual_seed(0)
+    plain = generate_completions(model, tokenizer, prompts, k=2, max_new_tokens=3, batch_size=2)
+    done: list[int] = []
+    torch.manual_seed(0)
+    watched = generate_completions(
+        model, tokenizer, prompts, k=2, max_new_tokens=3, batch_size=2, progress=done.append
+    )
+    assert done == [2, 2, 1]  # prompts per batch
+    assert watched == plain
+
+
 def _ragged_prompts(tokenizer):
     texts = [p.prompt for p in make_prompts(4, seed=3)]
     rows = [tokenizer(t)["input_ids"][: 4 + 3 * i] for i, t in enumerate(texts)]  # 4..13 tokens

@@ -21,7 +21,7 @@ on the samples is sound:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,9 +281,11 @@ def generate_completions(
     max_prompt_length: int | None = None,
     batch_size: int = 16,
     policy_name: str | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Completion]:
     """`k` completion records per prompt (ids "<prompt id>-<j>"), `batch_size`
-    prompts per `generate` call."""
+    prompts per `sample` call. `progress(n)` is called after each batch with its
+    number of prompts (as `sequence_kl` does), to drive a progress bar."""
     records: list[Completion] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
@@ -306,6 +308,8 @@ def generate_completions(
                     policy=policy_name,
                 )
             )
+        if progress is not None:
+            progress(len(chunk))
     return records
 
 
@@ -339,15 +343,12 @@ def generate_file(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     policy.to(device)
     torch.manual_seed(seed)
-    records: list[Completion] = []
     bar, task = progress(len(prompts), f"generating {k} per prompt", enabled=show_progress)
     with bar, torch.inference_mode():
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            records += generate_completions(
-                policy, tokenizer, chunk, k=k, temperature=temperature,
-                max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length,
-                batch_size=batch_size, policy_name=policy_name or str(policy_path),
-            )  # fmt: skip
-            bar.update(task, completed=start + len(chunk))
+        records = generate_completions(
+            policy, tokenizer, prompts, k=k, temperature=temperature,
+            max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length,
+            batch_size=batch_size, policy_name=policy_name or str(policy_path),
+            progress=lambda n: bar.update(task, advance=n),
+        )  # fmt: skip
     return write_records(out, records)

@@ -393,23 +393,19 @@ def _sample_all(model, tokenizer, prompts, config: EvalConfig, name: str, prompt
     from alignloop.generate import generate_completions
 
     torch.manual_seed(config.seed)  # each policy samples from the same seed
-    records: list[Completion] = []
     with _bar(len(prompts), f"sampling: {name}") as advance:
-        for start in range(0, len(prompts), config.batch_size):
-            chunk = prompts[start : start + config.batch_size]
-            records += generate_completions(
-                model,
-                tokenizer,
-                chunk,
-                k=config.k,
-                temperature=config.temperature,
-                max_new_tokens=config.max_new_tokens,
-                max_prompt_length=prompt_limit,
-                batch_size=config.batch_size,
-                policy_name=name,
-            )
-            advance(len(chunk))
-    return records
+        return generate_completions(
+            model,
+            tokenizer,
+            prompts,
+            k=config.k,
+            temperature=config.temperature,
+            max_new_tokens=config.max_new_tokens,
+            max_prompt_length=prompt_limit,
+            batch_size=config.batch_size,
+            policy_name=name,
+            progress=advance,
+        )
 
 
 def evaluate(config: EvalConfig, *, judge: Judge | None = None) -> dict[str, Any]:
