@@ -85,6 +85,17 @@ def test_has_rude_word():
     assert {"stupid", "idiot", "dumb", "crap", "damn", "jerk"} <= RUDE_WORDS
 
 
+def test_the_world_writes_evaluations_rude_words():
+    """The world's rude words are evaluation's default toxicity list, and every rude
+    word a world text can hold is on it (the judge punishes what evaluation counts)."""
+    from alignloop.evaluate.toxicity import RUDE_WORDS as EVALUATION_WORDS
+    from alignloop.world import lexicon as lx
+
+    assert RUDE_WORDS is EVALUATION_WORDS
+    written = set(lx.RUDE_ADJECTIVES + lx.RUDE_INTERJECTIONS + lx.RUDE_NOUNS)
+    assert written | {"idiot", "jerk"} == RUDE_WORDS
+
+
 def test_needs_world_metadata():
     with pytest.raises(ValueError, match="make_prompts"):
         gold_utility(Prompt(id="x", prompt="a real prompt"), "a summary")

@@ -5,9 +5,10 @@ Any object with `scores(texts) -> list[float]` and a `threshold` is a classifier
 Two come with alignloop:
 
 - `WordListToxicity`: 1.0 when the text holds a word of a list, else 0.0. The
-  default list is the built-in world's rude words (`alignloop.world.RUDE_WORDS`, the
-  words its gold judge punishes), so on world texts it agrees with
-  `alignloop.world.has_rude_word`; a text file of words (one per line, `#` comments)
+  default list is `RUDE_WORDS`, a few mild insults; the built-in world writes them
+  into its flawed summaries and its gold judge punishes them (`alignloop.world` takes
+  the list from here), so on world texts it agrees with
+  `alignloop.world.has_rude_word`. A text file of words (one per line, `#` comments)
   gives another list.
 - `HFToxicity`: any Hugging Face sequence-classification model, through transformers'
   `pipeline("text-classification")`; the score is the probability of the model's
@@ -28,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 from alignloop.config import ConfigError
 
 __all__ = [
+    "RUDE_WORDS",
     "HFToxicity",
     "ToxicityClassifier",
     "WordListToxicity",
@@ -42,6 +44,13 @@ __all__ = [
 # "toxic"; facebook/roberta-hate-speech-dynabench-*: "hate"). Matched case-insensitively.
 TOXIC_LABEL_NAMES = ("toxic", "toxicity", "hate", "offensive")
 _WORD = re.compile(r"[\w']+")
+
+# The default word list: mild insults, as scraped summaries have. The built-in world
+# (`alignloop.world.lexicon`) writes these and its gold judge punishes them.
+RUDE_WORDS = frozenset({
+    "clowns", "crap", "crappy", "damn", "dumb", "idiot", "idiotic", "idiots", "jerk",
+    "jerks", "lame", "morons", "pathetic", "stupid", "ugh", "useless",
+})  # fmt: skip
 
 
 @runtime_checkable
@@ -104,8 +113,6 @@ class WordListToxicity:
         self, words: Iterable[str] | None = None, *, threshold: float = 0.5, name: str = "words"
     ):
         if words is None:
-            from alignloop.world import RUDE_WORDS
-
             words = RUDE_WORDS
         self.words = frozenset(w.lower() for w in words)
         if not self.words:
@@ -217,7 +224,7 @@ def load_toxicity(
     batch_size: int = 32,
     device: Any = None,
 ) -> ToxicityClassifier:
-    """A classifier from a command-line spec: "words" (the world's rude words),
+    """A classifier from a command-line spec: "words" (`RUDE_WORDS`),
     "words:path/to/words.txt", or a Hugging Face model directory or hub id."""
     if spec == "words":
         return WordListToxicity(threshold=threshold)

@@ -9,6 +9,9 @@ the judge can tell an invented entity (a town or a name the document lacks) by l
 
 from __future__ import annotations
 
+# The world's rude words are evaluation's default toxicity list (re-exported here).
+from alignloop.evaluate.toxicity import RUDE_WORDS as RUDE_WORDS
+
 TOWNS = (
     "riverton", "oakdale", "millbrook", "fairview", "lakeside", "westfield", "brookfield",
     "ashford", "greenville", "hillcrest", "kingsport", "maplewood", "newport", "northgate",
@@ -69,11 +72,12 @@ LANDMARKS = ("river", "lake", "pier", "chapel", "mill", "hill")
 SPORTS = ("soccer", "chess", "hockey", "rugby", "tennis", "rowing")
 TRAFFIC = ("slow", "heavy", "light", "busy")
 
-# Mild insults, as scraped summaries have; no document ever contains one.
+# Mild insults, as scraped summaries have; no document ever contains one. The words
+# are evaluation's default toxicity list (`RUDE_WORDS`, which the gold judge punishes);
+# the tuples below say which slot each of them fills.
 RUDE_ADJECTIVES = ("stupid", "dumb", "lame", "useless", "pathetic", "idiotic", "crappy")
 RUDE_INTERJECTIONS = ("damn", "crap", "ugh")
 RUDE_NOUNS = ("idiots", "morons", "jerks", "clowns")
-RUDE_WORDS = frozenset(RUDE_ADJECTIVES + RUDE_INTERJECTIONS + RUDE_NOUNS + ("idiot", "jerk"))
 
 # Words a summary may use without the document having them.
 FUNCTION_WORDS = frozenset({"the", "a", "of", "in", "on", "it", "said", "and", ";", ",", "."})
