@@ -361,3 +361,161 @@ def test_the_server_logged_no_secret(server):
     assert "GET /login" in log  # the access log is there
     for token in server["tokens"].values():
         assert token not in log
+
+
+# --- the board after every action ---------------------------------------------------
+
+
+def _fresh_project(server, name: str, *, criteria: list[str], n_prompts: int, k: int = 4) -> str:
+    """A project of its own with one labeler who has acknowledged its guidelines;
+    returns the labeler's name (their token is in server["tokens"])."""
+    from alignloop.server import assign
+
+    db = server["db"]
+    service.create_project(
+        db,
+        name=name,
+        criteria=criteria,
+        guidelines="# Rank them\n\nThe **best** first.\n",
+        prompts=[
+            Prompt(id=f"{name}-{i}", prompt=f"Prompt {i} of {name}: describe topic {i}.")
+            for i in range(n_prompts)
+        ],
+        completions=[
+            Completion(
+                id=f"{name}-{i}-{j}",
+                prompt_id=f"{name}-{i}",
+                completion=f"Answer {j} to prompt {i} of {name}.",
+            )
+            for i in range(n_prompts)
+            for j in range(k)
+        ],
+        overlap=1,
+    )
+    who = f"{name}-labeler"
+    server["tokens"][who] = service.add_labeler(db, who)
+    labeler_id = _labeler_id(db, who)
+    version = assign.guidelines_for(db, labeler_id, name)["version"]
+    assign.acknowledge(db, labeler_id, name, version)
+    return who
+
+
+def _labeler_id(db, name: str) -> int:
+    with db.read() as session:
+        return session.scalar(select(Labeler.id).where(Labeler.name == name))
+
+
+def _pending_task(server, who: str, project: str) -> dict | None:
+    """The task the server holds for the labeler now (their pending assignment)."""
+    from alignloop.server import assign
+
+    return assign.next_task(server["db"], _labeler_id(server["db"], who), project)
+
+
+def assert_board(page, server, who: str, project: str, criterion: str) -> dict:
+    """The page shows exactly the server's current task of `who`: its prompt, its K
+    responses (Response A, B, ... in the task's order, nothing else), every rank slot
+    empty, Submit disabled, the criterion and the progress."""
+    page.wait_for_selector("#task:not([hidden])")
+    task = _pending_task(server, who, project)
+    assert task is not None
+    k = len(task["completions"])
+    assert page.inner_text("#prompt").strip() == task["prompt"]
+    cards = page.locator("article.completion")
+    assert cards.count() == k
+    assert [cards.nth(i).locator(".text").inner_text() for i in range(k)] == [
+        c["text"] for c in task["completions"]
+    ]
+    assert [cards.nth(i).locator("header strong").inner_text() for i in range(k)] == [
+        f"Response {chr(65 + i)}" for i in range(k)
+    ]
+    assert [cards.nth(i).locator(".badge").inner_text() for i in range(k)] == ["not ranked"] * k
+    assert page.locator("#ranks [data-rank]").count() == k
+    assert page.locator("#ranks [data-rank] article.completion").count() == 0
+    assert page.inner_text("#criterion") == criterion
+    assert page.is_disabled("#submit")
+    assert not page.is_checked("#unrankable") and page.input_value("#rationale") == ""
+    assert page.inner_text("#progress") == progress_text(task)
+    return task
+
+
+def progress_text(task: dict) -> str:
+    p = task["progress"]
+    return (
+        f"You have finished {p['labeler_done']} {'task' if p['labeler_done'] == 1 else 'tasks'}"
+        f" · the project has {p['project_complete_prompts']} of {p['project_prompts']}"
+        " prompts complete"
+    )
+
+
+def rank_all(page, how: str) -> None:
+    """Rank every response, best first in letter order, by keyboard or by mouse."""
+    cards = page.locator("article.completion")
+    for i in range(cards.count()):
+        if how == "keyboard":
+            card(page, chr(65 + i)).focus()
+            page.keyboard.press(str(i + 1))
+        else:
+            card(page, chr(65 + i)).drag_to(page.locator(f'#ranks [data-rank="{i + 1}"]'))
+    assert page.is_enabled("#submit")
+
+
+def submit_and_wait(page, prompt_before: str | None = None) -> None:
+    page.click("#submit")
+    if prompt_before is None:
+        page.wait_for_selector("#message:has-text('Now rank the same responses')")
+    else:
+        page.wait_for_function(
+            "(p) => !document.querySelector('#task').hidden"
+            " && document.querySelector('#prompt').textContent.trim() !== p"
+            " || !document.querySelector('#done').hidden",
+            arg=prompt_before,
+        )
+
+
+@pytest.mark.parametrize("how", ["keyboard"])
+def test_the_board_holds_only_the_current_task_after_every_action(page, server, how):
+    project = f"ghosts-{how}"
+    who = _fresh_project(server, project, criteria=["helpfulness", "harmlessness"], n_prompts=4)
+    sign_in(page, server, who)
+    page.goto(server["url"] + f"/projects/{project}/label")
+
+    # Task 1: ranked, then the second criterion: the same prompt, a fresh board.
+    t = assert_board(page, server, who, project, "helpfulness")
+    rank_all(page, how)
+    submit_and_wait(page)
+    assert_board(page, server, who, project, "harmlessness")
+    assert _pending_task(server, who, project)["assignment_id"] == t["assignment_id"]
+    # ... "I cannot rank these" on the second criterion: the next task.
+    page.check("#unrankable")
+    submit_and_wait(page, t["prompt"])
+    t = assert_board(page, server, who, project, "helpfulness")
+
+    # Task 2: skipped (its cards were never ranked: they must not stay behind).
+    page.click("#skip")
+    page.wait_for_function(
+        "(p) => document.querySelector('#prompt').textContent.trim() !== p", arg=t["prompt"]
+    )
+    t = assert_board(page, server, who, project, "helpfulness")
+
+    # Task 3: cannot rank on the first criterion, half ranked on the second.
+    page.check("#unrankable")
+    submit_and_wait(page)
+    assert_board(page, server, who, project, "harmlessness")
+    card(page, "A").focus()
+    page.keyboard.press("1")
+    page.check("#unrankable")
+    submit_and_wait(page, t["prompt"])
+    t = assert_board(page, server, who, project, "helpfulness")
+
+    # Task 4, the last: both criteria ranked; then nothing is left and no card shows.
+    rank_all(page, how)
+    submit_and_wait(page)
+    assert_board(page, server, who, project, "harmlessness")
+    rank_all(page, how)
+    submit_and_wait(page, t["prompt"])
+    page.wait_for_selector("#done:not([hidden])")
+    assert page.locator("article.completion:visible").count() == 0
+    assert _pending_task(server, who, project) is None
+    rankings = service.export_project(server["db"], project, "rankings")
+    assert len(rankings) == 6 and sum(r.unrankable for r in rankings) == 3

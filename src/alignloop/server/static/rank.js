@@ -117,6 +117,9 @@
     const k = task.completions.length;
     const ranks = $("ranks");
     ranks.replaceChildren();
+    // The previous task's cards go too, wherever they are (an unranked one is still
+    // in the pool after a skip or an "I cannot rank these").
+    $("pool").querySelector(".cards").replaceChildren();
     for (let r = 1; r <= k; r++) {
       const row = el("li", "rank dropzone");
       row.dataset.rank = String(r);
