@@ -57,10 +57,10 @@ def test_ids_must_be_strings_not_numbers():
 @pytest.mark.parametrize(
     ("bad", "expected"),
     [
-        ([["a"], ["a"]], "names completion 'a' twice"),
-        ([["a", "b", "a"]], "names completion 'a' twice"),
+        ([["a"], ["a"]], "completion 'a' appears twice (groups 1 and 2)"),
+        ([["a", "b", "a"]], "completion 'a' appears twice in group 1"),
         (["a", "b"], "flat list"),
-        ([["a"], []], "group 1 is empty"),
+        ([["a"], []], "group 2 of 2 is empty"),
         ([], "unrankable"),
     ],
 )

@@ -26,6 +26,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -43,9 +44,11 @@ __all__ = [
     "Ranking",
     "Record",
     "SchemaError",
+    "check_ranking_groups",
     "check_rankings",
     "join_text",
     "parse_record",
+    "ranking_problems",
 ]
 
 Id = Annotated[str, StringConstraints(min_length=1, strip_whitespace=False)]
@@ -125,6 +128,83 @@ class Completion(Record):
     policy: str | None = None
 
 
+def check_ranking_groups(v: Any) -> Any:
+    """A ranking arrives as a list of groups; a flat list of ids is the usual slip
+    (a pydantic "before" validator of every model that holds a ranking)."""
+    if isinstance(v, list) and any(isinstance(g, str) for g in v):
+        raise ValueError(
+            'must be a list of groups of completion ids, best first, e.g. [["a"], '
+            '["b", "c"]] (b and c tied); got a flat list'
+        )
+    return v
+
+
+def _some(ids: Iterable[str], shown: int = 10) -> str:
+    """Ids for a message, at most `shown` of them (a client may send a million)."""
+    ids = list(ids)
+    listed = ", ".join(repr(i[:100]) for i in ids[:shown])
+    return listed + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+
+
+def ranking_problems(
+    groups: list[list[str]], *, unrankable: bool = False, known: Iterable[str] | None = None
+) -> list[str]:
+    """Everything wrong with `groups` as a ranking, one message per problem (groups
+    counted from 1); empty when it is well formed. The one ranking check of alignloop:
+    the records (`Ranking`) and the labeling server use it.
+
+    Well formed: no empty group, no id twice, and not empty unless `unrankable`.
+    With `known` (the completion ids to rank): every id is one of them and none is
+    left out. An unrankable ranking may be empty."""
+    if not groups:
+        if unrankable:
+            return []
+        return [
+            "ranking is empty: rank every completion (tied ones in one group), or set "
+            '"unrankable": true'
+        ]
+    problems = [
+        f"group {i} of {len(groups)} is empty: every group needs at least one completion id"
+        for i, group in enumerate(groups, start=1)
+        if not group
+    ]
+    known_set = None if known is None else set(known)
+    where: dict[str, int] = {}
+    unknown: list[str] = []
+    for i, group in enumerate(groups, start=1):
+        for cid in group:
+            if known_set is not None and cid not in known_set:
+                unknown.append(cid)
+            elif where.get(cid) == i:
+                problems.append(
+                    f"completion {cid!r} appears twice in group {i}; each completion goes "
+                    "in exactly one group"
+                )
+            elif cid in where:
+                problems.append(
+                    f"completion {cid!r} appears twice (groups {where[cid]} and {i}); "
+                    "each completion goes in exactly one group"
+                )
+            else:
+                where[cid] = i
+    if known is not None:
+        known = list(dict.fromkeys(known))
+        if unknown:
+            problems.append(
+                f"not a completion of this assignment: {_some(dict.fromkeys(unknown))} "
+                f"(its completions are {_some(known)})"
+            )
+        missing = [c for c in known if c not in where]
+        if missing:
+            problems.append(
+                f"missing from the ranking: {_some(missing)}; rank every completion "
+                "(tied ones in one group)"
+            )
+    if len(problems) > SchemaError.shown:  # bounded, whatever a client sends
+        problems[SchemaError.shown :] = [f"and {len(problems) - SchemaError.shown} more problems"]
+    return problems
+
+
 class Ranking(Record):
     """One labeler's ranking of a prompt's completions by one criterion.
 
@@ -137,20 +217,10 @@ class Ranking(Record):
     prompt_id: Id
     labeler: Id
     criterion: Id
-    ranking: list[list[Id]]
+    ranking: Annotated[list[list[Id]], BeforeValidator(check_ranking_groups)]
     unrankable: bool = False
     rationale: str | None = None
     confidence: float | None = None
-
-    @field_validator("ranking", mode="before")
-    @classmethod
-    def _groups_are_lists(cls, v: Any) -> Any:
-        if isinstance(v, list) and any(isinstance(g, str) for g in v):
-            raise ValueError(
-                'must be a list of groups of completion ids, best first, e.g. [["c1"], '
-                '["c2", "c3"]] (c2 and c3 tied); got a flat list'
-            )
-        return v
 
     @field_validator("confidence")
     @classmethod
@@ -161,16 +231,9 @@ class Ranking(Record):
 
     @model_validator(mode="after")
     def _well_formed(self) -> Ranking:
-        seen: set[str] = set()
-        for i, group in enumerate(self.ranking):
-            if not group:
-                raise ValueError(f"ranking group {i} is empty")
-            for cid in group:
-                if cid in seen:
-                    raise ValueError(f"ranking names completion {cid!r} twice")
-                seen.add(cid)
-        if not self.ranking and not self.unrankable:
-            raise ValueError("ranking is empty; a labeler who cannot rank sets unrankable")
+        problems = ranking_problems(self.ranking, unrankable=self.unrankable)
+        if problems:
+            raise ValueError("ranking: " + "; ".join(problems))
         return self
 
     @property

@@ -25,8 +25,9 @@ import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from alignloop.schema import check_ranking_groups
 from alignloop.server import assign, service
 from alignloop.server.auth import Identity, api_admin, api_identity, db_of
 
@@ -45,7 +46,7 @@ class RankingIn(Strict):
     criterion: str | None = Field(
         None, description="one of the project's criteria; may be left out when it has one"
     )
-    ranking: list[list[str]] = Field(
+    ranking: Annotated[list[list[str]], BeforeValidator(check_ranking_groups)] = Field(
         default_factory=list,
         description="groups of completion ids, best first; ids in one group are tied",
         examples=[[["3f2a9c01d4e5b6a7"], ["9b1c2d3e4f5a6b7c", "0a1b2c3d4e5f6a7b"]]],
@@ -55,16 +56,6 @@ class RankingIn(Strict):
     )
     rationale: str = Field("", max_length=assign.RATIONALE_MAX, description="optional free text")
     flag_unsafe: bool = Field(False, description="flag the prompt or a completion as unsafe")
-
-    @field_validator("ranking", mode="before")
-    @classmethod
-    def _groups(cls, v: Any) -> Any:
-        if isinstance(v, list) and any(isinstance(g, str) for g in v):
-            raise ValueError(
-                'must be a list of groups of completion ids, best first, e.g. [["a"], '
-                '["b", "c"]] (b and c tied); got a flat list'
-            )
-        return v
 
 
 class CompletionOut(BaseModel):

@@ -38,6 +38,7 @@ from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from alignloop.schema import ranking_problems
 from alignloop.server.db import Database
 from alignloop.server.errors import (
     AssignmentExpired,
@@ -246,23 +247,28 @@ def _pick_gold(session: Session, labeler: Labeler, project: Project, rng: random
     return rng.choice(ids) if ids else None
 
 
+def _open_prompts(labeler: Labeler, project: Project, now: dt.datetime):
+    """The regular prompts the labeler could be given now: never theirs before, with
+    fewer than `overlap` live assignments, those already under way first."""
+    taken = _taken_per_prompt(now)
+    return (
+        select(PromptRow.id)
+        .where(
+            PromptRow.project_id == project.id,
+            PromptRow.is_gold.is_(False),
+            ~_mine(labeler.id),
+            taken < project.overlap,
+        )
+        .order_by(taken.desc(), PromptRow.id)
+    )
+
+
 def _pick_regular(
     db: Database, session: Session, labeler: Labeler, project: Project, now: dt.datetime
 ) -> int | None:
-    taken = _taken_per_prompt(now)
     passed: list[int] = []
     while True:
-        q = (
-            select(PromptRow.id)
-            .where(
-                PromptRow.project_id == project.id,
-                PromptRow.is_gold.is_(False),
-                ~_mine(labeler.id),
-                taken < project.overlap,
-            )
-            .order_by(taken.desc(), PromptRow.id)
-            .limit(1)
-        )
+        q = _open_prompts(labeler, project, now).limit(1)
         if passed:
             q = q.where(PromptRow.id.not_in(passed))
         if not db.is_postgres:
@@ -328,20 +334,7 @@ def _has_work(
     )
     if pending:
         return True
-    taken = _taken_per_prompt(now)
-    return (
-        session.scalar(
-            select(PromptRow.id)
-            .where(
-                PromptRow.project_id == project.id,
-                PromptRow.is_gold.is_(False),
-                ~_mine(labeler.id),
-                taken < project.overlap,
-            )
-            .limit(1)
-        )
-        is not None
-    )
+    return session.scalar(_open_prompts(labeler, project, now).order_by(None).limit(1)) is not None
 
 
 def _live_pending(db: Database, labeler_id: int, project_name: str, now: dt.datetime) -> int | None:
@@ -521,49 +514,11 @@ def get_task(
 def check_ranking(groups: list[list[str]], known: list[str], unrankable: bool) -> None:
     """Raise Invalid unless `groups` orders exactly the ids in `known` (each once, no
     empty group); an unrankable submission may leave the ranking empty. The message
-    says every problem found."""
-    if not groups:
-        if unrankable:
-            return
-        raise Invalid(
-            "ranking is empty: rank every completion (tied ones in one group), or set "
-            '"unrankable": true',
-            "ranking",
-        )
-    problems = []
-    for i, group in enumerate(groups, start=1):
-        if not group:
-            problems.append(
-                f"group {i} of {len(groups)} is empty: every group needs at least one completion id"
-            )
-    known_set = set(known)
-    where: dict[str, int] = {}
-    unknown: list[str] = []
-    for i, group in enumerate(groups, start=1):
-        for cid in group:
-            if cid not in known_set:
-                unknown.append(cid)
-            elif cid in where:
-                problems.append(
-                    f"completion {cid!r} appears twice (groups {where[cid]} and {i}); "
-                    "each completion goes in exactly one group"
-                )
-            else:
-                where[cid] = i
-    if unknown:
-        listed = ", ".join(repr(c) for c in dict.fromkeys(unknown))
-        problems.append(
-            f"not a completion of this assignment: {listed} (its completions are "
-            f"{', '.join(repr(c) for c in known)})"
-        )
-    missing = [c for c in known if c not in where]
-    if missing:
-        problems.append(
-            f"missing from the ranking: {', '.join(repr(c) for c in missing)}; rank "
-            "every completion (tied ones in one group)"
-        )
+    says every problem found (`schema.ranking_problems`)."""
+    problems = ranking_problems(groups, unrankable=unrankable, known=known)
     if problems:
-        raise Invalid("ranking: " + "; ".join(problems), "ranking")
+        prefix = "" if not groups else "ranking: "
+        raise Invalid(prefix + "; ".join(problems), "ranking")
 
 
 def _criterion(project: Project, given: str | None) -> str:

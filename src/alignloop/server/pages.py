@@ -61,9 +61,24 @@ class CsrfFailed(ServerError):
     status = 403
 
 
-def _check_csrf(identity: Identity, given: str | None) -> None:
-    if not same_secret(given, identity.csrf_token):
+def form_identity(request: Request, csrf_token: Annotated[str, Form()] = "") -> Identity:
+    """The signed-in labeler of a form post whose `csrf_token` field is the session's:
+    the dependency of every POST page but sign-in (`CSRF_CHECKS`; a test holds every
+    POST route of this router to it)."""
+    identity = page_identity(request)
+    if not same_secret(csrf_token, identity.csrf_token):
         raise CsrfFailed("the form's security token is missing or stale: reload the page")
+    return identity
+
+
+def login_csrf(request: Request, csrf_token: Annotated[str, Form()] = "") -> None:
+    """The sign-in form, before there is a session: a double-submit cookie."""
+    if not same_secret(csrf_token, request.cookies.get(LOGIN_CSRF_COOKIE)):
+        raise CsrfFailed("the sign-in form's security token is missing or stale: reload the page")
+
+
+FormPage = Annotated[Identity, Depends(form_identity)]  # a POST page: signed in, CSRF checked
+CSRF_CHECKS = (form_identity, login_csrf)
 
 
 def _cookie_secure(request: Request) -> bool:
@@ -103,15 +118,12 @@ def _login_page(request: Request, next: str, *, error: str | None = None, status
     return response
 
 
-@router.post("/login")
+@router.post("/login", dependencies=[Depends(login_csrf)])
 def login(
     request: Request,
     token: Annotated[str, Form()] = "",
-    csrf_token: Annotated[str, Form()] = "",
     next: Annotated[str, Form()] = "/",
 ) -> Response:
-    if not same_secret(csrf_token, request.cookies.get(LOGIN_CSRF_COOKIE)):
-        raise CsrfFailed("the sign-in form's security token is missing or stale: reload the page")
     started = start_session(db_of(request), token.strip())
     if started is None:
         return _login_page(request, next, error="Unknown token.", status=401)
@@ -131,8 +143,7 @@ def login(
 
 
 @router.post("/logout")
-def logout(request: Request, who: Page, csrf_token: Annotated[str, Form()] = "") -> Response:
-    _check_csrf(who, csrf_token)
+def logout(request: Request, who: FormPage) -> Response:
     end_session(db_of(request), request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
@@ -169,11 +180,9 @@ def guidelines_page(request: Request, project: str, who: Page) -> HTMLResponse:
 def acknowledge_page(
     request: Request,
     project: str,
-    who: Page,
+    who: FormPage,
     version: Annotated[str, Form()] = "",
-    csrf_token: Annotated[str, Form()] = "",
 ) -> Response:
-    _check_csrf(who, csrf_token)
     assign.acknowledge(db_of(request), who.labeler_id, project, version)
     return RedirectResponse(f"/projects/{quote(project, safe='')}/label", status_code=303)
 
@@ -236,13 +245,11 @@ def admin_labelers(request: Request, who: Page) -> HTMLResponse:
 @router.post("/admin/labelers")
 def admin_add_labeler(
     request: Request,
-    who: Page,
+    who: FormPage,
     name: Annotated[str, Form()] = "",
     admin: Annotated[bool, Form()] = False,
-    csrf_token: Annotated[str, Form()] = "",
 ) -> HTMLResponse:
     _admin(who)
-    _check_csrf(who, csrf_token)
     db = db_of(request)
     token = service.add_labeler(db, name, admin=admin)
     response = render(
