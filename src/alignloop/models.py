@@ -4,9 +4,13 @@
 - `RewardModel`: a sequence-classification model with one output, read at the right
   token whatever the padding, with the normalization learned after training.
 - `build_tiny_causal_lm`: the tiny Llama the demo trains from scratch.
+- `load_policy`, `add_lora`, `frozen_copy`: the policy SFT and PPO tune and PPO's
+  reference; `ValueModel` and `PolicyWithValueHead`: PPO's two kinds of critic.
+- `ResponseBatch`, `response_logits`, `response_logprobs`: the one forward pass that
+  gives per-token log-probabilities of a response (PPO's rollout, update and
+  reference, evaluation's KL); `prompt_token_limit`: how long a prompt may be.
 
-Policy, reference and value models (later issues) load here too; this is the module
-where torch and transformers are imported at the top.
+This is the module where torch and transformers are imported at the top.
 
 The tiny model is an ordinary `LlamaForCausalLM` saved as an ordinary Hugging Face
 directory, so every stage downstream loads it with `AutoModelForCausalLM` exactly as
@@ -16,6 +20,7 @@ it would a real model; only its size makes it fit a laptop CPU.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,9 +35,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from alignloop.losses import logprobs_from_logits
 from alignloop.schema import join_text
 
 __all__ = [
+    "ResponseBatch",
     "RewardModel",
     "build_tiny_causal_lm",
     "continuation_ids",
@@ -43,6 +50,9 @@ __all__ = [
     "pad_left",
     "pad_right",
     "position_ids_from_mask",
+    "prompt_token_limit",
+    "response_logits",
+    "response_logprobs",
     "save_pretrained",
     "tokenize_keep_end",
 ]
@@ -349,9 +359,7 @@ class RewardModel(nn.Module):
         """Rewards of prompt + completion texts (the prompt's start is cut when too
         long). Batches are formed by length, so little compute goes to padding."""
         texts = [join_text(p, c) for p, c in zip(prompts, completions, strict=True)]
-        rows, _ = tokenize_keep_end(
-            self.tokenizer, texts, max_length, append_eos=self.appends_eos
-        )
+        rows, _ = tokenize_keep_end(self.tokenizer, texts, max_length, append_eos=self.appends_eos)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         device = next(self.parameters()).device
         raw = torch.empty(len(rows))
@@ -381,16 +389,9 @@ class RewardModel(nn.Module):
             self.hf_model.gradient_checkpointing_enable()
             self.hf_model.config.use_cache = False
         if lora_r > 0:
-            from peft import LoraConfig, TaskType, get_peft_model
-
-            config = LoraConfig(
-                task_type=TaskType.SEQ_CLS,
-                r=lora_r,
-                lora_alpha=lora_alpha,
-                lora_dropout=lora_dropout,
-                target_modules="all-linear",
+            self.model = add_lora(
+                self.model, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, task="SEQ_CLS"
             )
-            self.model = get_peft_model(self.model, config)
             if gradient_checkpointing:
                 self.hf_model.enable_input_require_grads()
 
@@ -422,12 +423,20 @@ def load_policy(
     return model, tokenizer
 
 
-def add_lora(model: PreTrainedModel, *, r: int, alpha: int = 16, dropout: float = 0.0):
-    """LoRA adapters on every linear layer of a causal LM (peft)."""
+def add_lora(
+    model: PreTrainedModel,
+    *,
+    r: int,
+    alpha: int = 16,
+    dropout: float = 0.0,
+    task: str = "CAUSAL_LM",
+):
+    """LoRA adapters on every linear layer (peft) of a causal LM, or with
+    `task="SEQ_CLS"` of a sequence classifier (whose head peft keeps fully trainable)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
+        task_type=TaskType[task],
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
@@ -514,6 +523,79 @@ class PolicyWithValueHead(nn.Module):
         )
         hidden = out.hidden_states[-1]  # (N, L, H), after the final norm
         return out.logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+
+
+def prompt_token_limit(policy: nn.Module, max_prompt_length: int, max_new_tokens: int) -> int:
+    """The most prompt tokens that leave room for `max_new_tokens` in the policy's
+    context (`max_position_embeddings`, when its config has one), at most
+    `max_prompt_length`. PPO and evaluation cut their prompts to it."""
+    from alignloop.config import ConfigError
+
+    hf = policy.policy if isinstance(policy, PolicyWithValueHead) else policy
+    context = getattr(hf.config.get_text_config(), "max_position_embeddings", None)
+    if context is None:
+        return max_prompt_length
+    if context - max_new_tokens < 1:
+        raise ConfigError(
+            f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the "
+            f"policy's context of {context} tokens"
+        )
+    return min(max_prompt_length, context - max_new_tokens)
+
+
+# --- log-probabilities of a response ---------------------------------------------------
+
+
+@dataclass
+class ResponseBatch:
+    """Prompts and the responses that follow them, for one forward pass. B rows, Q
+    prompt tokens, T response tokens."""
+
+    query_ids: torch.Tensor  # (B, Q) prompt tokens, left-padded
+    query_mask: torch.Tensor  # (B, Q) 1 on real prompt tokens
+    response_ids: torch.Tensor  # (B, T) response tokens, right-padded
+    response_mask: torch.Tensor  # (B, T) 1 on response tokens (int or float)
+
+    def model_inputs(self) -> dict[str, torch.Tensor | int]:
+        """The keyword arguments of a causal LM's forward over prompt + response."""
+        input_ids = torch.cat([self.query_ids, self.response_ids], dim=1)  # (B, Q + T)
+        attention_mask = torch.cat(
+            [self.query_mask, self.response_mask.long()], dim=1
+        )  # (B, Q + T)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            # left padding: positions count real tokens only
+            "position_ids": position_ids_from_mask(attention_mask),  # (B, Q + T)
+            # The logits at positions Q-1 .. Q+T-2 predict the T response tokens: the
+            # model's head is applied to those T + 1 positions only, not the prompt.
+            "logits_to_keep": self.response_ids.shape[1] + 1,
+        }
+
+
+def response_logits(
+    model: nn.Module, batch: ResponseBatch, temperature: float, *, value_head: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits (B, T, V) / temperature predicting each response token, values (B, T)
+    of the state before it when `value_head`, else None). `value_head`: the model is a
+    `PolicyWithValueHead`, whose one pass gives both."""
+    inputs = batch.model_inputs()
+    values = None
+    if value_head:
+        logits, values = model(**inputs)  # (B, T + 1, V), (B, Q + T)
+        Q = batch.query_ids.shape[1]
+        values = values[:, Q - 1 : -1].float()  # (B, T) V(s_t), read at the token before a_t
+    else:
+        logits = model(**inputs).logits  # (B, T + 1, V)
+    # The same temperature as sampling, or the ratio compares different policies
+    # (Huang et al. 2024, "N+ implementation details": "dividing logits by temperature").
+    return logits[:, :-1].float() / temperature, values  # (B, T, V)
+
+
+def response_logprobs(model: nn.Module, batch: ResponseBatch, temperature: float) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) of each response token at softmax(logits / T): (B, T)."""
+    logits, _ = response_logits(model, batch, temperature)
+    return logprobs_from_logits(logits, batch.response_ids)  # (B, T)
 
 
 __all__ += ["PolicyWithValueHead", "ValueModel", "frozen_copy", "load_policy"]

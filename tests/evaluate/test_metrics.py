@@ -109,6 +109,7 @@ def test_sequence_kl_matches_ppo_on_sampled_tokens(models):
     the decoded texts (the world tokenizer round-trips)."""
     from alignloop.generate import sample
     from alignloop.losses import kl_k1, logprobs_from_logits
+    from alignloop.models import ResponseBatch
     from alignloop.train.ppo import forward
 
     policy, reference, tokenizer = models
@@ -117,9 +118,11 @@ def test_sequence_kl_matches_ppo_on_sampled_tokens(models):
     s = sample(policy, tokenizer, prompts, k=2, temperature=0.7, max_new_tokens=6)
     mask = s.response_mask.float()
     with torch.no_grad():
-        args = (s.query_ids, s.query_mask, s.response_ids, mask, 0.7)
-        lp = logprobs_from_logits(forward(policy, None, *args, values=False)[0], s.response_ids)
-        lr = logprobs_from_logits(forward(reference, None, *args, values=False)[0], s.response_ids)
+        batch = ResponseBatch(s.query_ids, s.query_mask, s.response_ids, mask)
+        lp, lr = (
+            logprobs_from_logits(forward(m, None, batch, 0.7, values=False)[0], s.response_ids)
+            for m in (policy, reference)
+        )
     ppo_kl = (kl_k1(lp, lr) * mask).sum(1).tolist()  # (N,) as ppo/kl sums them
     # Rows that sampled a special token before the end do not survive decoding.
     special = set(tokenizer.all_special_ids) - {tokenizer.eos_token_id}

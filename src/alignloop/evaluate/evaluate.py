@@ -363,21 +363,6 @@ def _device(name: str):
     return torch.device(name)
 
 
-def _context_limit(policy, config: EvalConfig) -> int:
-    """Prompt tokens that leave room for max_new_tokens in the policy's context (as
-    PPO cuts them)."""
-    context = getattr(policy.config.get_text_config(), "max_position_embeddings", None)
-    limit = config.max_prompt_length
-    if context is not None:
-        if context - config.max_new_tokens < 1:
-            raise ConfigError(
-                f"--max-new-tokens {config.max_new_tokens} leaves no room for a prompt in "
-                f"the policy's context of {context} tokens"
-            )
-        limit = min(limit, context - config.max_new_tokens)
-    return limit
-
-
 def _load_policy(name_or_path: str, flag: str, dtype):
     from alignloop.models import load_policy
 
@@ -417,7 +402,7 @@ def evaluate(config: EvalConfig, *, judge: Judge | None = None) -> dict[str, Any
 
     from alignloop.evaluate.metrics import sequence_kl
     from alignloop.io import atomic_write, read_records, write_json, write_records
-    from alignloop.models import RewardModel
+    from alignloop.models import RewardModel, prompt_token_limit
 
     prompts = read_records(config.prompts, "prompt")
     if not prompts:
@@ -438,7 +423,7 @@ def evaluate(config: EvalConfig, *, judge: Judge | None = None) -> dict[str, Any
 
     policy, tokenizer = _load_policy(config.policy, "--policy", dtype)
     policy.to(device).eval()
-    prompt_limit = _context_limit(policy, config)
+    prompt_limit = prompt_token_limit(policy, config.max_prompt_length, config.max_new_tokens)
     completions = {
         config.policy_name: _sample_all(
             policy, tokenizer, prompts, config, config.policy_name, prompt_limit

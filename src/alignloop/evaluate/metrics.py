@@ -115,12 +115,12 @@ def sequence_kl(
     more is taken to have ended without EOS. `progress(n)` is called after each batch."""
     import torch
 
-    from alignloop.losses import logprobs_from_logits
     from alignloop.models import (
+        ResponseBatch,
         continuation_ids,
         pad_left,
         pad_right,
-        position_ids_from_mask,
+        response_logprobs,
         tokenize_keep_end,
     )
 
@@ -152,28 +152,16 @@ def sequence_kl(
         idx = order[start : start + batch_size]
         query_ids, query_mask = pad_left([query_rows[i] for i in idx], pad_id)  # (B, Q)
         response_ids, response_mask = pad_right([response_rows[i] for i in idx], pad_id)  # (B, T)
-        input_ids = torch.cat([query_ids, response_ids], 1).to(device)  # (B, Q + T)
-        attention_mask = torch.cat([query_mask, response_mask], 1).to(device)  # (B, Q + T)
-        position_ids = position_ids_from_mask(attention_mask)  # left padding: real tokens only
-        T = response_ids.shape[1]
-        labels = response_ids.to(device)  # (B, T)
-        logprobs = []
-        with torch.inference_mode():
-            for model in (policy, reference):
-                # Positions Q-1 .. Q+T-2 predict the T response tokens (as PPO's forward).
-                logits = (
-                    model(
-                        input_ids=input_ids,
-                        attention_mask=attention_mask,
-                        position_ids=position_ids,
-                        logits_to_keep=T + 1,
-                    )
-                    .logits[:, :-1]
-                    .float()
-                    / temperature
-                )  # (B, T, V)
-                logprobs.append(logprobs_from_logits(logits, labels))  # (B, T)
-        per_token = (logprobs[0] - logprobs[1]) * response_mask.to(device)  # (B, T)
+        batch = ResponseBatch(
+            query_ids=query_ids.to(device),
+            query_mask=query_mask.to(device),
+            response_ids=response_ids.to(device),
+            response_mask=response_mask.to(device),
+        )
+        with torch.inference_mode():  # the same pass as PPO's rollout and its reference
+            logprobs = response_logprobs(policy, batch, temperature)  # (B, T)
+            ref_logprobs = response_logprobs(reference, batch, temperature)  # (B, T)
+        per_token = (logprobs - ref_logprobs) * batch.response_mask  # (B, T)
         for i, value in zip(idx, per_token.sum(1).tolist(), strict=True):
             kl[i] = value
         if progress is not None:
