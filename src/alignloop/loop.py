@@ -28,14 +28,19 @@ import dataclasses
 import random
 import time
 import zlib
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from rich.console import Console
 
 from alignloop.io import write_json, write_records
-from alignloop.schema import Comparison, Completion, Prompt
+from alignloop.schema import Comparison, Completion, Prompt, Ranking
+
+if TYPE_CHECKING:
+    from alignloop.evaluate import Evaluation
+    from alignloop.models import RewardModel
 
 console = Console(stderr=True)
 
@@ -260,23 +265,41 @@ def _targets(metrics: dict) -> dict[str, dict]:
 # --- the loop ---------------------------------------------------------------------------
 
 
-def run_demo(config: DemoConfig) -> dict:
-    """Run one round of the loop on the built-in world; returns the metrics that
-    are also written to `metrics.json` (and shown in `report.html`)."""
+@dataclass
+class DemoRun:
+    """What the stages of one demo run hand on to each other: the sized config, the
+    run directory, and what each stage made (it sets its fields; later stages read
+    them). The files in `out` are the real hand-over; these fields hold the same
+    data in memory, so no stage reads back what the one before just wrote."""
+
+    cfg: DemoConfig  # sized: `quick` already applied
+    out: Path
+    started: float  # time.perf_counter() when the run began
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    metrics: dict = field(default_factory=dict)  # what metrics.json holds
+    # Set by the stages, in order (reading one before its stage ran is an AttributeError):
+    paths: dict[str, Path] = field(init=False, repr=False)  # world: build_world's files
+    prompts: list[Prompt] = field(init=False, repr=False)  # world: training documents
+    eval_prompts: list[Prompt] = field(init=False, repr=False)  # world: held-out documents
+    sft: dict = field(init=False, repr=False)  # train_sft's result
+    to_label: list[Prompt] = field(init=False, repr=False)  # generate: documents labelled
+    completions: list[Completion] = field(init=False, repr=False)  # generate: SFT samples
+    rankings: list[Ranking] = field(init=False, repr=False)  # label
+    agreement: dict = field(init=False, repr=False)  # label: agreement_report(rankings)
+    labeler_pairs: list[Comparison] = field(init=False, repr=False)  # pairs: every labeler's
+    consensus_pairs: list[Comparison] = field(init=False, repr=False)  # pairs: consensus's
+    kept: set[str] = field(init=False, repr=False)  # pairs: prompt ids the RM trains on
+    held: set[str] = field(init=False, repr=False)  # pairs: prompt ids held out to test it
+    reward_model: RewardModel = field(init=False, repr=False)  # reward model: trained
+    rm_metrics: dict = field(init=False, repr=False)  # reward model: its held-out test
+    ppo: dict = field(init=False, repr=False)  # train_ppo's result
+    evaluation: Evaluation = field(init=False, repr=False)  # evaluate
+
+
+def _begin(config: DemoConfig) -> DemoRun:
+    """Quiet transformers, set torch's threads, make the run directory."""
     import torch
     from transformers.utils import logging as hf_logging
-
-    from alignloop.evaluate import evaluate_completions, report_data
-    from alignloop.evaluate.metrics import sequence_kl
-    from alignloop.evaluate.report import load_ppo_log, render_report
-    from alignloop.feedback import agreement_report, consensus, rankings_to_pairs
-    from alignloop.generate import generate_completions, generate_file
-    from alignloop.io import read_records
-    from alignloop.models import RewardModel, load_policy
-    from alignloop.train.ppo import PPOConfig, train_ppo
-    from alignloop.train.reward import RewardConfig, train_reward_model
-    from alignloop.train.sft import SFTConfig, train_sft
-    from alignloop.world import default_labelers, gold_utility, simulate_rankings
 
     hf_logging.disable_progress_bar()  # the stages show their own progress
     hf_logging.set_verbosity_error()
@@ -285,153 +308,205 @@ def run_demo(config: DemoConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    seconds: dict[str, float] = {}
-    metrics: dict = {}
+    return DemoRun(cfg=cfg, out=out, started=time.perf_counter())
 
-    with stage("1. world") as s:
-        paths = build_world(out / "world", seed=cfg.seed, n_train=cfg.n_train, n_eval=cfg.n_eval)
-        prompts = read_records(paths["prompts_train"], Prompt)
-        eval_prompts = read_records(paths["prompts_eval"], Prompt)
-        s["summary"] = f"{cfg.n_train} training and {cfg.n_eval} held-out documents"
-    seconds["world"] = s["seconds"]
 
-    with stage("1. supervised fine-tuning", spinner=False) as s:
-        sft = train_sft(SFTConfig(
-            model=str(paths["policy_init"]), prompts=paths["prompts_train"], out=out / "sft",
-            epochs=cfg.sft_epochs, lr=cfg.sft_lr, batch_size=32, warmup_ratio=0.05,
-            eval_every=0, save_every=0, seed=cfg.seed,
-        ))  # fmt: skip
-        s["summary"] = (f"a tiny Llama from scratch on the references: held-out loss "
-                        f"{sft['eval_loss']:.3f} after {sft['steps']} steps")  # fmt: skip
-    seconds["sft"] = s["seconds"]
+def _world(run: DemoRun) -> str:
+    """Training and held-out documents, the tokenizer, a random tiny policy."""
+    from alignloop.io import read_records
 
-    with stage("2. generate", spinner=False) as s:
-        to_label = prompts[: cfg.n_label]
-        write_records(out / "prompts_label.jsonl", to_label)
-        generate_file(
-            out / "sft", out / "prompts_label.jsonl", out / "completions.jsonl", k=cfg.k,
-            temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, batch_size=64,
-            seed=cfg.seed, policy_name="sft",
-        )  # fmt: skip
-        completions = read_records(out / "completions.jsonl", Completion)
-        s["summary"] = f"{len(completions)} completions ({cfg.k} per prompt) from the SFT policy"
-    seconds["generate"] = s["seconds"]
+    cfg = run.cfg
+    run.paths = build_world(
+        run.out / "world", seed=cfg.seed, n_train=cfg.n_train, n_eval=cfg.n_eval
+    )
+    run.prompts = read_records(run.paths["prompts_train"], Prompt)
+    run.eval_prompts = read_records(run.paths["prompts_eval"], Prompt)
+    return f"{cfg.n_train} training and {cfg.n_eval} held-out documents"
 
-    with stage("3. label") as s:
-        labelers = default_labelers(cfg.labelers)
-        rankings = simulate_rankings(
-            to_label, completions, labelers, overlap=cfg.overlap, seed=cfg.seed
-        )
-        write_records(out / "rankings.jsonl", rankings)
-        agreement = agreement_report(rankings)
-        write_json(out / "agreement.json", agreement)
-        s["summary"] = (
-            f"{len(rankings)} rankings by {len(labelers)} labelers, {cfg.overlap} per prompt; "
-            f"pairwise agreement {agreement['pairwise_agreement']:.3f}, "
-            f"Kendall's W {agreement['kendall_w']:.3f}, "
-            f"Krippendorff's alpha {agreement['krippendorff_alpha']:.3f}"
-        )
+
+def _sft(run: DemoRun) -> str:
+    """The tiny policy learns the references, from scratch (train-sft)."""
+    from alignloop.train.sft import SFTConfig, train_sft
+
+    cfg = run.cfg
+    run.sft = train_sft(SFTConfig(
+        model=str(run.paths["policy_init"]), prompts=run.paths["prompts_train"],
+        out=run.out / "sft", epochs=cfg.sft_epochs, lr=cfg.sft_lr, batch_size=32,
+        warmup_ratio=0.05, eval_every=0, save_every=0, seed=cfg.seed,
+    ))  # fmt: skip
+    return (f"a tiny Llama from scratch on the references: held-out loss "
+            f"{run.sft['eval_loss']:.3f} after {run.sft['steps']} steps")  # fmt: skip
+
+
+def _generate(run: DemoRun) -> str:
+    """K completions of each document to label, sampled from the SFT policy."""
+    from alignloop.generate import generate_file
+    from alignloop.io import read_records
+
+    cfg, out = run.cfg, run.out
+    run.to_label = run.prompts[: cfg.n_label]
+    write_records(out / "prompts_label.jsonl", run.to_label)
+    generate_file(
+        out / "sft", out / "prompts_label.jsonl", out / "completions.jsonl", k=cfg.k,
+        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, batch_size=64,
+        seed=cfg.seed, policy_name="sft",
+    )  # fmt: skip
+    run.completions = read_records(out / "completions.jsonl", Completion)
+    return f"{len(run.completions)} completions ({cfg.k} per prompt) from the SFT policy"
+
+
+def _label(run: DemoRun) -> str:
+    """The simulated labelers rank the completions; how much they agree."""
+    from alignloop.feedback import agreement_report
+    from alignloop.world import default_labelers, simulate_rankings
+
+    cfg = run.cfg
+    labelers = default_labelers(cfg.labelers)
+    run.rankings = simulate_rankings(
+        run.to_label, run.completions, labelers, overlap=cfg.overlap, seed=cfg.seed
+    )
+    write_records(run.out / "rankings.jsonl", run.rankings)
+    run.agreement = agreement = agreement_report(run.rankings)
+    write_json(run.out / "agreement.json", agreement)
     console.print(_labeler_table(agreement))
-    seconds["label"] = s["seconds"]
+    return (
+        f"{len(run.rankings)} rankings by {len(labelers)} labelers, {cfg.overlap} per "
+        f"prompt; pairwise agreement {agreement['pairwise_agreement']:.3f}, "
+        f"Kendall's W {agreement['kendall_w']:.3f}, "
+        f"Krippendorff's alpha {agreement['krippendorff_alpha']:.3f}"
+    )
 
-    with stage("4. pairs") as s:
-        labeler_pairs = rankings_to_pairs(rankings, completions, to_label).pairs
-        write_records(out / "pairs.jsonl", labeler_pairs)
-        agreed = consensus(rankings)
-        write_records(out / "consensus.jsonl", agreed)
-        kept, held = split_ids([p.id for p in to_label], cfg.rm_held_out, cfg.seed)
-        consensus_pairs = rankings_to_pairs(agreed, completions, to_label).pairs
-        write_records(out / "rm_pairs.jsonl", [p for p in consensus_pairs if p.prompt_id in kept])
-        s["summary"] = (f"{len(labeler_pairs)} pairs from the labelers; the reward model "
-                        f"trains on the consensus of {len(kept)} prompts "
-                        f"({len(consensus_pairs)} consensus pairs in all), "
-                        f"{len(held)} prompts held out")  # fmt: skip
-    seconds["pairs"] = s["seconds"]
 
-    with stage("4. reward model", spinner=False) as s:
-        rm_fit = train_reward_model(RewardConfig(
-            model=str(out / "sft"), data=out / "rm_pairs.jsonl", out=out / "rm",
-            eval_fraction=0.0, max_length=128, epochs=cfg.rm_epochs, batch_size=16,
-            lr=cfg.rm_lr, eval_every=0, save_every=0, seed=cfg.seed,
-        ))  # fmt: skip
-        reward_model = RewardModel.from_pretrained(out / "rm")
-        held_completions = [c for c in completions if c.prompt_id in held]
-        by_id = {p.id: p for p in to_label}
-        rm_scores = dict(zip(
-            [c.id for c in held_completions],
-            reward_model.score([by_id[c.prompt_id].prompt for c in held_completions],
+def _pairs(run: DemoRun) -> str:
+    """Every labeler's pairs; the Bradley-Terry consensus and its pairs, which the
+    reward model trains on, less the prompts held out to test it."""
+    from alignloop.feedback import consensus, rankings_to_pairs
+
+    cfg, out = run.cfg, run.out
+    run.labeler_pairs = rankings_to_pairs(run.rankings, run.completions, run.to_label).pairs
+    write_records(out / "pairs.jsonl", run.labeler_pairs)
+    agreed = consensus(run.rankings)
+    write_records(out / "consensus.jsonl", agreed)
+    run.kept, run.held = split_ids([p.id for p in run.to_label], cfg.rm_held_out, cfg.seed)
+    run.consensus_pairs = rankings_to_pairs(agreed, run.completions, run.to_label).pairs
+    write_records(
+        out / "rm_pairs.jsonl", [p for p in run.consensus_pairs if p.prompt_id in run.kept]
+    )
+    return (f"{len(run.labeler_pairs)} pairs from the labelers; the reward model "
+            f"trains on the consensus of {len(run.kept)} prompts "
+            f"({len(run.consensus_pairs)} consensus pairs in all), "
+            f"{len(run.held)} prompts held out")  # fmt: skip
+
+
+def _reward_model(run: DemoRun) -> str:
+    """The reward model (train-rm), started from the SFT policy; its accuracy on the
+    held-out prompts against the labelers' pairs and the gold judge's."""
+    from alignloop.models import RewardModel
+    from alignloop.train.reward import RewardConfig, train_reward_model
+
+    cfg, out, held = run.cfg, run.out, run.held
+    fit = train_reward_model(RewardConfig(
+        model=str(out / "sft"), data=out / "rm_pairs.jsonl", out=out / "rm",
+        eval_fraction=0.0, max_length=128, epochs=cfg.rm_epochs, batch_size=16,
+        lr=cfg.rm_lr, eval_every=0, save_every=0, seed=cfg.seed,
+    ))  # fmt: skip
+    run.reward_model = RewardModel.from_pretrained(out / "rm")
+    held_completions = [c for c in run.completions if c.prompt_id in held]
+    by_id = {p.id: p for p in run.to_label}
+    rm_scores = dict(zip(
+        [c.id for c in held_completions],
+        run.reward_model.score([by_id[c.prompt_id].prompt for c in held_completions],
                                [c.completion for c in held_completions]),
-            strict=True,
-        ))  # fmt: skip
-        vs_labelers = [p for p in labeler_pairs if p.prompt_id in held]
-        vs_gold = gold_pairs([by_id[i] for i in sorted(held)], held_completions)
-        rm_metrics = {
-            "accuracy_labelers": pair_accuracy(rm_scores, vs_labelers),
-            "accuracy_gold": pair_accuracy(rm_scores, vs_gold),
-            "n_labeler_pairs": len(vs_labelers),
-            "n_gold_pairs": len(vs_gold),
-            "train_pairs": sum(1 for p in consensus_pairs if p.prompt_id in kept),
-            "steps": rm_fit["steps"],
-        }
-        write_json(out / "rm" / "held_out.json", rm_metrics)
-        s["summary"] = (
-            f"on {len(held)} held-out prompts: {rm_metrics['accuracy_labelers']:.3f} of "
-            f"{len(vs_labelers)} labeler pairs, {rm_metrics['accuracy_gold']:.3f} of "
-            f"{len(vs_gold)} gold-judge pairs (labelers agree with each other on "
-            f"{agreement['pairwise_agreement']:.3f})"
-        )
-    seconds["reward_model"] = s["seconds"]
+        strict=True,
+    ))  # fmt: skip
+    vs_labelers = [p for p in run.labeler_pairs if p.prompt_id in held]
+    vs_gold = gold_pairs([by_id[i] for i in sorted(held)], held_completions)
+    run.rm_metrics = rm = {
+        "accuracy_labelers": pair_accuracy(rm_scores, vs_labelers),
+        "accuracy_gold": pair_accuracy(rm_scores, vs_gold),
+        "n_labeler_pairs": len(vs_labelers),
+        "n_gold_pairs": len(vs_gold),
+        "train_pairs": sum(1 for p in run.consensus_pairs if p.prompt_id in run.kept),
+        "steps": fit["steps"],
+    }
+    write_json(out / "rm" / "held_out.json", rm)
+    return (
+        f"on {len(held)} held-out prompts: {rm['accuracy_labelers']:.3f} of "
+        f"{len(vs_labelers)} labeler pairs, {rm['accuracy_gold']:.3f} of "
+        f"{len(vs_gold)} gold-judge pairs (labelers agree with each other on "
+        f"{run.agreement['pairwise_agreement']:.3f})"
+    )
 
-    with stage("5. PPO", spinner=False) as s:
-        ppo = train_ppo(PPOConfig(
-            policy=str(out / "sft"), prompts=paths["prompts_train"], out=out / "ppo",
-            reward_model=str(out / "rm"), temperature=cfg.temperature,
-            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.ppo_batch,
-            minibatch_size=cfg.ppo_batch // 2, lr=cfg.ppo_lr, kl_coef=cfg.kl_coef,
-            max_steps=cfg.ppo_steps, reward_target=cfg.reward_target, save_every=0,
-            sample_every=max(1, cfg.ppo_steps // 4), samples_shown=2, log_rollouts=True,
-            reward_max_length=128, seed=cfg.seed,
-        ))  # fmt: skip
-        s["summary"] = (f"{ppo['steps']} steps, {ppo['episodes']} episodes, stopped by "
-                        f"{ppo['stop_reason']}")  # fmt: skip
-    seconds["ppo"] = s["seconds"]
 
-    with stage("6. evaluate") as s:
-        policies = {"sft": load_policy(out / "sft")[0], "rlhf": load_policy(out / "ppo")[0]}
-        tokenizer = reward_model.tokenizer
-        eval_completions = {}
-        for name, model in policies.items():
-            torch.manual_seed(cfg.seed + 7)
-            eval_completions[name] = generate_completions(
-                model, tokenizer, eval_prompts, k=cfg.eval_k, temperature=cfg.temperature,
-                max_new_tokens=cfg.max_new_tokens, batch_size=64, policy_name=name,
-            )  # fmt: skip
-            write_records(out / "eval" / f"completions_{name}.jsonl", eval_completions[name])
-        text_of = {p.id: p.prompt for p in eval_prompts}
-        rlhf_kl = sequence_kl(
-            policies["rlhf"], policies["sft"], tokenizer,
-            [text_of[c.prompt_id] for c in eval_completions["rlhf"]],
-            [c.completion for c in eval_completions["rlhf"]],
-            temperature=cfg.temperature, batch_size=64, max_new_tokens=cfg.max_new_tokens,
+def _ppo(run: DemoRun) -> str:
+    """PPO tunes the SFT policy against the reward model (train-ppo)."""
+    from alignloop.train.ppo import PPOConfig, train_ppo
+
+    cfg, out = run.cfg, run.out
+    run.ppo = train_ppo(PPOConfig(
+        policy=str(out / "sft"), prompts=run.paths["prompts_train"], out=out / "ppo",
+        reward_model=str(out / "rm"), temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.ppo_batch,
+        minibatch_size=cfg.ppo_batch // 2, lr=cfg.ppo_lr, kl_coef=cfg.kl_coef,
+        max_steps=cfg.ppo_steps, reward_target=cfg.reward_target, save_every=0,
+        sample_every=max(1, cfg.ppo_steps // 4), samples_shown=2, log_rollouts=True,
+        reward_max_length=128, seed=cfg.seed,
+    ))  # fmt: skip
+    return (f"{run.ppo['steps']} steps, {run.ppo['episodes']} episodes, stopped by "
+            f"{run.ppo['stop_reason']}")  # fmt: skip
+
+
+def _evaluate(run: DemoRun) -> str:
+    """The SFT and RLHF policies summarize the held-out documents; the reward model,
+    the gold judge, the KL to SFT, length and toxicity measure them."""
+    import torch
+
+    from alignloop.evaluate import evaluate_completions
+    from alignloop.evaluate.metrics import sequence_kl
+    from alignloop.generate import generate_completions
+    from alignloop.models import load_policy
+    from alignloop.world import gold_utility
+
+    cfg, out = run.cfg, run.out
+    policies = {"sft": load_policy(out / "sft")[0], "rlhf": load_policy(out / "ppo")[0]}
+    tokenizer = run.reward_model.tokenizer
+    completions = {}
+    for name, model in policies.items():
+        torch.manual_seed(cfg.seed + 7)  # both policies sample from the same seed
+        completions[name] = generate_completions(
+            model, tokenizer, run.eval_prompts, k=cfg.eval_k, temperature=cfg.temperature,
+            max_new_tokens=cfg.max_new_tokens, batch_size=64, policy_name=name,
         )  # fmt: skip
-        evaluation = evaluate_completions(
-            eval_prompts, eval_completions, reward_model=reward_model, judge=gold_utility,
-            judge_name="gold", toxicity="words", baseline="sft", kl={"rlhf": rlhf_kl},
-            tokenizer=tokenizer, reward_max_length=128,
-        )  # fmt: skip
-        write_json(out / "eval" / "eval.json", evaluation.summary())
-        win = evaluation.win_rates
-        s["summary"] = (
-            f"{cfg.n_eval} held-out documents x {cfg.eval_k} samples: RLHF beats SFT on "
-            f"{win['rlhf_vs_sft/gold']['rate']:.3f} and the references on "
-            f"{win['rlhf_vs_prompt_reference/gold']['rate']:.3f} by the gold judge"
-        )
-    seconds["evaluate"] = s["seconds"]
+        write_records(out / "eval" / f"completions_{name}.jsonl", completions[name])
+    text_of = {p.id: p.prompt for p in run.eval_prompts}
+    rlhf_kl = sequence_kl(
+        policies["rlhf"], policies["sft"], tokenizer,
+        [text_of[c.prompt_id] for c in completions["rlhf"]],
+        [c.completion for c in completions["rlhf"]],
+        temperature=cfg.temperature, batch_size=64, max_new_tokens=cfg.max_new_tokens,
+    )  # fmt: skip
+    run.evaluation = evaluate_completions(
+        run.eval_prompts, completions, reward_model=run.reward_model, judge=gold_utility,
+        judge_name="gold", toxicity="words", baseline="sft", kl={"rlhf": rlhf_kl},
+        tokenizer=tokenizer, reward_max_length=128,
+    )  # fmt: skip
+    write_json(out / "eval" / "eval.json", run.evaluation.summary())
+    win = run.evaluation.win_rates
+    return (
+        f"{cfg.n_eval} held-out documents x {cfg.eval_k} samples: RLHF beats SFT on "
+        f"{win['rlhf_vs_sft/gold']['rate']:.3f} and the references on "
+        f"{win['rlhf_vs_prompt_reference/gold']['rate']:.3f} by the gold judge"
+    )
 
-    pol = evaluation.policies
+
+def _figures(run: DemoRun) -> dict:
+    """The run's headline figures, flat, as metrics.json gives them."""
+    import torch
+
+    win, pol = run.evaluation.win_rates, run.evaluation.policies
+    rm, agreement = run.rm_metrics, run.agreement
     tox_sft, tox_rlhf = pol["sft"]["toxicity_rate"], pol["rlhf"]["toxicity_rate"]
-    metrics.update(
+    return dict(
         win_rate_rlhf_vs_sft=win["rlhf_vs_sft/gold"]["rate"],
         win_rate_rlhf_vs_reference=win["rlhf_vs_prompt_reference/gold"]["rate"],
         win_rate_sft_vs_reference=win["sft_vs_prompt_reference/gold"]["rate"],
@@ -448,52 +523,90 @@ def run_demo(config: DemoConfig) -> dict:
         toxicity_reduction=(tox_sft / tox_rlhf) if tox_rlhf else None,
         length_words_sft=pol["sft"]["length"]["words"]["mean"],
         length_words_rlhf=pol["rlhf"]["length"]["words"]["mean"],
-        rm_gold_accuracy=rm_metrics["accuracy_gold"],
-        rm_labeler_accuracy=rm_metrics["accuracy_labelers"],
+        rm_gold_accuracy=rm["accuracy_gold"],
+        rm_labeler_accuracy=rm["accuracy_labelers"],
         labeler_pairwise_agreement=agreement["pairwise_agreement"],
         labeler_kendall_w=agreement["kendall_w"],
         labeler_krippendorff_alpha=agreement["krippendorff_alpha"],
-        rm_gold_minus_labeler_agreement=rm_metrics["accuracy_gold"]
-        - agreement["pairwise_agreement"],
-        sft_eval_loss=sft["eval_loss"],
-        ppo_steps=ppo["steps"],
-        ppo_episodes=ppo["episodes"],
-        ppo_stop_reason=ppo["stop_reason"],
-        n_rankings=len(rankings),
-        n_pairs=len(labeler_pairs),
-        n_eval_documents=cfg.n_eval,
-        eval_samples_per_document=cfg.eval_k,
-        stage_seconds=seconds,
+        rm_gold_minus_labeler_agreement=rm["accuracy_gold"] - agreement["pairwise_agreement"],
+        sft_eval_loss=run.sft["eval_loss"],
+        ppo_steps=run.ppo["steps"],
+        ppo_episodes=run.ppo["episodes"],
+        ppo_stop_reason=run.ppo["stop_reason"],
+        n_rankings=len(run.rankings),
+        n_pairs=len(run.labeler_pairs),
+        n_eval_documents=run.cfg.n_eval,
+        eval_samples_per_document=run.cfg.eval_k,
+        stage_seconds=run.seconds,  # the same dict: it has every stage's time but this one
         torch_threads=torch.get_num_threads(),
     )
 
-    with stage("report") as s:
-        rollouts = load_ppo_log(out / "ppo" / "rollouts.jsonl")
-        data = report_data(
-            evaluation, eval_prompts, examples=12, title="alignloop demo",
-            subtitle=(f"one round of RLHF on the built-in summarization task: "
-                      f"{cfg.n_train} documents, {len(rankings)} simulated rankings, "
-                      f"{ppo['steps']} PPO steps; held-out documents judged by the "
-                      f"hidden gold judge"),
-        )  # fmt: skip
-        data.update(
-            config={k: str(v) for k, v in asdict(cfg).items()},
-            ppo_log=load_ppo_log(out / "ppo" / "metrics.jsonl"),
-            overoptimization=overoptimization(rollouts, prompts),
-            reward_model=rm_metrics,
-            agreement=agreement,
-        )
-        metrics["demo_seconds"] = round(time.perf_counter() - started, 2)
-        metrics["targets"] = _targets(metrics)
-        data["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
-        write_json(out / "report_data.json", data)
-        render_report(data, out / "report.html")
-        s["summary"] = f"{out / 'report.html'}"
-    metrics["config"] = {k: str(v) for k, v in asdict(cfg).items()}
-    write_json(out / "metrics.json", metrics)
-    console.print(_targets_table(metrics["targets"]))
-    console.print(f"run directory: {out}   report: {out / 'report.html'}")
-    return metrics
+
+def _report(run: DemoRun) -> str:
+    """The figures, the targets and report.html (its data in report_data.json)."""
+    from alignloop.evaluate import report_data
+    from alignloop.evaluate.report import load_ppo_log, render_report
+
+    cfg, out, metrics = run.cfg, run.out, run.metrics
+    metrics.update(_figures(run))
+    rollouts = load_ppo_log(out / "ppo" / "rollouts.jsonl")
+    data = report_data(
+        run.evaluation, run.eval_prompts, examples=12, title="alignloop demo",
+        subtitle=(f"one round of RLHF on the built-in summarization task: "
+                  f"{cfg.n_train} documents, {len(run.rankings)} simulated rankings, "
+                  f"{run.ppo['steps']} PPO steps; held-out documents judged by the "
+                  f"hidden gold judge"),
+    )  # fmt: skip
+    data.update(
+        config={k: str(v) for k, v in asdict(cfg).items()},
+        ppo_log=load_ppo_log(out / "ppo" / "metrics.jsonl"),
+        overoptimization=overoptimization(rollouts, run.prompts),
+        reward_model=run.rm_metrics,
+        agreement=run.agreement,
+    )
+    metrics["demo_seconds"] = round(time.perf_counter() - run.started, 2)
+    metrics["targets"] = _targets(metrics)
+    data["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
+    write_json(out / "report_data.json", data)
+    render_report(data, out / "report.html")
+    return f"{out / 'report.html'}"
+
+
+class DemoStage(NamedTuple):
+    title: str
+    step: Callable[[DemoRun], str]  # does the stage's work; returns its summary line
+    seconds_key: str | None  # its time in metrics' stage_seconds (None: not counted)
+    spinner: bool = True  # False for stages that show their own progress bars
+
+
+# The demo, in order; printed as "1. world", "2. supervised fine-tuning", ...
+STAGES = (
+    DemoStage("world", _world, "world"),
+    DemoStage("supervised fine-tuning", _sft, "sft", spinner=False),
+    DemoStage("generate", _generate, "generate", spinner=False),
+    DemoStage("label", _label, "label"),
+    DemoStage("pairs", _pairs, "pairs"),
+    DemoStage("reward model", _reward_model, "reward_model", spinner=False),
+    DemoStage("PPO", _ppo, "ppo", spinner=False),
+    DemoStage("evaluate", _evaluate, "evaluate"),
+    DemoStage("report", _report, None),
+)
+
+
+def run_demo(config: DemoConfig) -> dict:
+    """Run one round of the loop on the built-in world, `STAGES` in order; returns
+    the metrics that are also written to `metrics.json` (and shown in `report.html`)."""
+    run = _begin(config)
+    for number, (title, step, seconds_key, spinner) in enumerate(STAGES, start=1):
+        with stage(f"{number}. {title}", spinner=spinner) as s:
+            s["summary"] = step(run)
+        if seconds_key is not None:
+            run.seconds[seconds_key] = s["seconds"]
+    run.metrics["config"] = {k: str(v) for k, v in asdict(run.cfg).items()}
+    write_json(run.out / "metrics.json", run.metrics)
+    console.print(_targets_table(run.metrics["targets"]))
+    console.print(f"run directory: {run.out}   report: {run.out / 'report.html'}")
+    return run.metrics
 
 
 def _targets_table(targets: dict):
