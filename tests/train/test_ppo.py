@@ -243,7 +243,7 @@ def test_rloo_has_no_critic_and_a_leave_one_out_baseline(tmp_path, world):
 def test_left_padding_does_not_change_log_probs(tmp_path, world):
     """A prompt padded on the left (in a batch with a longer one) gets the log-probs it
     gets alone: positions count real tokens only."""
-    from alignloop.models import pad_left
+    from alignloop.models import ResponseBatch, pad_left
 
     config = make_config(world, tmp_path)
     policy, critic, _, tokenizer, rows, _, _ = _pieces(config)
@@ -252,11 +252,47 @@ def test_left_padding_does_not_change_log_probs(tmp_path, world):
     mask = torch.ones(2, 3)
     q, qm = pad_left([short, long], tokenizer.pad_token_id)
     with torch.no_grad():
-        batched, v_batched = forward(policy, critic, q, qm, response, mask, 0.7)
+        batched, v_batched = forward(policy, critic, ResponseBatch(q, qm, response, mask), 0.7)
         q1, qm1 = pad_left([short], tokenizer.pad_token_id)
-        alone, v_alone = forward(policy, critic, q1, qm1, response[:1], mask[:1], 0.7)
+        one = ResponseBatch(q1, qm1, response[:1], mask[:1])
+        alone, v_alone = forward(policy, critic, one, 0.7)
     torch.testing.assert_close(batched[:1], alone, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(v_batched[:1], v_alone, atol=1e-5, rtol=1e-5)
+
+
+def test_a_nan_loss_stops_the_update_naming_the_step_and_a_remedy(tmp_path, world):
+    from alignloop.train.common import Checkpoints, make_accelerator
+
+    config = make_config(world, tmp_path)
+    policy, critic, reference, tokenizer, rows, texts, score_fn = _pieces(config)
+    rollout, _ = make_rollout(
+        policy, critic, reference, tokenizer, rows, texts, score_fn, 0.05, config
+    )
+    rollout.advantages = torch.full_like(rollout.advantages, float("nan"))
+    with pytest.raises(TrainingError, match=r"loss became nan at step 4.*lower --lr"):
+        ppo_update(
+            make_accelerator(mixed_precision="no", out=tmp_path),
+            policy,
+            critic,
+            _optimizers(config, policy, critic),
+            rollout,
+            config,
+            torch.Generator().manual_seed(0),
+            step=3,
+            checkpoints=Checkpoints(tmp_path / "checkpoints"),
+        )
+
+
+def test_prompts_leave_room_for_the_response_in_the_context(world):
+    """The tiny policy's context is 128 tokens: a prompt may take what the response
+    leaves, with or without a value head on the policy."""
+    from alignloop.models import PolicyWithValueHead, load_policy, prompt_token_limit
+
+    policy, _ = load_policy(world["policy"])
+    assert prompt_token_limit(policy, 512, 6) == 122
+    assert prompt_token_limit(PolicyWithValueHead(policy), 100, 6) == 100
+    with pytest.raises(ConfigError, match="--max-new-tokens 128 leaves no room"):
+        prompt_token_limit(policy, 512, 128)
 
 
 # --- configuration and bad input -------------------------------------------------------

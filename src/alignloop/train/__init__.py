@@ -1,5 +1,7 @@
-"""The trainers: reward model (`reward.py`); PPO and SFT come next. Each reads its
-data from files in the schema's formats and saves an ordinary HF directory.
+"""The trainers: the reward model (`reward.py`), supervised fine-tuning (`sft.py`) and
+PPO (`ppo.py`), each with its options beside it (`*_config.py`) and what they share in
+`common.py`. Each reads its data from files in the schema's formats and saves an
+ordinary HF directory.
 
 This package's own module imports nothing heavy, so the CLI can name its errors."""
 

@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -49,8 +50,17 @@ from alignloop.losses import (
 )
 from alignloop.progress import progress
 from alignloop.schema import SchemaError
-from alignloop.train.common import Checkpoints, MetricsLog, TrainingError, epoch_batches
+from alignloop.train.common import (
+    Checkpoints,
+    MetricsLog,
+    TrainingError,
+    epoch_batches,
+    stop_unless_finite,
+)
 from alignloop.train.ppo_config import PPOConfig
+
+if TYPE_CHECKING:
+    from alignloop.models import ResponseBatch
 
 __all__ = [
     "AdaptiveKL",
@@ -95,6 +105,13 @@ class Rollout:
     prompts: list[str]  # B prompt texts
     completions: list[str]  # B decoded responses
 
+    @property
+    def tokens(self) -> ResponseBatch:
+        """The prompt and response tokens, for a forward pass over them."""
+        from alignloop.models import ResponseBatch
+
+        return ResponseBatch(self.query_ids, self.query_mask, self.response_ids, self.response_mask)
+
     def select(self, idx: torch.Tensor) -> Rollout:
         """The episodes `idx`, trimmed to their own longest prompt and response (no
         compute spent on columns that are padding in every row)."""
@@ -121,62 +138,26 @@ class Reference:
         self.model = model
         self.adapter_off = adapter_off
 
-    def logprobs(self, mb_query_ids, mb_query_mask, mb_response_ids, mb_response_mask, temp):
+    def logprobs(self, batch: ResponseBatch, temperature: float) -> torch.Tensor:
+        """log pi_ref(a_t | s_t) of each response token, logits / T: (B, T)."""
+        from alignloop.models import response_logprobs
+
         off = self.model.disable_adapter() if self.adapter_off else contextlib.nullcontext()
         with off:
-            logits, _ = forward(
-                self.model,
-                None,
-                mb_query_ids,
-                mb_query_mask,
-                mb_response_ids,
-                mb_response_mask,
-                temp,
-                values=False,
-            )
-        return logprobs_from_logits(logits, mb_response_ids)  # (B, T)
+            return response_logprobs(self.model, batch, temperature)  # (B, T)
 
 
-def forward(
-    policy,
-    critic,
-    query_ids,
-    query_mask,
-    response_ids,
-    response_mask,
-    temperature,
-    *,
-    values: bool = True,
-):
+def forward(policy, critic, batch: ResponseBatch, temperature: float, *, values: bool = True):
     """(logits (B, T, V) / temperature predicting each response token, values (B, T)
     of the state before it, or None). `critic` None with `values`: the policy
     carries a value head (`PolicyWithValueHead`)."""
-    from alignloop.models import position_ids_from_mask
+    from alignloop.models import response_logits
 
-    input_ids = torch.cat([query_ids, response_ids], dim=1)  # (B, Q + T)
-    attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)  # (B, Q + T)
-    position_ids = position_ids_from_mask(attention_mask)  # left padding: count real tokens
-    Q, T = query_ids.shape[1], response_ids.shape[1]
-    # The logits at positions Q-1 .. Q+T-2 predict the T response tokens: the model's
-    # head is applied to those T + 1 positions only, not to the whole prompt.
-    inputs = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "position_ids": position_ids,
-        "logits_to_keep": T + 1,
-    }
-    v = None
-    if values and critic is None:
-        logits, v = policy(**inputs)  # (B, T + 1, V), (B, Q + T)
-    else:
-        logits = policy(**inputs).logits  # (B, T + 1, V)
-        if values:
-            v = critic(input_ids, attention_mask)  # (B, Q + T)
-    # The same temperature as sampling, or the ratio compares different policies
-    # (Huang et al. 2024, "N+ implementation details": "dividing logits by temperature").
-    logits = logits[:, :-1].float() / temperature  # (B, T, V)
-    if v is not None:
-        v = v[:, Q - 1 : -1].float()  # (B, T) V(s_t), read at the token before a_t
+    logits, v = response_logits(policy, batch, temperature, value_head=values and critic is None)
+    if values and critic is not None:
+        inputs = batch.model_inputs()
+        v = critic(inputs["input_ids"], inputs["attention_mask"])  # (B, Q + T)
+        v = v[:, batch.query_ids.shape[1] - 1 : -1].float()  # (B, T) V(s_t), before a_t
     return logits, v
 
 
@@ -225,8 +206,8 @@ def make_rollout(
     """Sample, score and evaluate one batch; returns the rollout and the raw score
     parts {"reward_model": (B,), "reward_fn": (B,)} (checked for NaN by the caller)."""
     from alignloop.generate import sample
+    from alignloop.models import ResponseBatch
 
-    with_values = config.advantage == "gae"  # RLOO: no critic, no values
     generator = policy.policy if _value_head(config) else policy  # the causal LM itself
     for m in (policy, critic):
         if m is not None:
@@ -240,25 +221,16 @@ def make_rollout(
         max_new_tokens=config.max_new_tokens,
     )
     T = int(s.response_mask.sum(1).max())
-    response_ids, mask = s.response_ids[:, :T], s.response_mask[:, :T].float()  # (B, T)
-    chunks = torch.arange(len(response_ids)).split(config.minibatch_size // config.grad_accum)
-    parts = []
-    with torch.inference_mode(), autocast():
-        for idx in chunks:
-            args = (s.query_ids[idx], s.query_mask[idx], response_ids[idx], mask[idx])
-            logits, values = forward(
-                policy, critic, *args, config.temperature, values=with_values
-            )
-            logprobs = logprobs_from_logits(logits, response_ids[idx])  # (b, T)
-            entropy = entropy_from_logits(logits)  # (b, T)
-            ref_logprobs = reference.logprobs(*args, config.temperature)  # (b, T)
-            parts.append((logprobs, ref_logprobs, values, entropy))
-    # Out of inference mode from here: these tensors take part in autograd later.
-    logprobs, ref_logprobs, values, entropy = (
-        torch.cat(p).clone() if p[0] is not None else torch.zeros_like(mask)  # RLOO: no values
-        for p in zip(*parts, strict=True)
+    tokens = ResponseBatch(
+        query_ids=s.query_ids,
+        query_mask=s.query_mask,
+        response_ids=s.response_ids[:, :T],
+        response_mask=s.response_mask[:, :T].float(),
     )
-    values, entropy = values * mask, entropy * mask
+    mask = tokens.response_mask  # (B, T)
+    logprobs, ref_logprobs, values, entropy = _token_passes(
+        policy, critic, reference, tokens, config, autocast
+    )
 
     prompts = [prompt_texts[i] for i in s.prompt_index.tolist()]
     raw = score_fn(prompts, s.completions)  # {"reward_model": (B,), "reward_fn": (B,)}
@@ -269,18 +241,11 @@ def make_rollout(
     rewards = compute_rewards(scores, kl, mask, kl_coef)  # (B, T)
     if config.whiten_rewards:
         rewards = masked_whiten(rewards, mask, shift_mean=False)
-    if with_values:
-        advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)  # (B, T) each
-    else:
-        returns = rewards.sum(1)  # (B,) score - beta * KL of each episode
-        advantages = rloo_advantages(returns, config.samples_per_prompt)[:, None] * mask
-        returns = returns[:, None] * mask  # (B, T): what the episode earned, at every token
-    if config.whiten_advantages:
-        advantages = masked_whiten(advantages, mask)
+    advantages, returns = _advantages(rewards, values, mask, config)  # (B, T) each
     rollout = Rollout(
-        query_ids=s.query_ids,
-        query_mask=s.query_mask,
-        response_ids=response_ids,
+        query_ids=tokens.query_ids,
+        query_mask=tokens.query_mask,
+        response_ids=tokens.response_ids,
         response_mask=mask,
         logprobs=logprobs,
         ref_logprobs=ref_logprobs,
@@ -298,6 +263,48 @@ def make_rollout(
     return rollout, raw
 
 
+def _token_passes(policy, critic, reference: Reference, tokens: ResponseBatch, config, autocast):
+    """The rollout's inference passes, micro-batch by micro-batch: (logprobs,
+    ref_logprobs, values, entropy), each (B, T); values and entropy 0 on padding,
+    values 0 everywhere without a critic (RLOO)."""
+    from alignloop.models import ResponseBatch
+
+    with_values = config.advantage == "gae"  # RLOO: no critic, no values
+    mask = tokens.response_mask  # (B, T)
+    chunks = torch.arange(len(mask)).split(config.minibatch_size // config.grad_accum)
+    parts = []
+    with torch.inference_mode(), autocast():
+        for idx in chunks:
+            batch = ResponseBatch(
+                tokens.query_ids[idx], tokens.query_mask[idx], tokens.response_ids[idx], mask[idx]
+            )
+            logits, values = forward(policy, critic, batch, config.temperature, values=with_values)
+            logprobs = logprobs_from_logits(logits, batch.response_ids)  # (b, T)
+            entropy = entropy_from_logits(logits)  # (b, T)
+            ref_logprobs = reference.logprobs(batch, config.temperature)  # (b, T)
+            parts.append((logprobs, ref_logprobs, values, entropy))
+    # Out of inference mode from here: these tensors take part in autograd later.
+    logprobs, ref_logprobs, values, entropy = (
+        torch.cat(p).clone() if p[0] is not None else torch.zeros_like(mask)  # RLOO: no values
+        for p in zip(*parts, strict=True)
+    )
+    return logprobs, ref_logprobs, values * mask, entropy * mask
+
+
+def _advantages(rewards, values, mask, config: PPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages, returns), both (B, T): GAE over the critic's values, or RLOO's
+    leave-one-out baseline without a critic; whitened when configured."""
+    if config.advantage == "gae":
+        advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)
+    else:
+        returns = rewards.sum(1)  # (B,) score - beta * KL of each episode
+        advantages = rloo_advantages(returns, config.samples_per_prompt)[:, None] * mask
+        returns = returns[:, None] * mask  # (B, T): what the episode earned, at every token
+    if config.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    return advantages, returns
+
+
 # --- the PPO update ----------------------------------------------------------------------
 
 
@@ -309,14 +316,17 @@ def ppo_update(
     rollout: Rollout,
     config: PPOConfig,
     generator: torch.Generator,
+    *,
+    step: int = 0,
+    checkpoints: Checkpoints | None = None,
 ) -> dict[str, float]:
     """`ppo_epochs` passes over the rollout in shuffled minibatches of clipped policy
     and value losses; each minibatch is one optimizer step, accumulated over
-    `grad_accum` micro-batches. Returns the mean diagnostics of this process."""
+    `grad_accum` micro-batches. Returns the mean diagnostics of this process. A
+    non-finite loss stops every process (`step`, `checkpoints`: for its message)."""
     models = [m for m in (policy, critic) if m is not None]
     for m in models:
         m.train()
-    with_values = config.advantage == "gae"  # RLOO: no critic, no value loss
     B = len(rollout.scores)
     micro_size = config.minibatch_size // config.grad_accum
     stats: dict[str, list[torch.Tensor]] = {}
@@ -328,38 +338,17 @@ def ppo_update(
                 mb = rollout.select(mb_inds)
                 # DDP all-reduces gradients on the last micro-batch only.
                 with _no_sync(accelerator, models, last=i == len(mb_micro) - 1):
-                    new_logits, new_values = forward(
-                        policy,
-                        critic,
-                        mb.query_ids,
-                        mb.query_mask,
-                        mb.response_ids,
-                        mb.response_mask,
-                        config.temperature,
-                        values=with_values,
+                    loss, diagnostics = minibatch_loss(policy, critic, mb, config)
+                    stop_unless_finite(
+                        accelerator,
+                        loss,
+                        step,
+                        checkpoints,
+                        hint="Try a lower --lr or --reward-clip.",
                     )
-                    new_logprobs = logprobs_from_logits(new_logits, mb.response_ids)  # (b, T)
-                    pg_loss, pg_stats = ppo_policy_loss(
-                        new_logprobs, mb.logprobs, mb.advantages, mb.response_mask, config.clip_eps
-                    )
-                    loss, v_loss, vf_clipfrac = pg_loss, None, None
-                    if with_values:
-                        v_loss, vf_clipfrac = ppo_value_loss(
-                            new_values, mb.values, mb.returns, mb.response_mask,
-                            config.value_clip_eps,
-                        )  # fmt: skip
-                        loss = loss + config.vf_coef * v_loss
-                    _check_finite(accelerator, loss)
                     accelerator.backward(loss / config.grad_accum)
-                for name, value in (
-                    ("pg_loss", pg_loss),
-                    ("v_loss", v_loss),
-                    ("approx_kl", pg_stats.approx_kl),
-                    ("clipfrac", pg_stats.clipfrac),
-                    ("vf_clipfrac", vf_clipfrac),
-                ):
-                    if value is not None:
-                        stats.setdefault(name, []).append(value.detach())
+                for name, value in diagnostics.items():
+                    stats.setdefault(name, []).append(value.detach())
             if config.max_grad_norm > 0:
                 for m in models:
                     accelerator.clip_grad_norm_(m.parameters(), config.max_grad_norm)
@@ -369,24 +358,41 @@ def ppo_update(
     return {k: torch.stack(v).mean().item() for k, v in stats.items()}
 
 
+def minibatch_loss(
+    policy, critic, mb: Rollout, config: PPOConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped policy loss of a micro-batch, plus vf_coef x the clipped value loss
+    with a critic (GAE; RLOO has none), and its diagnostics."""
+    with_values = config.advantage == "gae"
+    new_logits, new_values = forward(
+        policy, critic, mb.tokens, config.temperature, values=with_values
+    )
+    new_logprobs = logprobs_from_logits(new_logits, mb.response_ids)  # (b, T)
+    pg_loss, pg_stats = ppo_policy_loss(
+        new_logprobs, mb.logprobs, mb.advantages, mb.response_mask, config.clip_eps
+    )
+    loss, v_loss, vf_clipfrac = pg_loss, None, None
+    if with_values:
+        v_loss, vf_clipfrac = ppo_value_loss(
+            new_values, mb.values, mb.returns, mb.response_mask, config.value_clip_eps
+        )
+        loss = loss + config.vf_coef * v_loss
+    diagnostics = {
+        "pg_loss": pg_loss,
+        "v_loss": v_loss,
+        "approx_kl": pg_stats.approx_kl,
+        "clipfrac": pg_stats.clipfrac,
+        "vf_clipfrac": vf_clipfrac,
+    }
+    return loss, {k: v for k, v in diagnostics.items() if v is not None}
+
+
 def _no_sync(accelerator, models, *, last: bool):
     stack = contextlib.ExitStack()
     if not last:
         for m in models:
             stack.enter_context(accelerator.no_sync(m))
     return stack
-
-
-def _check_finite(accelerator, loss: torch.Tensor) -> None:
-    """Every process stops together on a NaN loss (one alone would hang the others)."""
-    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-    if accelerator.num_processes > 1:
-        bad = accelerator.reduce(bad, reduction="sum")
-    if bad.item():
-        raise TrainingError(
-            f"the PPO loss became {loss.item()}; stopped (see the last "
-            "checkpoint). Try a lower --lr or --reward-clip."
-        )
 
 
 def explained_variance(values, returns, mask) -> float:
@@ -579,18 +585,9 @@ def _optimizers(config: PPOConfig, policy, critic) -> list[torch.optim.Optimizer
 
 def _prompt_rows(config: PPOConfig, policy, tokenizer, texts) -> list[list[int]]:
     """Prompt token ids, cut from the left so prompt + response fit the context."""
-    from alignloop.models import tokenize_keep_end
+    from alignloop.models import prompt_token_limit, tokenize_keep_end
 
-    limit = config.max_prompt_length
-    hf = policy.policy if hasattr(policy, "value_head") else policy
-    context = getattr(hf.config.get_text_config(), "max_position_embeddings", None)
-    if context is not None:
-        if context - config.max_new_tokens < 1:
-            raise ConfigError(
-                f"--max-new-tokens {config.max_new_tokens} leaves no room for "
-                f"a prompt in the policy's context of {context} tokens"
-            )
-        limit = min(limit, context - config.max_new_tokens)
+    limit = prompt_token_limit(policy, config.max_prompt_length, config.max_new_tokens)
     rows, cut = tokenize_keep_end(tokenizer, texts, limit)
     if cut:
         warnings.warn(
@@ -625,32 +622,82 @@ def _schedule(config: PPOConfig, n_prompts: int, world: int) -> tuple[int, int, 
 # --- the loop ----------------------------------------------------------------------------
 
 
+@dataclass
+class PPORun:
+    """What the steps of one run share, built once by `set_up_run`."""
+
+    config: PPOConfig
+    accelerator: Any  # accelerate.Accelerator
+    console: Any  # rich Console, quiet on every process but the main one
+    checkpoints: Checkpoints
+    texts: list[str]  # the prompt texts
+    rows: list[list[int]]  # their token ids, cut to fit the policy's context
+    per_epoch: int  # full batches per pass over the prompts
+    total_steps: int
+    limit_reason: str  # what sets total_steps
+    policy: Any  # prepared for training (DDP with several processes)
+    critic: Any  # likewise; None with a value head on the policy or with RLOO
+    rollout_policy: Any  # the bare modules: rollouts need no DDP
+    rollout_critic: Any
+    reference: Reference
+    tokenizer: Any
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list  # raw LR schedulers, stepped once per PPO step
+    kl_ctl: FixedKL
+    score_fn: Callable[[list[str], list[str]], dict[str, torch.Tensor]]
+    log: MetricsLog  # metrics.jsonl
+    samples_log: MetricsLog  # samples.jsonl
+    rollouts_log: MetricsLog  # rollouts.jsonl (with --log-rollouts)
+    # epoch, batch, episodes, kl, reward_history (and step, once resumed): what a
+    # checkpoint keeps besides the models, optimizers, schedulers and RNG states
+    state: dict = dataclasses.field(default_factory=dict)
+
+    def save(self, step: int) -> Path:
+        keep = {k: self.state[k] for k in ("epoch", "batch", "episodes", "reward_history")}
+        return self.checkpoints.save(
+            self.accelerator, step, {**keep, "kl": self.kl_ctl.state_dict()}
+        )
+
+
 def train_ppo(config: PPOConfig) -> dict:
     """Tune `config.policy` with PPO; save it in `config.out` with metrics.jsonl,
     samples.jsonl and final_metrics.json. Returns the final metrics."""
-    from rich.console import Console
-    from transformers import get_scheduler
+    run = set_up_run(config)
+    step, stop_reason, record = run.state["step"], None, {}
+    started = time.perf_counter()
+    bar, task = progress(run.total_steps, "ppo", enabled=run.accelerator.is_main_process)
+    bar.update(task, completed=step)
+    with bar:
+        while stop_reason is None:
+            if step >= run.total_steps:
+                stop_reason = run.limit_reason
+                break
+            t0 = time.perf_counter()
+            rollout, stats = collect_rollout(run, step)
+            if (stop_reason := kl_budget_spent(config, stats)) is not None:
+                break
+            update = update_policy(run, rollout, stats, step)
+            step += 1
+            episodes = advance(run, rollout, stats)
+            record = log_step(run, step, rollout, {**stats, **update}, episodes, t0)
+            if config.save_every and step % config.save_every == 0:
+                run.save(step)
+            bar.update(
+                task,
+                completed=step,
+                status=f"reward {stats['reward_mean']:.3f} kl {stats['kl']:.3f}",
+            )
+            stop_reason = reward_target_met(config, run.state["reward_history"])
+    return finish_run(run, step, stop_reason, record, started)
 
-    from alignloop.io import write_json
-    from alignloop.train.common import make_accelerator
 
-    out = Path(config.out)
-    accelerator = make_accelerator(
-        mixed_precision=config.mixed_precision, grad_accum=1, report_to=config.report_to, out=out
-    )
-    rank, world, main = (
-        accelerator.process_index,
-        accelerator.num_processes,
-        accelerator.is_main_process,
-    )
-    console = Console(stderr=True, quiet=not main, soft_wrap=True)
-    checkpoints = Checkpoints(out / "checkpoints", keep=config.keep_checkpoints)
-    if not config.resume and checkpoints.complete():
-        raise ConfigError(
-            f"{out} holds checkpoints of an earlier run: pass --resume to go "
-            "on from them, or choose another --out"
-        )
+# set-up
 
+
+def set_up_run(config: PPOConfig) -> PPORun:
+    """The accelerator, models, optimizers and schedule of a run, and its state:
+    fresh, or that of the last checkpoint with --resume."""
+    accelerator, console, checkpoints = _start(config)
     texts = load_prompt_texts(config.prompts)
     reward_fn = load_reward_fn(config.reward_fn) if config.reward_fn else None
     torch.manual_seed(config.seed)  # the same initial weights (LoRA, heads) everywhere
@@ -660,7 +707,81 @@ def train_ppo(config: PPOConfig) -> dict:
     if not reference.adapter_off:
         reference.model.to(accelerator.device)
     rows = _prompt_rows(config, policy, tokenizer, texts)
+    world = accelerator.num_processes
     per_epoch, total_steps, limit_reason = _schedule(config, len(rows), world)
+    policy, critic, optimizers, schedulers = _prepare(
+        accelerator, config, policy, critic, total_steps
+    )
+    kl_ctl = (
+        AdaptiveKL(config.kl_coef, config.kl_target, config.kl_horizon)
+        if config.kl_target is not None
+        else FixedKL(config.kl_coef)
+    )
+    out, main = Path(config.out), accelerator.is_main_process
+    run = PPORun(
+        config=config,
+        accelerator=accelerator,
+        console=console,
+        checkpoints=checkpoints,
+        texts=texts,
+        rows=rows,
+        per_epoch=per_epoch,
+        total_steps=total_steps,
+        limit_reason=limit_reason,
+        policy=policy,
+        critic=critic,
+        # Rollouts need no DDP: generation and inference passes use the bare modules.
+        rollout_policy=accelerator.unwrap_model(policy),
+        rollout_critic=None if critic is None else accelerator.unwrap_model(critic),
+        reference=reference,
+        tokenizer=tokenizer,
+        optimizers=optimizers,
+        schedulers=schedulers,
+        kl_ctl=kl_ctl,
+        score_fn=make_score_fn(reward_model, reward_fn, config),
+        log=MetricsLog(out / "metrics.jsonl", enabled=main),
+        samples_log=MetricsLog(out / "samples.jsonl", enabled=main),
+        rollouts_log=MetricsLog(out / "rollouts.jsonl", enabled=main and config.log_rollouts),
+    )
+    # Each process its own sampling stream; restored from a checkpoint on resume.
+    torch.manual_seed(config.seed + accelerator.process_index)
+    _resume_or_start(run)
+    if config.report_to != "none":
+        accelerator.init_trackers(
+            "alignloop-ppo", config={k: str(v) for k, v in vars(config).items()}
+        )
+    console.print(
+        f"policy {config.policy}: {len(rows)} prompts, {total_steps} steps of "
+        f"{config.batch_size * config.samples_per_prompt * world} episodes on "
+        f"{world} process(es)"
+    )
+    return run
+
+
+def _start(config: PPOConfig):
+    """(accelerator, console, checkpoints); an error if --out holds an earlier run."""
+    from rich.console import Console
+
+    from alignloop.train.common import make_accelerator
+
+    out = Path(config.out)
+    accelerator = make_accelerator(
+        mixed_precision=config.mixed_precision, grad_accum=1, report_to=config.report_to, out=out
+    )
+    console = Console(stderr=True, quiet=not accelerator.is_main_process, soft_wrap=True)
+    checkpoints = Checkpoints(out / "checkpoints", keep=config.keep_checkpoints)
+    if not config.resume and checkpoints.complete():
+        raise ConfigError(
+            f"{out} holds checkpoints of an earlier run: pass --resume to go "
+            "on from them, or choose another --out"
+        )
+    return accelerator, console, checkpoints
+
+
+def _prepare(accelerator, config: PPOConfig, policy, critic, total_steps: int):
+    """(policy, critic, optimizers, schedulers) prepared for (distributed) training."""
+    from transformers import get_scheduler
+
     optimizers = _optimizers(config, policy, critic)
     schedulers = [
         get_scheduler(
@@ -675,161 +796,181 @@ def train_ppo(config: PPOConfig) -> dict:
     # Raw schedulers, stepped once per PPO step (accelerate's wrapper would step them
     # once per process); saved with the checkpoints all the same.
     accelerator.register_for_checkpointing(*schedulers)
-    # Rollouts need no DDP: generation and inference passes use the bare modules.
-    rollout_policy = accelerator.unwrap_model(policy)
-    rollout_critic = None if critic is None else accelerator.unwrap_model(critic)
-    kl_ctl = (
-        AdaptiveKL(config.kl_coef, config.kl_target, config.kl_horizon)
-        if config.kl_target is not None
-        else FixedKL(config.kl_coef)
-    )
-    score_fn = make_score_fn(reward_model, reward_fn, config)
+    return policy, critic, optimizers, schedulers
 
-    log = MetricsLog(out / "metrics.jsonl", enabled=main)
-    samples_log = MetricsLog(out / "samples.jsonl", enabled=main)
-    rollouts_log = MetricsLog(out / "rollouts.jsonl", enabled=main and config.log_rollouts)
-    # Each process its own sampling stream; restored from a checkpoint on resume.
-    torch.manual_seed(config.seed + rank)
-    state = {
+
+def _resume_or_start(run: PPORun) -> None:
+    """The state of the last checkpoint (--resume), or a fresh one with fresh logs;
+    the logs cut back to the state's step either way."""
+    config, logs = run.config, (run.log, run.samples_log, run.rollouts_log)
+    run.state = {
         "step": 0,
         "epoch": 0,
         "batch": 0,
         "episodes": 0,
-        "kl": kl_ctl.state_dict(),
+        "kl": run.kl_ctl.state_dict(),
         "reward_history": [],
     }
-    if config.resume and (latest := checkpoints.latest()) is not None:
-        state = checkpoints.load(accelerator, latest)
-        kl_ctl.load_state_dict(state["kl"])
-        console.print(f"resumed from {latest} (step {state['step']})")
-    elif main:
-        out.mkdir(parents=True, exist_ok=True)
-        for f in (log.path, samples_log.path, rollouts_log.path):
-            f.unlink(missing_ok=True)  # a fresh run starts fresh logs
-    log.truncate_after(state["step"])
-    samples_log.truncate_after(state["step"])
-    rollouts_log.truncate_after(state["step"])
-    if config.report_to != "none":
-        accelerator.init_trackers(
-            "alignloop-ppo", config={k: str(v) for k, v in vars(config).items()}
-        )
-    console.print(
-        f"policy {config.policy}: {len(rows)} prompts, {total_steps} steps of "
-        f"{config.batch_size * config.samples_per_prompt * world} episodes on "
-        f"{world} process(es)"
+    if config.resume and (latest := run.checkpoints.latest()) is not None:
+        run.state = run.checkpoints.load(run.accelerator, latest)
+        run.kl_ctl.load_state_dict(run.state["kl"])
+        run.console.print(f"resumed from {latest} (step {run.state['step']})")
+    elif run.accelerator.is_main_process:
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        for log in logs:
+            log.path.unlink(missing_ok=True)  # a fresh run starts fresh logs
+    for log in logs:
+        log.truncate_after(run.state["step"])
+
+
+# one step: rollout, then update
+
+
+def collect_rollout(run: PPORun, step: int) -> tuple[Rollout, dict[str, float]]:
+    """This process's next batch of prompts, sampled, scored and evaluated, and the
+    episode statistics over every process. A NaN score stops the run."""
+    config, state, accelerator = run.config, run.state, run.accelerator
+    batches = epoch_batches(
+        len(run.rows),
+        config.batch_size,
+        seed=config.seed,
+        epoch=state["epoch"],
+        rank=accelerator.process_index,
+        world=accelerator.num_processes,
+    )[: run.per_epoch]
+    indices = batches[state["batch"]]
+    rollout, raw = make_rollout(
+        run.rollout_policy,
+        run.rollout_critic,
+        run.reference,
+        run.tokenizer,
+        [run.rows[i] for i in indices],
+        [run.texts[i] for i in indices],
+        run.score_fn,
+        run.kl_ctl.value,
+        config,
+        accelerator.autocast,
     )
+    _check_scores(accelerator, raw, config, run.checkpoints, step, run.save)
+    return rollout, _rollout_stats(accelerator, rollout, run.kl_ctl.value)
 
-    def autocast():
-        return accelerator.autocast()
 
-    def save(step: int) -> Path:
-        keep = {k: state[k] for k in ("epoch", "batch", "episodes", "reward_history")}
-        return checkpoints.save(accelerator, step, {**keep, "kl": kl_ctl.state_dict()})
+def update_policy(run: PPORun, rollout: Rollout, stats: dict[str, float], step: int):
+    """The PPO update on `rollout`, then one step of the LR schedulers and of the KL
+    controller. Returns the update's diagnostics, averaged over the processes."""
+    config, accelerator = run.config, run.accelerator
+    rank = accelerator.process_index
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 101 + rank)
+    update = ppo_update(
+        accelerator,
+        run.policy,
+        run.critic,
+        run.optimizers,
+        rollout,
+        config,
+        generator,
+        step=step,
+        checkpoints=run.checkpoints,
+    )
+    for s in run.schedulers:
+        s.step()
+    update = _reduce_mean(accelerator, update)
+    run.kl_ctl.update(stats["kl"], len(rollout.scores) * accelerator.num_processes)
+    return update
 
-    step, stop_reason, record = state["step"], None, {}
-    started = time.perf_counter()
-    bar, task = progress(total_steps, "ppo", enabled=main)
-    bar.update(task, completed=step)
-    with bar:
-        while stop_reason is None:
-            if step >= total_steps:
-                stop_reason = limit_reason
-                break
-            t0 = time.perf_counter()
-            batches = epoch_batches(
-                len(rows),
-                config.batch_size,
-                seed=config.seed,
-                epoch=state["epoch"],
-                rank=rank,
-                world=world,
-            )[:per_epoch]
-            indices = batches[state["batch"]]
-            rollout, raw = make_rollout(
-                rollout_policy,
-                rollout_critic,
-                reference,
-                tokenizer,
-                [rows[i] for i in indices],
-                [texts[i] for i in indices],
-                score_fn,
-                kl_ctl.value,
-                config,
-                autocast,
-            )
-            _check_scores(accelerator, raw, config, checkpoints, step, save)
-            stats = _rollout_stats(accelerator, rollout, kl_ctl.value)
-            if config.kl_budget is not None and stats["kl"] > config.kl_budget:
-                stop_reason = f"kl_budget: KL {stats['kl']:.4g} > {config.kl_budget}"
-                break
 
-            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 101 + rank)
-            update = ppo_update(accelerator, policy, critic, optimizers, rollout, config, generator)
-            for s in schedulers:
-                s.step()
-            update = _reduce_mean(accelerator, update)
-            episodes = len(rollout.scores) * world
-            kl_ctl.update(stats["kl"], episodes)
+def advance(run: PPORun, rollout: Rollout, stats: dict[str, float]) -> int:
+    """Count a finished step in the run's state; returns its episodes (all processes)."""
+    state = run.state
+    episodes = len(rollout.scores) * run.accelerator.num_processes
+    state["episodes"] += episodes
+    state["batch"] += 1
+    if state["batch"] == run.per_epoch:
+        state["epoch"], state["batch"] = state["epoch"] + 1, 0
+    history = state["reward_history"] + [stats["reward_mean"]]
+    state["reward_history"] = history[-run.config.reward_window :]
+    return episodes
 
-            step += 1
-            state["episodes"] += episodes
-            state["batch"] += 1
-            if state["batch"] == per_epoch:
-                state["epoch"], state["batch"] = state["epoch"] + 1, 0
-            history = (state["reward_history"] + [stats["reward_mean"]])[-config.reward_window :]
-            state["reward_history"] = history
-            record = {f"ppo/{k}": v for k, v in {**stats, **update}.items()}
-            record.update(
-                {
-                    "ppo/beta": kl_ctl.value,
-                    "ppo/lr": schedulers[0].get_last_lr()[0],
-                    "ppo/episodes": state["episodes"],
-                    "ppo/episodes_per_sec": episodes / (time.perf_counter() - t0),
-                }
-            )
-            log.write({"step": step, **record})
-            if config.report_to != "none":
-                accelerator.log(record, step=step)
-            for prompt, completion, score, kl in zip(
-                rollout.prompts, rollout.completions, rollout.scores.tolist(),
-                rollout.kl.sum(1).tolist(), strict=True,
-            ):  # fmt: skip
-                rollouts_log.write(
-                    {"step": step, "prompt": prompt, "completion": completion,
-                     "score": score, "kl": kl}
-                )  # fmt: skip
-            if config.sample_every and step % config.sample_every == 0:
-                _show_samples(console, samples_log, rollout, step, config.samples_shown)
-            if config.save_every and step % config.save_every == 0:
-                save(step)
-            bar.update(
-                task,
-                completed=step,
-                status=f"reward {stats['reward_mean']:.3f} kl {stats['kl']:.3f}",
-            )
-            if config.reward_target is not None and len(history) == config.reward_window:
-                mean = sum(history) / len(history)
-                if mean >= config.reward_target:
-                    stop_reason = f"reward_target: mean reward {mean:.4g} >= {config.reward_target}"
 
+# logging
+
+
+def log_step(
+    run: PPORun, step: int, rollout: Rollout, figures: dict[str, float], episodes: int, t0: float
+) -> dict:
+    """Write the step's metrics (and rollouts, samples when due); returns its record."""
+    config = run.config
+    record = {f"ppo/{k}": v for k, v in figures.items()}
+    record.update(
+        {
+            "ppo/beta": run.kl_ctl.value,
+            "ppo/lr": run.schedulers[0].get_last_lr()[0],
+            "ppo/episodes": run.state["episodes"],
+            "ppo/episodes_per_sec": episodes / (time.perf_counter() - t0),
+        }
+    )
+    run.log.write({"step": step, **record})
+    if config.report_to != "none":
+        run.accelerator.log(record, step=step)
+    for prompt, completion, score, kl in zip(
+        rollout.prompts, rollout.completions, rollout.scores.tolist(),
+        rollout.kl.sum(1).tolist(), strict=True,
+    ):  # fmt: skip
+        run.rollouts_log.write(
+            {"step": step, "prompt": prompt, "completion": completion, "score": score, "kl": kl}
+        )
+    if config.sample_every and step % config.sample_every == 0:
+        _show_samples(run.console, run.samples_log, rollout, step, config.samples_shown)
+    return record
+
+
+# stop rules (besides max_steps / max_episodes, which set total_steps: `_schedule`)
+
+
+def kl_budget_spent(config: PPOConfig, stats: dict[str, float]) -> str | None:
+    """The stop reason when the rollout's KL is over --kl-budget (checked before the
+    update, so the saved policy is the last one within budget)."""
+    if config.kl_budget is not None and stats["kl"] > config.kl_budget:
+        return f"kl_budget: KL {stats['kl']:.4g} > {config.kl_budget}"
+    return None
+
+
+def reward_target_met(config: PPOConfig, history: list[float]) -> str | None:
+    """The stop reason when the mean reward of the last --reward-window steps reaches
+    --reward-target."""
+    if config.reward_target is not None and len(history) == config.reward_window:
+        mean = sum(history) / len(history)
+        if mean >= config.reward_target:
+            return f"reward_target: mean reward {mean:.4g} >= {config.reward_target}"
+    return None
+
+
+# saving
+
+
+def finish_run(run: PPORun, step: int, stop_reason: str | None, record: dict, started: float):
+    """Save the policy and final_metrics.json; returns the final metrics."""
+    from alignloop.io import write_json
+
+    config, accelerator, out = run.config, run.accelerator, Path(run.config.out)
     if not record:  # resumed from a checkpoint of the last step: its metrics are logged
-        logged = [r for r in log.read() if "ppo/reward_mean" in r and r["step"] <= step]
+        logged = [r for r in run.log.read() if "ppo/reward_mean" in r and r["step"] <= step]
         record = {k: v for k, v in (logged[-1] if logged else {}).items() if k != "step"}
     final = {
         "steps": step,
-        "episodes": state["episodes"],
+        "episodes": run.state["episodes"],
         "stop_reason": stop_reason,
-        "num_processes": world,
+        "num_processes": accelerator.num_processes,
         **record,
         "ppo/seconds": round(time.perf_counter() - started, 2),
     }
-    _save_policy(accelerator, policy, _value_head(config), tokenizer, config, out)
-    if main:
-        log.write({"step": step, "stop_reason": stop_reason})
+    _save_policy(accelerator, run.policy, _value_head(config), run.tokenizer, config, out)
+    if accelerator.is_main_process:
+        run.log.write({"step": step, "stop_reason": stop_reason})
         write_json(out / "final_metrics.json", final)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    console.print(f"stopped after {step} steps ({stop_reason}); policy saved to {out}")
+    run.console.print(f"stopped after {step} steps ({stop_reason}); policy saved to {out}")
     return final
 
 
