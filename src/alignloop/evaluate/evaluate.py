@@ -221,6 +221,49 @@ def evaluate_completions(
     tokenizer: counts tokens in the length figures when given."""
     by_id = {p.id: p for p in prompts}
     completions = {name: list(cs) for name, cs in completions_by_policy.items()}
+    _check_inputs(by_id, completions, judge, judge_name, baseline, kl)
+    if with_references and (refs := _reference_completions(prompts)):
+        completions = {PROMPT_REFERENCE: refs, **completions}  # the "before" of every table
+    if isinstance(toxicity, str):
+        toxicity = load_toxicity(toxicity)
+
+    rows = {
+        name: _score(
+            name,
+            cs,
+            by_id,
+            reward_model=reward_model,
+            judge=judge,
+            judge_name=judge_name,
+            kl=kl[name] if kl is not None and name in kl else None,
+            toxicity=toxicity,
+            reward_batch_size=reward_batch_size,
+            reward_max_length=reward_max_length,
+        )  # fmt: skip
+        for name, cs in completions.items()
+    }
+    policies = {
+        name: _figures(
+            rows[name], [c.completion for c in completions[name]], judge_name, toxicity, tokenizer
+        )
+        for name in completions
+    }
+    judges = ([REWARD_MODEL] if reward_model is not None else []) + (
+        [judge_name] if judge is not None else []
+    )
+    return Evaluation(
+        n_prompts=len(prompts),
+        policies=policies,
+        win_rates=_win_rates(prompts, completions, rows, judges, judge_name, baseline),
+        rows=rows,
+        completions=completions,
+        judge_name=judge_name if judge is not None else None,
+        toxicity_name=getattr(toxicity, "name", None),
+    )
+
+
+def _check_inputs(by_id, completions, judge, judge_name, baseline, kl) -> None:
+    """Policy names, the judge's name, the baseline, prompt ids and KL lengths."""
     for reserved in (PROMPT_REFERENCE, "prompt", "scores"):
         if reserved in completions:
             raise ValueError(f"{reserved!r} cannot name a policy (it is taken); rename it")
@@ -237,47 +280,50 @@ def evaluate_completions(
             )
         if kl is not None and name in kl and len(kl[name]) != len(cs):
             raise ValueError(f"kl[{name!r}] has {len(kl[name])} values for {len(cs)} completions")
-    if with_references and (refs := _reference_completions(prompts)):
-        completions = {PROMPT_REFERENCE: refs, **completions}  # the "before" of every table
-    if isinstance(toxicity, str):
-        toxicity = load_toxicity(toxicity)
 
-    rows: dict[str, list[dict[str, Any]]] = {
-        name: [{"id": c.id, "prompt_id": c.prompt_id} for c in cs]
-        for name, cs in completions.items()
-    }
-    for name, cs in completions.items():
-        prompt_texts = [by_id[c.prompt_id].prompt for c in cs]
-        texts = [c.completion for c in cs]
-        columns: dict[str, list[float]] = {}
-        if reward_model is not None:
-            columns["reward"] = _score_rm(
-                reward_model, prompt_texts, texts, name, reward_batch_size, reward_max_length
-            )
-        if judge is not None:
-            columns[judge_name] = _score_judge(
-                judge, judge_name, [by_id[c.prompt_id] for c in cs], texts
-            )
-        if kl is not None and name in kl:
-            columns["kl"] = [float(v) for v in kl[name]]
-        if toxicity is not None:
-            columns["toxicity"] = list(toxicity.scores(texts))
-        for column, values in columns.items():
-            for row, value in zip(rows[name], values, strict=True):
-                row[column] = value
-        if toxicity is not None:
-            for row in rows[name]:
-                row["toxic"] = row["toxicity"] >= toxicity.threshold
 
-    policies = {
-        name: _figures(
-            rows[name], [c.completion for c in completions[name]], judge_name, toxicity, tokenizer
+def _score(
+    name: str,
+    completions: Sequence[Completion],
+    by_id: Mapping[str, Prompt],
+    *,
+    reward_model,
+    judge: Judge | None,
+    judge_name: str,
+    kl: Sequence[float] | None,
+    toxicity: ToxicityClassifier | None,
+    reward_batch_size: int,
+    reward_max_length: int,
+) -> list[dict[str, Any]]:
+    """One policy's rows: per completion its id, prompt id and every score there is."""
+    rows: list[dict[str, Any]] = [{"id": c.id, "prompt_id": c.prompt_id} for c in completions]
+    texts = [c.completion for c in completions]
+    columns: dict[str, list[float]] = {}
+    if reward_model is not None:
+        prompt_texts = [by_id[c.prompt_id].prompt for c in completions]
+        columns["reward"] = _score_rm(
+            reward_model, prompt_texts, texts, name, reward_batch_size, reward_max_length
         )
-        for name in completions
-    }
-    judges = ([REWARD_MODEL] if reward_model is not None else []) + (
-        [judge_name] if judge is not None else []
-    )
+    if judge is not None:
+        columns[judge_name] = _score_judge(
+            judge, judge_name, [by_id[c.prompt_id] for c in completions], texts
+        )
+    if kl is not None:
+        columns["kl"] = [float(v) for v in kl]
+    if toxicity is not None:
+        columns["toxicity"] = list(toxicity.scores(texts))
+    for column, values in columns.items():
+        for row, value in zip(rows, values, strict=True):
+            row[column] = value
+    if toxicity is not None:
+        for row in rows:
+            row["toxic"] = row["toxicity"] >= toxicity.threshold
+    return rows
+
+
+def _win_rates(prompts, completions, rows, judges, judge_name, baseline) -> dict[str, dict]:
+    """Every policy against the baseline and against the prompts' references, under
+    each judge (the reward model's column is "reward")."""
     columns_of = {REWARD_MODEL: "reward", judge_name: judge_name}
     win_rates: dict[str, dict[str, Any]] = {}
     opponents = [baseline] if baseline is not None else []
@@ -294,15 +340,7 @@ def evaluate_completions(
                     [rows[a][i][column] for i, _ in pairs], [rows[b][k][column] for _, k in pairs]
                 )
                 win_rates[f"{a}_vs_{b}/{j}"] = {"a": a, "b": b, "judge": j, **wr}
-    return Evaluation(
-        n_prompts=len(prompts),
-        policies=policies,
-        win_rates=win_rates,
-        rows=rows,
-        completions=completions,
-        judge_name=judge_name if judge is not None else None,
-        toxicity_name=getattr(toxicity, "name", None),
-    )
+    return win_rates
 
 
 def _score_rm(reward_model, prompts, texts, name, batch_size, max_length) -> list[float]:
@@ -400,9 +438,7 @@ def evaluate(config: EvalConfig, *, judge: Judge | None = None) -> dict[str, Any
     Returns eval.json's content."""
     import torch
 
-    from alignloop.evaluate.metrics import sequence_kl
-    from alignloop.io import atomic_write, read_records, write_json, write_records
-    from alignloop.models import RewardModel, prompt_token_limit
+    from alignloop.io import read_records
 
     prompts = read_records(config.prompts, "prompt")
     if not prompts:
@@ -419,17 +455,41 @@ def evaluate(config: EvalConfig, *, judge: Judge | None = None) -> dict[str, Any
         batch_size=config.reward_batch_size,
         device=device,
     )
-    out = Path(config.out)
+    completions, kl, tokenizer = _sample_policies(config, prompts, device, dtype)
+    evaluation = evaluate_completions(
+        prompts,
+        completions,
+        reward_model=_load_reward_model(config, device),
+        judge=judge,
+        judge_name=config.judge_name,
+        toxicity=toxicity,
+        baseline=config.reference_name if config.reference is not None else None,
+        kl=kl,
+        tokenizer=tokenizer,
+        reward_batch_size=config.reward_batch_size,
+        reward_max_length=config.reward_max_length,
+    )
+    return _write_results(config, evaluation, prompts)
 
+
+def _sample_policies(config: EvalConfig, prompts: Sequence[Prompt], device, dtype):
+    """(completions by policy name, the reference first; {policy name: per-completion
+    KL to the reference} or None; the policy's tokenizer): both policies sampled from
+    the same seed, their completions written to out/completions_*.jsonl. Their memory
+    is free on return, before the reward model loads."""
+    import torch
+
+    from alignloop.evaluate.metrics import sequence_kl
+    from alignloop.io import write_records
+    from alignloop.models import prompt_token_limit
+
+    out = Path(config.out)
     policy, tokenizer = _load_policy(config.policy, "--policy", dtype)
     policy.to(device).eval()
     prompt_limit = prompt_token_limit(policy, config.max_prompt_length, config.max_new_tokens)
-    completions = {
-        config.policy_name: _sample_all(
-            policy, tokenizer, prompts, config, config.policy_name, prompt_limit
-        )
-    }
-    write_records(out / "completions_policy.jsonl", completions[config.policy_name])
+    ours = _sample_all(policy, tokenizer, prompts, config, config.policy_name, prompt_limit)
+    write_records(out / "completions_policy.jsonl", ours)
+    completions = {config.policy_name: ours}
     kl = None
     if config.reference is not None:
         reference, ref_tokenizer = _load_policy(config.reference, "--reference", dtype)
@@ -446,7 +506,6 @@ def evaluate(config: EvalConfig, *, judge: Judge | None = None) -> dict[str, Any
         # The reference first: it is the "before" of every table.
         completions = {config.reference_name: ref_completions, **completions}
         by_id = {p.id: p for p in prompts}
-        ours = completions[config.policy_name]
         with _bar(len(ours), "KL to the reference") as advance:
             values = sequence_kl(
                 policy,
@@ -462,28 +521,28 @@ def evaluate(config: EvalConfig, *, judge: Judge | None = None) -> dict[str, Any
             )
         kl = {config.policy_name: values}
         del reference
-    del policy  # the policies' memory is free before the reward model loads
+    del policy
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    return completions, kl, tokenizer
 
-    reward_model = None
-    if config.reward_model is not None:
-        reward_model = RewardModel.from_pretrained(config.reward_model)
-        reward_model.requires_grad_(False)
-        reward_model.to(device).eval()
-    evaluation = evaluate_completions(
-        prompts,
-        completions,
-        reward_model=reward_model,
-        judge=judge,
-        judge_name=config.judge_name,
-        toxicity=toxicity,
-        baseline=config.reference_name if config.reference is not None else None,
-        kl=kl,
-        tokenizer=tokenizer,
-        reward_batch_size=config.reward_batch_size,
-        reward_max_length=config.reward_max_length,
-    )
+
+def _load_reward_model(config: EvalConfig, device):
+    """`config.reward_model` in eval mode on `device`, or None."""
+    from alignloop.models import RewardModel
+
+    if config.reward_model is None:
+        return None
+    reward_model = RewardModel.from_pretrained(config.reward_model)
+    reward_model.requires_grad_(False)
+    return reward_model.to(device).eval()
+
+
+def _write_results(config: EvalConfig, evaluation: Evaluation, prompts) -> dict[str, Any]:
+    """out/eval.json (returned), scores.jsonl, report_data.json and report.html."""
+    from alignloop.io import atomic_write, write_json
+
+    out = Path(config.out)
     config_json = {f.name: _jsonable(getattr(config, f.name)) for f in dataclasses.fields(config)}
     result = {"config": config_json, **evaluation.summary()}
     write_json(out / "eval.json", result)
