@@ -14,19 +14,38 @@ had with `hparams.noptepochs`).
 
     parser = argparse.ArgumentParser(); add_config_arguments(parser, RewardConfig)
     config = config_from_args(RewardConfig, parser.parse_args())
+
+Configs that share options share a base (`train/base_config.py`, as TRL's
+`_BaseConfig`): a subclass of `Options` changes a base option's default or help with
+`override(...)`, the rest (help text, bounds) stays the base's, so each help text is
+written once. `option(..., at_least=1)` is checked in one place, `Options.__post_init__`.
+A field declared without `option` is not a flag (it is set from Python only).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import inspect
 import json
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-__all__ = ["REQUIRED", "ConfigError", "add_config_arguments", "config_from_args", "option"]
+__all__ = [
+    "REQUIRED",
+    "ArgumentParser",
+    "ConfigError",
+    "Options",
+    "add_config_arguments",
+    "check_bounds",
+    "config_from_args",
+    "flag",
+    "option",
+    "override",
+]
 
 C = TypeVar("C")
 
@@ -43,16 +62,84 @@ class ConfigError(ValueError):
     """A bad configuration value or file, naming the key."""
 
 
-def option(default: Any, help: str, **metadata: Any) -> Any:
-    """A config field with its help text. Mutable defaults are copied per instance."""
+def option(default: Any, help: str, *, at_least: float | None = None, **metadata: Any) -> Any:
+    """A config field with its help text; `at_least`: the smallest value allowed (None,
+    for an optional field, is always allowed). Mutable defaults are copied per instance."""
     metadata = {"help": help, **metadata}
+    if at_least is not None:
+        metadata["at_least"] = at_least
     if isinstance(default, list | dict | set):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def _flag(name: str) -> str:
+_INHERITED: Any = object()
+
+
+def override(default: Any = _INHERITED, help: str | None = None) -> Any:
+    """In a subclass of `Options`: a new default and/or help text for an option a base
+    declares; what is not given (default, help, bounds) stays the base's."""
+    metadata: dict[str, Any] = {"override": True}
+    if help is not None:
+        metadata["help"] = help
+    if default is _INHERITED:
+        return dataclasses.field(metadata=metadata)  # Options fills in the base's default
+    field = option(default, "")
+    field.metadata = types.MappingProxyType(metadata)
+    return field
+
+
+class Options:
+    """Base of the configs that share options. Resolves each `override(...)` against
+    the base's field when a subclass is defined (before `@dataclass` reads it), and
+    checks every `at_least` bound after construction; a subclass's `__post_init__`
+    calls `super().__post_init__()` first."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, field in list(vars(cls).items()):
+            if not (isinstance(field, dataclasses.Field) and field.metadata.get("override")):
+                continue
+            base = next(
+                (b.__dict__["__dataclass_fields__"][name] for b in cls.__mro__[1:]
+                 if name in b.__dict__.get("__dataclass_fields__", {})),
+                None,
+            )  # fmt: skip
+            if base is None:
+                raise TypeError(f"{cls.__name__}.{name}: override() of an option no base has")
+            own = {k: v for k, v in field.metadata.items() if k != "override"}
+            field.metadata = types.MappingProxyType({**base.metadata, **own})
+            if field.default is field.default_factory is dataclasses.MISSING:
+                field.default, field.default_factory = base.default, base.default_factory
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a field: `max_new_tokens` -> `--max-new-tokens`."""
     return "--" + name.replace("_", "-")
+
+
+def _in_help_order(cls: type) -> list[dataclasses.Field]:
+    """The fields of `cls` in the order its --help lists them: the required ones in
+    field order; then those the class itself declares (its overrides included), in
+    its order; then those of its bases, the nearest base first."""
+    rank: dict[str, tuple[int, int]] = {}
+    for depth, klass in enumerate(cls.__mro__):
+        for i, name in enumerate(inspect.get_annotations(klass)):
+            rank.setdefault(name, (depth, i))
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    required = [f for f in fields if f.default is REQUIRED]
+    return required + sorted((f for f in fields if f not in required), key=lambda f: rank[f.name])
+
+
+def check_bounds(config: Any) -> None:
+    """ConfigError for the first option (in --help order) below its `at_least`."""
+    for f in _in_help_order(type(config)):
+        bound, value = f.metadata.get("at_least"), getattr(config, f.name)
+        if bound is not None and isinstance(value, int | float) and value < bound:
+            raise ConfigError(f"{flag(f.name)} must be at least {bound}")
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -85,6 +172,11 @@ def _converter(tp: Any, optional: bool) -> tuple[Any, dict[str, Any]]:
     return base, {}
 
 
+def _flag_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of `cls` that are flags (declared with `option`), in --help order."""
+    return [f for f in _in_help_order(cls) if "help" in f.metadata]
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field of `cls`, plus `--config FILE`. Flags default to
     SUPPRESS so `config_from_args` can tell what the user actually set."""
@@ -92,10 +184,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     parser.add_argument(
         "--config", type=Path, help="YAML, TOML or JSON file of these options (flags win)"
     )
-    for f in dataclasses.fields(cls):
+    for f in _flag_fields(cls):
         tp, optional = _unwrap_optional(hints[f.name])
         convert, extra = _converter(tp, optional)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if isinstance(default, Path):
+            default = str(default)
         shown = "required" if default is REQUIRED else f"default: {default!r}"
         kwargs: dict[str, Any] = {
             "dest": f.name,
@@ -106,7 +200,36 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if convert is not None:
             kwargs["type"] = convert
             kwargs.setdefault("metavar", f.name.upper())
-        parser.add_argument(_flag(f.name), **kwargs)
+        parser.add_argument(flag(f.name), **kwargs)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse without abbreviations (`generate --n 4` was taken for `--name 4`), whose
+    subcommands reject a flag they do not know themselves, with their own usage and the
+    nearest flags they do know. Subparsers are of the parser's class, so the whole
+    command tree gets both."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._suggest(extras)}")
+        return namespace, extras
+
+    def _suggest(self, extras: list[str]) -> str:
+        known = [s for action in self._actions for s in action.option_strings]
+        hints = []
+        for arg in extras:
+            name = arg.split("=", 1)[0]
+            close = difflib.get_close_matches(name, known) if name.startswith("--") else []
+            if close:
+                hints.append((name, " or ".join(close)))
+        if len(hints) == 1:
+            return f" (did you mean {hints[0][1]}?)"
+        return "".join(f"; {name}: did you mean {close}?" for name, close in hints)
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -158,7 +281,7 @@ def _coerce(cls: type, key: str, value: Any, where: str) -> Any:
 def config_from_args(cls: type[C], args: argparse.Namespace | dict[str, Any]) -> C:
     """Build `cls` from a config file (if `--config` was given) overridden by flags."""
     given = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in _flag_fields(cls)}
     values: dict[str, Any] = {}
     config_file = given.pop("config", None)
     if config_file is not None:
@@ -169,8 +292,7 @@ def config_from_args(cls: type[C], args: argparse.Namespace | dict[str, Any]) ->
             values[key] = _coerce(cls, key, value, str(config_file))
     values.update({k: v for k, v in given.items() if k in names})
     config = cls(**values)
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    missing = [_flag(f.name) for f in fields if getattr(config, f.name) is REQUIRED]
+    missing = [flag(f.name) for f in _flag_fields(cls) if getattr(config, f.name) is REQUIRED]
     if missing:
         raise ConfigError(f"missing required option(s): {', '.join(missing)}")
     return config

@@ -1,7 +1,8 @@
 """Options of `alignloop eval`: each field's help text is its `--help`.
 
-Sampling defaults are those of `alignloop train-ppo` (temperature 0.7, 53 new tokens),
-so the KL measured here is the KL that PPO's penalty and its `ppo/kl` log measure."""
+The sampling options are those of `alignloop train-ppo`, one base for both
+(`train/base_config.SamplingOptions`: temperature 0.7, 53 new tokens), so the KL
+measured here is the KL that PPO's penalty and its `ppo/kl` log measure."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from alignloop.config import REQUIRED, ConfigError, option
+from alignloop.config import REQUIRED, ConfigError, option, override
+from alignloop.train.base_config import SamplingOptions
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(SamplingOptions):
     # inputs and outputs
     policy: str = option(REQUIRED, "policy to evaluate: a local path or a hub id (a causal LM)")
     prompts: Path = option(
@@ -26,7 +28,6 @@ class EvalConfig:
     reference: str | None = option(
         None, "reference policy (the SFT model, say): KL to it and win rate against it"
     )
-    reward_model: str | None = option(None, "reward model directory (from train-rm)")
     judge: str | None = option(
         None,
         "a Python judge, 'module:function' or 'file.py:function': f(prompt record, "
@@ -46,14 +47,14 @@ class EvalConfig:
     policy_name: str = option("policy", "name of --policy in the figures")
     reference_name: str = option("reference", "name of --reference in the figures")
     # sampling
-    max_prompts: int | None = option(None, "evaluate the first N prompts only (default: all)")
-    k: int = option(1, "completions sampled per prompt and policy")
-    temperature: float = option(0.7, "sampling temperature; the KL is measured at it too")
-    max_new_tokens: int = option(53, "longest completion in tokens")
-    max_prompt_length: int = option(512, "longer prompts lose their start")
-    batch_size: int = option(16, "prompts per generate call; sequences per KL forward pass")
-    reward_max_length: int = option(1024, "tokens of prompt + completion the reward model reads")
-    reward_batch_size: int = option(32, "sequences per reward-model forward pass")
+    max_prompts: int | None = option(
+        None, "evaluate the first N prompts only (default: all)", at_least=1
+    )
+    k: int = option(1, "completions sampled per prompt and policy", at_least=1)
+    temperature: float = override(help="sampling temperature; the KL is measured at it too")
+    batch_size: int = option(
+        16, "prompts per generate call; sequences per KL forward pass", at_least=1
+    )
     seed: int = option(0, "seed of the sampling (each policy samples from the same seed)")
     device: str = option("auto", "torch device: auto (cuda if there is one, else cpu), cpu, cuda")
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", "dtype of the policies")
@@ -62,18 +63,7 @@ class EvalConfig:
     report: bool = option(True, "write report.html beside eval.json")
 
     def __post_init__(self) -> None:
-        for name in (
-            "k",
-            "max_new_tokens",
-            "max_prompt_length",
-            "batch_size",
-            "reward_max_length",
-            "reward_batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.max_prompts is not None and self.max_prompts < 1:
-            raise ConfigError("--max-prompts must be at least 1")
+        super().__post_init__()
         if self.examples < 0:
             raise ConfigError("--examples must not be negative")
         if self.temperature <= 0:

@@ -1,4 +1,5 @@
-"""Options of `alignloop train-ppo`: each field's help text is its `--help`.
+"""Options of `alignloop train-ppo`: each field's help text is its `--help`; the
+training and sampling options are the bases' (`base_config.py`).
 
 Defaults follow the TL;DR reproductions (Huang et al. 2024, "The N+ Implementation
 Details of RLHF with PPO"; Stiennon et al. 2020): temperature 0.7, 53 new tokens, a
@@ -12,16 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from alignloop.config import REQUIRED, ConfigError, option
+from alignloop.config import REQUIRED, ConfigError, option, override
+from alignloop.train.base_config import SamplingOptions, TrainingOptions
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(TrainingOptions, SamplingOptions):
     # inputs and outputs
     policy: str = option(REQUIRED, "policy to tune: a local path or a hub id (a causal LM)")
     prompts: Path = option(REQUIRED, "prompts file (.jsonl or .parquet, the schema's prompts)")
     out: Path = option(REQUIRED, "output directory: the tuned policy, metrics.jsonl, checkpoints/")
-    reward_model: str | None = option(None, "reward model directory (from train-rm)")
     reward_fn: str | None = option(
         None,
         "a Python reward, 'module:function' or 'file.py:function': f(prompts, "
@@ -29,22 +30,21 @@ class PPOConfig:
     )
     reward_fn_coef: float = option(1.0, "weight of --reward-fn in the score")
     # sampling
-    samples_per_prompt: int = option(1, "responses sampled per prompt in a rollout (K)")
-    temperature: float = option(0.7, "sampling temperature; the training pass uses it too")
-    max_new_tokens: int = option(53, "longest response in tokens")
-    max_prompt_length: int = option(512, "longer prompts lose their start (with a warning)")
+    samples_per_prompt: int = option(1, "responses sampled per prompt in a rollout (K)", at_least=1)
+    temperature: float = override(help="sampling temperature; the training pass uses it too")
+    max_new_tokens: int = override(help="longest response in tokens")
+    max_prompt_length: int = override(help="longer prompts lose their start (with a warning)")
     missing_eos_penalty: float | None = option(
         -1.0, "score given to a response that does not end with EOS (none: keep its score)"
     )
-    reward_max_length: int = option(1024, "tokens of prompt + response the reward model reads")
-    reward_batch_size: int = option(32, "sequences per reward-model forward pass")
+    reward_max_length: int = override(help="tokens of prompt + response the reward model reads")
     # reward shaping
     kl_coef: float = option(0.05, "beta of the per-token KL penalty (the start value if adaptive)")
     kl_estimator: Literal["k1", "k3"] = option("k1", "per-token KL estimator of the penalty")
     kl_target: float | None = option(
         None, "adaptive beta (Ziegler et al. 2019): the KL per response to aim for"
     )
-    kl_horizon: int = option(10000, "adaptive beta: the horizon in episodes")
+    kl_horizon: int = option(10000, "adaptive beta: the horizon in episodes", at_least=1)
     reward_clip: float | None = option(None, "clip scores to [-c, c] (none: no clipping)")
     whiten_rewards: bool = option(False, "whiten the per-token rewards of each batch")
     # PPO
@@ -54,22 +54,19 @@ class PPOConfig:
         "minus the mean return of the other responses to its prompt (REINFORCE "
         "leave-one-out, Ahmadian et al. 2024), no critic; needs --samples-per-prompt >= 2",
     )
-    batch_size: int = option(16, "prompts per rollout on each process")
-    minibatch_size: int = option(8, "responses per optimizer step on each process")
-    grad_accum: int = option(1, "micro-batches each minibatch is split into")
-    ppo_epochs: int = option(4, "passes over each rollout")
+    batch_size: int = option(16, "prompts per rollout on each process", at_least=1)
+    minibatch_size: int = option(8, "responses per optimizer step on each process", at_least=1)
+    grad_accum: int = override(help="micro-batches each minibatch is split into")
+    ppo_epochs: int = option(4, "passes over each rollout", at_least=1)
     gamma: float = option(1.0, "discount of GAE")
     lam: float = option(0.95, "lambda of GAE")
     clip_eps: float = option(0.2, "PPO's clip range of the probability ratio")
     value_clip_eps: float = option(0.2, "clip range of the value update")
     vf_coef: float = option(0.1, "weight of the value loss")
     whiten_advantages: bool = option(True, "whiten advantages over each batch (response tokens)")
-    lr: float = option(3e-6, "policy learning rate (AdamW)")
+    lr: float = override(3e-6, "policy learning rate (AdamW)")
     value_lr: float | None = option(None, "critic learning rate (default: --lr)")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    scheduler: Literal["linear", "cosine", "constant"] = option("linear", "learning-rate decay")
-    warmup_ratio: float = option(0.0, "share of the steps with a linear warm-up")
-    max_grad_norm: float = option(1.0, "gradient clipping norm (0 disables)")
+    warmup_ratio: float = override(0.0)
     # critic and reference
     critic: Literal["separate", "policy-head"] = option(
         "separate", "separate: a value model of its own; policy-head: a value head on the policy"
@@ -77,25 +74,25 @@ class PPOConfig:
     value_model: str | None = option(
         None, "start of a separate critic (default: --reward-model, else the policy + new head)"
     )
-    lora_r: int = option(
-        0,
-        "LoRA rank; 0 trains every weight. With LoRA the reference is "
+    lora_r: int = override(
+        help="LoRA rank; 0 trains every weight. With LoRA the reference is "
         "the policy with its adapter off (no second copy)",
     )
-    lora_alpha: int = option(16, "LoRA alpha")
     save_adapter: bool = option(False, "with LoRA, save only the adapter (default: merged model)")
-    gradient_checkpointing: bool = option(False, "recompute activations to save memory")
     # stopping
-    max_steps: int | None = option(None, "stop after this many PPO steps (rollout + update)")
+    max_steps: int | None = option(
+        None, "stop after this many PPO steps (rollout + update)", at_least=1
+    )
     max_episodes: int | None = option(
         None,
         "stop after this many responses in all (default with no --max-steps: one pass "
         "over the prompts)",
+        at_least=1,
     )
     reward_target: float | None = option(
         None, "stop once the mean score of the last --reward-window steps reaches this"
     )
-    reward_window: int = option(10, "steps averaged for --reward-target")
+    reward_window: int = option(10, "steps averaged for --reward-target", at_least=1)
     kl_budget: float | None = option(None, "stop when the mean KL per response exceeds this")
     # logging and checkpoints
     seed: int = option(0, "seed of the data order and the sampling (process i uses seed + i)")
@@ -105,34 +102,10 @@ class PPOConfig:
         False, "write every response of every rollout to rollouts.jsonl (step, prompt, "
         "completion, score, kl); with several processes, the main process's share"
     )  # fmt: skip
-    save_every: int = option(50, "checkpoint every N steps (0: never)")
-    keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
-    resume: bool = option(False, "resume from the newest checkpoint in --out")
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option(
-        "auto", "auto: bf16 where the GPU has it, else fp32"
-    )
-    report_to: Literal["none", "tensorboard", "wandb"] = option("none", "metrics backend")
+    save_every: int = override(50)
 
     def __post_init__(self) -> None:
-        positive = (
-            "samples_per_prompt",
-            "max_new_tokens",
-            "max_prompt_length",
-            "batch_size",
-            "minibatch_size",
-            "grad_accum",
-            "ppo_epochs",
-            "reward_window",
-            "reward_max_length",
-            "reward_batch_size",
-            "kl_horizon",
-        )
-        for name in positive:
-            if isinstance(getattr(self, name), int) and getattr(self, name) < 1:
-                raise ConfigError(f"{_flag(name)} must be at least 1")
-        for name in ("max_steps", "max_episodes"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{_flag(name)} must be at least 1")
+        super().__post_init__()
         if self.advantage == "rloo" and self.samples_per_prompt < 2:
             raise ConfigError(
                 "--advantage rloo compares the responses to one prompt: "
@@ -160,7 +133,3 @@ class PPOConfig:
             raise ConfigError("--kl-coef must not be negative")
         if not 0.0 <= self.lam <= 1.0 or not 0.0 <= self.gamma <= 1.0:
             raise ConfigError("--gamma and --lam must be in [0, 1]")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
