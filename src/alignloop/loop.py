@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from rich.console import Console
 
+from alignloop.config import option
 from alignloop.io import write_json, write_records
 from alignloop.schema import Comparison, Completion, Prompt, Ranking
 
@@ -51,11 +52,12 @@ class DemoConfig:
 
     The defaults are what the README's figures come from (2 CPU cores, under 10
     minutes). Sampling is at temperature 1 everywhere: the labelled completions,
-    PPO's rollouts and the evaluation sample from the policies' own distributions."""
+    PPO's rollouts and the evaluation sample from the policies' own distributions.
+    The fields declared with `option` are `alignloop demo`'s flags."""
 
-    out: Path = Path("runs/demo")
-    seed: int = 0
-    quick: bool = False
+    out: Path = option(Path("runs/demo"), "run directory")
+    seed: int = option(0, "seed of every stage")
+    quick: bool = option(False, "a small run for tests (about a minute)")
     # data
     n_train: int = 2000  # training documents: SFT targets and PPO prompts
     n_eval: int = 200  # held-out documents, never trained on
@@ -80,9 +82,9 @@ class DemoConfig:
     reward_target: float | None = None  # stop early once the reward reaches this
     # evaluation
     eval_k: int = 4  # samples per held-out document and policy
-    # torch CPU threads: the demo's tiny models gain little from more, and on a busy
-    # CPU multi-threaded torch slows down many times over
-    threads: int | None = 1
+    # the demo's tiny models gain little from more threads, and on a busy CPU
+    # multi-threaded torch slows down many times over
+    threads: int | None = option(1, "torch CPU threads (none: torch's own default)")
 
     def sized(self) -> DemoConfig:
         """The effective configuration (`quick` shrinks the data and the steps)."""
