@@ -19,6 +19,9 @@ can be rerun alone with its own command, replaced by another tool, or inspected:
 
 The held-out documents are never trained on, and the gold judge that scores them is
 seen by nobody but the simulated labelers (through their noise and taste).
+
+`run_demo` runs `STAGES` in order, numbered as they run (1. world ... 9. report):
+one function per stage, each reading and setting fields of one `DemoRun`.
 """
 
 from __future__ import annotations
