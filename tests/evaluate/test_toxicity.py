@@ -1,5 +1,5 @@
-"""Toxicity: the word list (the world's rude words, or a file) and a tiny local
-Hugging Face classifier through transformers' pipeline."""
+"""Toxicity: the word list (the default one, which the world writes, or a file) and a
+tiny local Hugging Face classifier through transformers' pipeline."""
 
 from __future__ import annotations
 
