@@ -79,6 +79,26 @@ def run_module(args: list[str], timeout: int = 240) -> subprocess.CompletedProce
     )
 
 
+def run_two_processes(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node 2 -m alignloop.train.ppo ARGS` (gloo on
+    CPU). A process left waiting on the other ends the test in TimeoutExpired."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    return subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "alignloop.train.ppo",
+         *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def first_prompts(world, n: int, path: Path) -> Path:
+    """A prompts file with the world's first `n` prompts."""
+    path.write_text("".join(world["prompts"].read_text().splitlines(keepends=True)[:n]))
+    return path
+
+
 @pytest.mark.slow
 def test_ppo_learns_a_simple_reward_with_bounded_kl(tmp_path, world, one_thread):
     """The reward counts four target words among ~290; a random policy writes about
@@ -156,23 +176,8 @@ def test_sigkill_then_resume_gives_the_same_final_metrics(tmp_path, world):
 
 @pytest.mark.slow
 def test_two_processes_with_torchrun(tmp_path, world):
-    torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            str(torchrun),
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "alignloop.train.ppo",
-            *cli_args(world, out, max_steps=3, save_every=2),
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_two_processes(cli_args(world, out, max_steps=3, save_every=2))
     assert result.returncode == 0, result.stderr[-3000:]
     final = json.loads((out / "final_metrics.json").read_text())
     assert final["num_processes"] == 2
@@ -180,6 +185,27 @@ def test_two_processes_with_torchrun(tmp_path, world):
     assert final["stop_reason"] == "max_steps"
     assert (out / "checkpoints" / "step-00000002").is_dir()
     assert (out / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_with_few_prompts_neither_waits_on_the_other(tmp_path, world):
+    """17 prompts, 8 per process: one full rollout per pass over them; the trailing 1
+    (fewer than the processes) is dropped on both alike, so both take the same steps
+    and end. 12 prompts, fewer than one rollout of both needs: a clear error, raised
+    on both before any collective, and both end (torchrun may stop the second before
+    it prints)."""
+    prompts = first_prompts(world, 17, tmp_path / "17.jsonl")
+    out = tmp_path / "out"
+    result = run_two_processes(cli_args(world, out, prompts=prompts, max_steps=3, save_every=0))
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert final["steps"] == 3 and final["episodes"] == 3 * 8 * 2
+    assert final["stop_reason"] == "max_steps"
+
+    prompts = first_prompts(world, 12, tmp_path / "12.jsonl")
+    result = run_two_processes(cli_args(world, tmp_path / "few", prompts=prompts, max_steps=3))
+    assert result.returncode != 0
+    assert "12 prompts are fewer than one rollout needs (--batch-size 8 x 2" in result.stderr
 
 
 @pytest.mark.slow
