@@ -15,8 +15,18 @@ With `advantage="rloo"` there is no critic: K responses per prompt, each one's
 advantage is its return (score - beta * KL) minus the mean return of the others
 (REINFORCE leave-one-out, Ahmadian et al. 2024), and the update has no value loss.
 
-The loop around it (`train_ppo`) adds the KL controller, stopping rules, logging,
-checkpoints that resume bit-exactly on CPU, and multi-process runs via accelerate.
+The loop around it (`train_ppo`), a function per step:
+
+    run = set_up_run(config)            # models, optimizers, schedule; --resume
+    collect_rollout(run)                # the next prompts -> make_rollout, stats
+    kl_budget_spent(stats)              # stop rule, before the update
+    update_policy(run, rollout)         # ppo_update, LR schedulers, KL controller
+    advance(run); log_step(run)         # the state a checkpoint keeps; the logs
+    run.save(step)                      # every --save-every steps
+    reward_target_met(history)          # stop rule (max steps/episodes: `_schedule`)
+    finish_run(run)                     # the policy and final_metrics.json
+
+Checkpoints resume bit-exactly on CPU; multi-process runs go through accelerate.
 """
 
 from __future__ import annotations
@@ -499,7 +509,6 @@ def build_models(config: PPOConfig, console):
     from alignloop.models import (
         PolicyWithValueHead,
         RewardModel,
-        ValueModel,
         add_lora,
         disable_dropout,
         frozen_copy,
@@ -537,23 +546,32 @@ def build_models(config: PPOConfig, console):
     elif config.critic == "policy-head":
         policy = PolicyWithValueHead(policy)
     else:
-        source = config.value_model or config.reward_model or config.policy
-        critic = ValueModel.from_pretrained(source)
-        rm = critic.reward_model
-        if rm.tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise ConfigError(
-                f"the critic ({source}) and the policy have different "
-                "vocabularies, so the critic cannot read the policy's tokens: "
-                "use --critic policy-head or --value-model"
-            )
-        rm.prepare_for_training(
-            lora_r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            gradient_checkpointing=config.gradient_checkpointing,
-        )
-        disable_dropout(critic)
+        critic = _separate_critic(config, tokenizer)
     disable_dropout(policy)
     return policy, critic, reference, reward_model, tokenizer
+
+
+def _separate_critic(config: PPOConfig, tokenizer):
+    """A `ValueModel` from --value-model, else the reward model, else the policy's
+    checkpoint; it must read the policy's tokens."""
+    from alignloop.models import ValueModel, disable_dropout
+
+    source = config.value_model or config.reward_model or config.policy
+    critic = ValueModel.from_pretrained(source)
+    rm = critic.reward_model
+    if rm.tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(
+            f"the critic ({source}) and the policy have different "
+            "vocabularies, so the critic cannot read the policy's tokens: "
+            "use --critic policy-head or --value-model"
+        )
+    rm.prepare_for_training(
+        lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
+    disable_dropout(critic)
+    return critic
 
 
 def _value_head(config: PPOConfig) -> bool:
@@ -648,11 +666,12 @@ class PPORun:
     log: MetricsLog  # metrics.jsonl
     samples_log: MetricsLog  # samples.jsonl
     rollouts_log: MetricsLog  # rollouts.jsonl (with --log-rollouts)
-    # epoch, batch, episodes, kl, reward_history (and step, once resumed): what a
-    # checkpoint keeps besides the models, optimizers, schedulers and RNG states
+    # step (at set-up), epoch, batch, episodes, kl, reward_history: where the run
+    # stands, what a checkpoint keeps besides models, optimizers, schedulers and RNG
     state: dict = dataclasses.field(default_factory=dict)
 
     def save(self, step: int) -> Path:
+        """A checkpoint of the run after `step` steps; returns its directory."""
         keep = {k: self.state[k] for k in ("epoch", "batch", "episodes", "reward_history")}
         return self.checkpoints.save(
             self.accelerator, step, {**keep, "kl": self.kl_ctl.state_dict()}
