@@ -461,14 +461,30 @@ def _ppo(run: DemoRun) -> str:
             f"{run.ppo['stop_reason']}")  # fmt: skip
 
 
+def _sample_held_out(run: DemoRun, model, tokenizer, name: str) -> list[Completion]:
+    """`eval_k` samples of every held-out document from one policy, with a progress
+    bar; both policies sample from the same seed."""
+    import torch
+
+    from alignloop.generate import generate_completions
+    from alignloop.progress import progress
+
+    cfg = run.cfg
+    torch.manual_seed(cfg.seed + 7)
+    bar, task = progress(len(run.eval_prompts), f"sampling: {name}", stderr=True)
+    with bar:
+        return generate_completions(
+            model, tokenizer, run.eval_prompts, k=cfg.eval_k, temperature=cfg.temperature,
+            max_new_tokens=cfg.max_new_tokens, batch_size=64, policy_name=name,
+            progress=lambda n: bar.update(task, advance=n),
+        )  # fmt: skip
+
+
 def _evaluate(run: DemoRun) -> str:
     """The SFT and RLHF policies summarize the held-out documents; the reward model,
     the gold judge, the KL to SFT, length and toxicity measure them."""
-    import torch
-
     from alignloop.evaluate import evaluate_completions
     from alignloop.evaluate.metrics import sequence_kl
-    from alignloop.generate import generate_completions
     from alignloop.models import load_policy
     from alignloop.world import gold_utility
 
@@ -477,11 +493,7 @@ def _evaluate(run: DemoRun) -> str:
     tokenizer = run.reward_model.tokenizer
     completions = {}
     for name, model in policies.items():
-        torch.manual_seed(cfg.seed + 7)  # both policies sample from the same seed
-        completions[name] = generate_completions(
-            model, tokenizer, run.eval_prompts, k=cfg.eval_k, temperature=cfg.temperature,
-            max_new_tokens=cfg.max_new_tokens, batch_size=64, policy_name=name,
-        )  # fmt: skip
+        completions[name] = _sample_held_out(run, model, tokenizer, name)
         write_records(out / "eval" / f"completions_{name}.jsonl", completions[name])
     text_of = {p.id: p.prompt for p in run.eval_prompts}
     rlhf_kl = sequence_kl(
@@ -593,7 +605,7 @@ STAGES = (
     DemoStage("pairs", _pairs, "pairs"),
     DemoStage("reward model", _reward_model, "reward_model", spinner=False),
     DemoStage("PPO", _ppo, "ppo", spinner=False),
-    DemoStage("evaluate", _evaluate, "evaluate"),
+    DemoStage("evaluate", _evaluate, "evaluate", spinner=False),
     DemoStage("report", _report, None),
 )
 
