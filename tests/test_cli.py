@@ -184,3 +184,60 @@ def test_train_sft_names_the_prompt_without_a_reference(tmp_path, capsys):
                  "--out", str(tmp_path / "o")])  # fmt: skip
     assert code == 2
     assert "p.jsonl:2" in capsys.readouterr().err
+
+
+def test_no_abbreviated_flags_and_a_wrong_flag_names_the_closest(capsys):
+    """`generate --n 4` was taken for `--name 4`; now it is an error with the
+    subcommand's usage and its nearest flags, and so is a typo, in every subcommand."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--policy", "p", "--prompts", "x", "--out", "y", "--n", "4"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: alignloop generate" in err
+    assert "unrecognized arguments: --n 4 (did you mean --name or --k?)" in err
+    with pytest.raises(SystemExit):
+        main(["train-ppo", "--policy", "p", "--temprature", "0.5"])
+    assert "(did you mean --temperature?)" in capsys.readouterr().err
+    for argv in (["world", "label", "--overlp", "2"], ["serve", "--por", "9"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        err = capsys.readouterr().err
+        assert f"usage: alignloop {argv[0]} " in err and "did you mean --" in err
+
+
+def test_world_candidates_and_label_take_typed_options(tmp_path, capsys):
+    """The world commands' flags are their configs' options, with a --config file."""
+    from alignloop.world import make_prompts
+
+    prompts, completions = tmp_path / "prompts.jsonl", tmp_path / "stand_in.jsonl"
+    write_records(prompts, make_prompts(3, 0, id_prefix="t"))
+    config = tmp_path / "candidates.yaml"
+    config.write_text("k: 2\nseed: 3\n")
+    argv = ["world", "candidates", "--prompts", str(prompts), "--out", str(completions),
+            "--config", str(config)]  # fmt: skip
+    assert main(argv) == 0
+    assert len(read_records(completions, "completion")) == 2 * 3
+    rankings = tmp_path / "rankings.jsonl"
+    assert main(["world", "label", "--prompts", str(prompts), "--completions",
+                 str(completions), "--out", str(rankings), "--overlap", "2"]) == 0  # fmt: skip
+    by_prompt = {}  # --overlap 2: two labelers per prompt
+    for r in read_records(rankings, "ranking"):
+        by_prompt.setdefault(r.prompt_id, set()).add(r.labeler)
+    assert len(by_prompt) == 3 and all(len(labelers) == 2 for labelers in by_prompt.values())
+    assert main(["world", "label", "--completions", str(completions)]) == 2
+    assert "missing required option(s): --prompts, --out" in capsys.readouterr().err
+
+
+def test_demo_flags_are_its_config():
+    from pathlib import Path
+
+    from alignloop.cli import make_parser
+    from alignloop.config import config_from_args
+    from alignloop.loop import DemoConfig
+
+    args = make_parser().parse_args(["demo", "--quick", "--out", "o", "--seed", "3"])
+    assert config_from_args(DemoConfig, args) == DemoConfig(out=Path("o"), seed=3, quick=True)
+    args = make_parser().parse_args(["demo", "--threads", "none"])
+    assert config_from_args(DemoConfig, args) == DemoConfig(threads=None)
+    with pytest.raises(SystemExit):  # the sizes of the README's figures are not flags
+        make_parser().parse_args(["demo", "--n-train", "10"])

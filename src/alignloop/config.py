@@ -206,8 +206,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 class ArgumentParser(argparse.ArgumentParser):
     """argparse without abbreviations (`generate --n 4` was taken for `--name 4`), whose
     subcommands reject a flag they do not know themselves, with their own usage and the
-    nearest flags they do know. Subparsers are of the parser's class, so the whole
-    command tree gets both."""
+    nearest flags they do know (so `parse_known_args` never returns extras).
+    Subparsers are of their parent's class, so a whole command tree gets both."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
@@ -220,16 +220,17 @@ class ArgumentParser(argparse.ArgumentParser):
         return namespace, extras
 
     def _suggest(self, extras: list[str]) -> str:
+        """' (did you mean --name or --k?)' for the flags of `extras` near known ones."""
         known = [s for action in self._actions for s in action.option_strings]
-        hints = []
+        hints = {}
         for arg in extras:
             name = arg.split("=", 1)[0]
             close = difflib.get_close_matches(name, known) if name.startswith("--") else []
             if close:
-                hints.append((name, " or ".join(close)))
-        if len(hints) == 1:
-            return f" (did you mean {hints[0][1]}?)"
-        return "".join(f"; {name}: did you mean {close}?" for name, close in hints)
+                hints[name] = f"did you mean {' or '.join(close)}?"
+        if len(hints) <= 1:
+            return "".join(f" ({hint})" for hint in hints.values())
+        return " (" + "; ".join(f"{name}: {hint}" for name, hint in hints.items()) + ")"
 
 
 def _read_file(path: Path) -> dict[str, Any]:
