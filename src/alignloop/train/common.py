@@ -19,22 +19,31 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from alignloop.io import atomic_write, write_json
+from alignloop.progress import progress
 from alignloop.train import TrainingError
 
 __all__ = [
     "Checkpoints",
+    "FirstNonFinite",
     "MetricsLog",
+    "RunningMean",
+    "StepResult",
+    "TrainLoop",
     "TrainingError",
     "adamw",
+    "count_steps",
     "epoch_batches",
     "make_accelerator",
+    "make_scheduler",
+    "start_run",
     "stop_unless_finite",
 ]
 
@@ -218,27 +227,232 @@ class Checkpoints:
 
 
 def stop_unless_finite(
-    accelerator, loss: torch.Tensor, step: int, checkpoints: Checkpoints | None, *, hint: str = ""
+    accelerator,
+    loss: torch.Tensor,
+    step: int | torch.Tensor,
+    checkpoints: Checkpoints | None,
+    *,
+    hint: str = "",
 ) -> None:
     """Raise TrainingError on every process when the loss of any process is NaN or
-    infinite, naming the step and the last good checkpoint to resume from (the run's
-    files are left as they were); `hint` is appended to the message.
+    infinite, naming the step it became so at and the last good checkpoint to resume
+    from (the run's files are left as they were); `hint` is appended to the message.
 
-    The flag is summed over the processes: one process raising alone would leave the
-    others waiting in their next collective for ever. Note: `.item()` on the flag is a
-    CPU-GPU sync point."""
+    `step` counts the optimizer steps done when `loss` was computed; it may be a tensor
+    on the device, as `FirstNonFinite` keeps it. The flag is summed over the
+    processes: one process raising alone would leave the others waiting in their next
+    collective for ever."""
     bad = (~torch.isfinite(loss.detach())).float().reshape(1)
     if accelerator.num_processes > 1:
         bad = accelerator.reduce(bad, reduction="sum")
-    if not bad.item():
+    if not bad.item():  # note: a CPU-GPU sync point
         return
-    value = loss.item() if not torch.isfinite(loss) else "non-finite on another process"
-    message = f"the loss became {value} at step {step + 1}; stopped."
+    # Every process is here: name the earliest step at which a process saw a bad loss.
+    losses = loss.detach().float().reshape(1)
+    steps = torch.as_tensor(step, device=losses.device).long().reshape(1)
+    if accelerator.num_processes > 1:
+        losses, steps = accelerator.gather(losses), accelerator.gather(steps)
+    first, value = min(
+        (s, v) for s, v in zip(steps.tolist(), losses.tolist(), strict=True) if not math.isfinite(v)
+    )
+    message = f"the loss became {value} at step {first + 1}; stopped."
     if checkpoints is not None:
         last = checkpoints.latest()
         message += (f" The last good checkpoint is {last}." if last else
                     " No checkpoint was saved yet (see --save-every).")  # fmt: skip
     raise TrainingError(message + (f" {hint}" if hint else ""))
+
+
+class FirstNonFinite:
+    """The first NaN or infinite loss of this process and the step it came at, kept
+    on the device: a loop records every micro-step's loss without waiting for the
+    device and checks only where it syncs anyway (`stop_unless_finite(accelerator,
+    watch.loss, watch.step, ...)`), still naming the exact step."""
+
+    def __init__(self, device):
+        self.loss = torch.zeros((), device=device)  # 0 while every loss was finite
+        self.step = torch.zeros((), dtype=torch.long, device=device)
+
+    def see(self, loss: torch.Tensor, step: int) -> None:
+        new = torch.isfinite(self.loss) & ~torch.isfinite(loss.detach())  # () bool
+        self.loss = torch.where(new, loss.detach().float(), self.loss)
+        self.step = torch.where(new, step, self.step)
+
+
+# --- the training loop of the SFT and reward trainers ----------------------------------
+
+
+def count_steps(n_items: int, config, world: int) -> int:
+    """Optimizer steps in all: `config.epochs` passes over `n_items` in global batches
+    of `config.batch_size` per process, `config.grad_accum` batches a step, at most
+    `config.max_steps`, at least 1."""
+    per_epoch = len(epoch_batches(n_items, config.batch_size, seed=0, epoch=0, world=world))
+    steps = math.ceil(per_epoch * config.epochs / config.grad_accum)
+    if config.max_steps is not None:
+        steps = min(steps, config.max_steps)
+    return max(steps, 1)
+
+
+def make_scheduler(config, optimizer, total_steps: int):
+    """`config.scheduler` (linear, cosine, constant) with `config.warmup_ratio` of the
+    steps warming up; prepare it with the accelerator, which steps it once per
+    optimizer step (not per micro-step, not per process: `make_accelerator`)."""
+    from transformers import get_scheduler
+
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+    return get_scheduler(config.scheduler, optimizer, warmup, total_steps)
+
+
+def start_run(accelerator, config, project: str, console) -> tuple[Checkpoints, MetricsLog, dict]:
+    """The trackers, `config.out`, its checkpoints and metrics log. With
+    `config.resume` and a complete checkpoint, the accelerator's state is restored
+    from it and the log cut back to its step; else a fresh log. Returns (checkpoints,
+    log, the position to start from: {"step", "epoch", "batch"})."""
+    if config.report_to != "none":
+        accelerator.init_trackers(project, config={k: str(v) for k, v in vars(config).items()})
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = Checkpoints(out / "checkpoints", keep=config.keep_checkpoints)
+    log = MetricsLog(out / "metrics.jsonl", enabled=accelerator.is_main_process)
+    state = {"step": 0, "epoch": 0, "batch": 0}
+    if config.resume and (latest := checkpoints.latest()) is not None:
+        state = checkpoints.load(accelerator, latest)
+        console.print(f"resumed from {latest} (step {state['step']})")
+    elif accelerator.is_main_process and log.path.exists():
+        log.path.unlink()  # a fresh run starts a fresh log
+    log.truncate_after(state["step"])
+    return checkpoints, log, state
+
+
+@dataclass
+class StepResult:
+    """What a trainer's micro-step gives the loop."""
+
+    loss: torch.Tensor  # () what is backpropagated
+    stats: dict[str, torch.Tensor]  # () each: figures averaged over the logging window
+    weight: torch.Tensor | float = 1.0  # () this micro-step's weight in that average
+
+
+class RunningMean:
+    """Weighted sums of the micro-steps' figures since the last logged step, kept on
+    the device in float64 (float32 on MPS, which has no float64): adding does not wait
+    for the device; the trainer's `record` reads them where a step is logged."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.weight: torch.Tensor | float = 0.0
+
+    def add(self, result: StepResult) -> None:
+        w = result.weight
+        for k, v in result.stats.items():
+            wide = _wide(v.detach())
+            if isinstance(w, torch.Tensor):
+                wide = wide * _wide(w)
+            self.sums[k] = self.sums[k] + wide if k in self.sums else wide
+        self.weight = self.weight + (_wide(w) if isinstance(w, torch.Tensor) else w)
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float32 if t.device.type == "mps" else torch.float64)
+
+
+@dataclass
+class TrainLoop:
+    """The loop the SFT and reward trainers share: epochs of seeded batches from a
+    checkpoint's position on; per micro-step a forward and backward pass under
+    gradient accumulation; per optimizer step clipping, one optimizer and one
+    scheduler step; then, every so many steps, the logged figures, the held-out
+    evaluation and a checkpoint. The running figures are flushed at every checkpoint
+    too, so a resumed run (which starts with an empty window) logs the same lines.
+
+    The trainer gives what differs:
+        batches(epoch)              this process's batches of item indices
+        step(indices)               one micro-step's StepResult (the forward pass)
+        record(window, epoch, lr)   the logged figures of a RunningMean, reduced over
+                                    the processes (the loop's sync point)
+        status(record)              the progress bar's text
+        evaluate()                  held-out figures, or None without held-out data
+    """
+
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any  # prepared: it steps with the optimizer, once per optimizer step
+    config: Any  # epochs, log_every, eval_every, save_every, max_grad_norm, report_to
+    checkpoints: Checkpoints
+    log: MetricsLog
+    batches: Callable[[int], list[list[int]]]
+    step: Callable[[list[int]], StepResult]
+    record: Callable[[RunningMean, int, float], dict[str, Any]]
+    status: Callable[[dict[str, Any]], str]
+    evaluate: Callable[[], dict[str, Any]] | None = None
+
+    def run(self, state: dict, total_steps: int, description: str) -> int:
+        """Train from `state` (see `start_run`) to `total_steps` or the last epoch's
+        end; returns the optimizer steps done."""
+        step, window = state["step"], RunningMean()
+        watch = FirstNonFinite(self.accelerator.device)
+        bar, task = progress(total_steps, description, enabled=self.accelerator.is_main_process)
+        bar.update(task, completed=step)
+        with bar:
+            for epoch in range(state["epoch"], self.config.epochs):
+                batches = self.batches(epoch)
+                start = state["batch"] if epoch == state["epoch"] else 0
+                for b_index, indices in iterate_from(batches, start):
+                    if step >= total_steps:
+                        break
+                    result = self._micro_step(indices)
+                    watch.see(result.loss, step)
+                    window.add(result)
+                    if not self.accelerator.sync_gradients:
+                        continue
+                    step += 1
+                    position = {"epoch": epoch, "batch": b_index + 1}
+                    if b_index + 1 == len(batches):
+                        position = {"epoch": epoch + 1, "batch": 0}
+                    record = self._after_step(step, total_steps, epoch, position, window, watch)
+                    if record is not None:
+                        bar.update(task, status=self.status(record))
+                        window = RunningMean()
+                    bar.update(task, completed=step)
+                if step >= total_steps:
+                    break
+        stop_unless_finite(self.accelerator, watch.loss, watch.step, self.checkpoints)
+        return step
+
+    def _micro_step(self, indices: list[int]) -> StepResult:
+        accelerator = self.accelerator
+        self.model.train()
+        with accelerator.accumulate(self.model):
+            result = self.step(indices)
+            accelerator.backward(result.loss)
+            if accelerator.sync_gradients and self.config.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+            self.optimizer.step()  # the prepared optimizer and scheduler skip the
+            self.scheduler.step()  # micro-steps that only accumulate
+            self.optimizer.zero_grad()
+        return result
+
+    def _after_step(self, step, total_steps, epoch, position, window, watch) -> dict | None:
+        """Log, evaluate and checkpoint where due; returns the logged record, if any."""
+        config = self.config
+        saving = bool(config.save_every) and step % config.save_every == 0
+        evaluating = bool(config.eval_every) and step % config.eval_every == 0
+        evaluating = evaluating and self.evaluate is not None
+        logging = step % config.log_every == 0 or step == total_steps or saving
+        if logging or evaluating:  # never log, evaluate or save a model gone NaN
+            stop_unless_finite(self.accelerator, watch.loss, watch.step, self.checkpoints)
+        record = None
+        if logging:
+            record = self.record(window, epoch, self.scheduler.get_last_lr()[0])
+            self.log.write({"step": step, **record})
+            if config.report_to != "none":
+                self.accelerator.log(record, step=step)
+        if evaluating:
+            self.log.write({"step": step, **self.evaluate()})
+        if saving:
+            self.checkpoints.save(self.accelerator, step, position)
+        return record
 
 
 def iterate_from(batches: list[list[int]], start: int) -> Iterator[tuple[int, list[int]]]:

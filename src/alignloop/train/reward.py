@@ -28,7 +28,6 @@ expects of its reward.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 import warnings
@@ -41,16 +40,17 @@ import torch
 from alignloop.io import read_comparisons
 from alignloop.losses import centering_loss, pairwise_loss
 from alignloop.models import pad_right, tokenize_keep_end
-from alignloop.progress import progress
 from alignloop.schema import Comparison, SchemaError, join_text
 from alignloop.train.common import (
-    Checkpoints,
-    MetricsLog,
+    RunningMean,
+    StepResult,
+    TrainLoop,
     adamw,
+    count_steps,
     epoch_batches,
-    iterate_from,
     make_accelerator,
-    stop_unless_finite,
+    make_scheduler,
+    start_run,
 )
 from alignloop.train.reward_config import RewardConfig
 
@@ -61,8 +61,11 @@ __all__ = [
     "evaluate_pairs",
     "group_pairs",
     "load_pairs",
+    "select_criterion",
     "train_reward_model",
 ]
+
+UNSPECIFIED = "unspecified"  # the criterion of pairs that name none
 
 
 # --- data ------------------------------------------------------------------------
@@ -354,25 +357,28 @@ def batch_loss(
 @torch.no_grad()
 def evaluate_pairs(model, groups: Sequence[PromptGroup], *, batch_size: int, accelerator=None):
     """Accuracy (share of pairs with r(chosen) > r(rejected)), mean margin, mean loss
-    and n over `groups`, sharded across processes and summed."""
+    and n over `groups`, sharded across processes and summed.
+
+    Every process runs as many forward passes as the busiest one: the forward pass of
+    a DDP model broadcasts its buffers, that of an FSDP model gathers its weights, so
+    a process with fewer batches (fewer held-out prompts than processes, say) would
+    leave the others waiting for ever. A process short of batches runs another's
+    first batch again and drops its results."""
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
     device = accelerator.device if accelerator else torch.device("cpu")
-    # By length: batches of similar texts, little padding (the sums do not care).
-    mine = sorted(groups[rank::world], key=lambda g: max(map(len, g.input_ids)))
+    shards = [_eval_batches(groups[r::world], batch_size) for r in range(world)]
+    rounds = max(map(len, shards))
+    stand_in = next((b for shard in shards for b in shard), [])
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct, margin, loss, n
     pack = _packs(accelerator.unwrap_model(model) if accelerator else model)
     model.eval()
-    i = 0
-    while i < len(mine):
-        # Up to `batch_size` sequences per forward pass, whole groups at a time.
-        chunk, n_seq = [], 0
-        while i < len(mine) and (not chunk or n_seq + len(mine[i].texts) <= batch_size):
-            chunk.append(mine[i])
-            n_seq += len(mine[i].texts)
-            i += 1
-        batch = collate(chunk, pad_id=0, pack=pack).to(device)
+    for i in range(rounds):
+        mine = i < len(shards[rank])
+        batch = collate(shards[rank][i] if mine else stand_in, pad_id=0, pack=pack).to(device)
         rewards = model(*batch.model_inputs()).float()
+        if not mine:
+            continue
         diff = rewards[batch.chosen] - rewards[batch.rejected]
         totals += torch.stack([
             (diff > 0).sum(), diff.sum(), pairwise_loss(diff, torch.zeros_like(diff)).sum(),
@@ -380,7 +386,7 @@ def evaluate_pairs(model, groups: Sequence[PromptGroup], *, batch_size: int, acc
         ]).to(totals)  # fmt: skip
     if accelerator is not None and world > 1:
         totals = accelerator.reduce(totals, reduction="sum")
-    correct, margin, loss, n = totals.tolist()
+    correct, margin, loss, n = totals.tolist()  # note: a CPU-GPU sync point
     n_int = int(n)
     return {
         "accuracy": correct / n if n else None,
@@ -388,6 +394,21 @@ def evaluate_pairs(model, groups: Sequence[PromptGroup], *, batch_size: int, acc
         "loss": loss / n if n else None,
         "n": n_int,
     }
+
+
+def _eval_batches(groups: Sequence[PromptGroup], batch_size: int) -> list[list[PromptGroup]]:
+    """Batches of up to `batch_size` sequences, whole groups at a time, of similar
+    lengths (little padding; the sums do not care about the order)."""
+    ordered = sorted(groups, key=lambda g: max(map(len, g.input_ids)))
+    batches: list[list[PromptGroup]] = []
+    n_seq = 0
+    for g in ordered:
+        if not batches or n_seq + len(g.texts) > batch_size:
+            batches.append([])
+            n_seq = 0
+        batches[-1].append(g)
+        n_seq += len(g.texts)
+    return batches
 
 
 @torch.no_grad()
@@ -416,12 +437,35 @@ def _packs(reward_model) -> bool:
 # --- training ------------------------------------------------------------------------
 
 
+def select_criterion(pairs: list[Comparison], criterion: str | None, path: Path) -> list:
+    """The pairs of one criterion: a file of several (helpfulness and harmlessness,
+    say, whose pairs may contradict each other) is refused unless `criterion` names
+    one. Pairs without a criterion form the group "unspecified"."""
+    names = sorted({p.criterion or UNSPECIFIED for p in pairs})
+    if criterion is None:
+        if len(names) > 1:
+            raise SchemaError(
+                f"{path}: holds pairs of several criteria ({', '.join(names)}); "
+                "choose one with --criterion"
+            )
+        return pairs
+    chosen = [p for p in pairs if (p.criterion or UNSPECIFIED) == criterion]
+    if not chosen:
+        raise SchemaError(
+            f"{path}: no pairs of criterion {criterion!r} (it holds {', '.join(names)})"
+        )
+    return chosen
+
+
 def _read_data(config: RewardConfig) -> tuple[list, list]:
-    """Read, validate, group and split: every data error before the model is loaded
-    and before anything is written."""
-    train = group_pairs(load_pairs(config.data))
+    """Read, validate, choose the criterion, group and split: every data error before
+    the model is loaded and before anything is written."""
+    # TODO(H1): `criterion` belongs in RewardConfig (option(None, "...")).
+    criterion = getattr(config, "criterion", None)
+    train = group_pairs(select_criterion(load_pairs(config.data), criterion, config.data))
     if config.eval_data is not None:
-        held = group_pairs(load_pairs(config.eval_data, "--eval-data"))
+        held_pairs = load_pairs(config.eval_data, "--eval-data")
+        held = group_pairs(select_criterion(held_pairs, criterion, config.eval_data))
     else:
         train, held = split_groups(train, config.eval_fraction, config.seed)
     if not train:
@@ -440,34 +484,75 @@ def _tokenize_data(config: RewardConfig, train: list, held: list, reward_model, 
             "start of their prompt[/yellow]")  # fmt: skip
 
 
-def _schedule(config: RewardConfig, n_groups: int, world: int) -> tuple[int, int]:
-    """(batches per epoch, optimizer steps in all)."""
-    per_epoch = len(epoch_batches(n_groups, config.batch_size, seed=0, epoch=0, world=world))
-    steps = math.ceil(per_epoch * config.epochs / config.grad_accum)
-    if config.max_steps is not None:
-        steps = min(steps, config.max_steps)
-    return per_epoch, max(steps, 1)
-
-
 def train_reward_model(config: RewardConfig) -> dict:
     """Train, evaluate, normalize and save a reward model in `config.out`.
     Returns the final held-out metrics (also written to `out/eval.json`)."""
     from rich.console import Console
-    from transformers import get_scheduler
 
-    from alignloop.io import write_json
-    from alignloop.models import RewardModel
-
-    out = Path(config.out)
     accelerator = make_accelerator(
         mixed_precision=config.mixed_precision,
         grad_accum=config.grad_accum,
         report_to=config.report_to,
-        out=out,
+        out=Path(config.out),
     )
-    main = accelerator.is_main_process
-    console = Console(stderr=True, quiet=not main)
+    console = Console(stderr=True, quiet=not accelerator.is_main_process)
     train, held = _read_data(config)
+    reward_model = _load_model(config, train, held, console)
+    optimizer = adamw(
+        [p for p in reward_model.parameters() if p.requires_grad],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
+    total_steps = count_steps(len(train), config, accelerator.num_processes)
+    scheduler = make_scheduler(config, optimizer, total_steps)
+    model, optimizer, scheduler = accelerator.prepare(reward_model, optimizer, scheduler)
+    checkpoints, log, state = start_run(accelerator, config, "alignloop-rm", console)
+
+    pad_id, pack = reward_model.tokenizer.pad_token_id, _packs(reward_model)
+    lengths = _batch_lengths(train, pack) if config.group_by_length else None
+    started = time.perf_counter()
+
+    def step(indices: list[int]) -> StepResult:
+        batch = collate([train[i] for i in indices], pad_id, pack=pack).to(accelerator.device)
+        rewards = model(*batch.model_inputs()).float()
+        loss, stats = batch_loss(
+            rewards, batch, use_margin=config.use_margin, center_coef=config.center_coef
+        )
+        return StepResult(loss, stats)
+
+    def evaluate() -> dict:
+        metrics = evaluate_pairs(model, held, batch_size=config.eval_batch_size,
+                                 accelerator=accelerator)  # fmt: skip
+        return {f"eval/{k}": v for k, v in metrics.items()}
+
+    loop = TrainLoop(
+        accelerator, model, optimizer, scheduler, config, checkpoints, log,
+        batches=lambda epoch: epoch_batches(
+            len(train), config.batch_size, seed=config.seed, epoch=epoch,
+            rank=accelerator.process_index, world=accelerator.num_processes,
+            lengths=lengths, group=config.group_by_length,
+        ),
+        step=step,
+        record=lambda window, epoch, lr: _record(accelerator, window, epoch, lr),
+        status=lambda r: f"loss {r['rm/loss']:.3f} acc {r['rm/accuracy']:.3f}",
+        evaluate=evaluate if held else None,
+    )  # fmt: skip
+    steps = loop.run(state, total_steps, "reward model")
+    train_seconds = time.perf_counter() - started  # the training loop alone
+    final = _finish(config, accelerator, model, train, held, log, steps=steps, started=started)
+    final["train_seconds"] = round(train_seconds, 2)  # returned only: the log stays reproducible
+    console.print(
+        f"held-out accuracy {final['accuracy']}, mean margin {final['mean_margin']} "
+        f"on {final['n']} pairs; saved to {config.out}"
+    )
+    return final
+
+
+def _load_model(config: RewardConfig, train: list, held: list, console):
+    """The reward model (its head seeded), the data tokenized for it, LoRA and
+    gradient checkpointing as configured."""
+    from alignloop.models import RewardModel
+
     torch.manual_seed(config.seed)
     reward_model = RewardModel.from_pretrained(config.model)
     _tokenize_data(config, train, held, reward_model, console.print)
@@ -477,104 +562,30 @@ def train_reward_model(config: RewardConfig) -> dict:
         lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         gradient_checkpointing=config.gradient_checkpointing,
     )  # fmt: skip
-    optimizer = adamw(
-        [p for p in reward_model.parameters() if p.requires_grad],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-    )
-    per_epoch, total_steps = _schedule(config, len(train), accelerator.num_processes)
-    scheduler = get_scheduler(
-        config.scheduler, optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps
-    )
-    model, optimizer, scheduler = accelerator.prepare(reward_model, optimizer, scheduler)
-    if config.report_to != "none":
-        accelerator.init_trackers(
-            "alignloop-rm", config={k: str(v) for k, v in vars(config).items()}
-        )
+    return reward_model
 
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoints = Checkpoints(out / "checkpoints", keep=config.keep_checkpoints)
-    log = MetricsLog(out / "metrics.jsonl", enabled=main)
-    state = {"step": 0, "epoch": 0, "batch": 0}
-    if config.resume and (latest := checkpoints.latest()) is not None:
-        state = checkpoints.load(accelerator, latest)
-        console.print(f"resumed from {latest} (step {state['step']})")
-    elif main and log.path.exists():
-        log.path.unlink()  # a fresh run starts a fresh log
-    log.truncate_after(state["step"])
 
-    pad_id = reward_model.tokenizer.pad_token_id
-    pack = _packs(reward_model)
-    # Tokens a prompt's batch element computes: packed, its texts end to end; padded,
-    # its longest text times their number.
-    lengths = None
-    if config.group_by_length:
-        lengths = [
-            sum(map(len, g.input_ids)) if pack else max(map(len, g.input_ids)) * len(g.input_ids)
-            for g in train
-        ]
-    step, micro, started = state["step"], 0, time.perf_counter()
-    bar, task = progress(total_steps, "reward model", enabled=main)
-    bar.update(task, completed=step)
-    running: list[dict[str, float]] = []
-    with bar:
-        for epoch in range(state["epoch"], config.epochs):
-            batches = epoch_batches(
-                len(train), config.batch_size, seed=config.seed, epoch=epoch,
-                rank=accelerator.process_index, world=accelerator.num_processes,
-                lengths=lengths, group=config.group_by_length,
-            )  # fmt: skip
-            start = state["batch"] if epoch == state["epoch"] else 0
-            for b_index, indices in iterate_from(batches, start):
-                if step >= total_steps:
-                    break
-                batch = collate([train[i] for i in indices], pad_id, pack=pack)
-                batch = batch.to(accelerator.device)
-                model.train()
-                with accelerator.accumulate(model):
-                    rewards = model(*batch.model_inputs()).float()
-                    loss, stats = batch_loss(
-                        rewards, batch, use_margin=config.use_margin, center_coef=config.center_coef
-                    )
-                    stop_unless_finite(accelerator, loss, step, checkpoints)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                micro += 1
-                running.append({k: v.item() for k, v in stats.items()})
-                if not accelerator.sync_gradients:
-                    continue
-                step += 1
-                position = {"epoch": epoch, "batch": b_index + 1}
-                if b_index + 1 == len(batches):
-                    position = {"epoch": epoch + 1, "batch": 0}
-                saving = bool(config.save_every) and step % config.save_every == 0
-                # The running statistics are flushed at every checkpoint too, so a
-                # resumed run (which starts with an empty window) logs the same lines.
-                if step % config.log_every == 0 or step == total_steps or saving:
-                    record = _reduce(accelerator, running)
-                    running = []
-                    record.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0])
-                    log.write({"step": step, **{f"rm/{k}": v for k, v in record.items()
-                                                 if k != "step"}})  # fmt: skip
-                    if config.report_to != "none":
-                        accelerator.log({f"rm/{k}": v for k, v in record.items()}, step=step)
-                    bar.update(
-                        task, status=f"loss {record['loss']:.3f} acc {record['accuracy']:.3f}"
-                    )
-                if config.eval_every and step % config.eval_every == 0 and held:
-                    metrics = evaluate_pairs(model, held, batch_size=config.eval_batch_size,
-                                             accelerator=accelerator)  # fmt: skip
-                    log.write({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
-                if saving:
-                    checkpoints.save(accelerator, step, position)
-                bar.update(task, completed=step)
-            if step >= total_steps:
-                break
-    train_seconds = time.perf_counter() - started  # the training loop alone
+def _batch_lengths(groups: list[PromptGroup], pack: bool) -> list[int]:
+    """Tokens a prompt's batch element computes: packed, its texts end to end; padded,
+    its longest text times their number."""
+    if pack:
+        return [sum(map(len, g.input_ids)) for g in groups]
+    return [max(map(len, g.input_ids)) * len(g.input_ids) for g in groups]
+
+
+def _record(accelerator, window: RunningMean, epoch: int, lr: float) -> dict:
+    """Mean of the running statistics over the logging window and the processes."""
+    keys = list(window.sums)  # loss, accuracy, margin
+    local = torch.stack([window.sums[k] / window.weight for k in keys]).float()[None]
+    mean = accelerator.reduce(local, reduction="mean") if accelerator.num_processes > 1 else local
+    record = dict(zip(keys, mean[0].tolist(), strict=True))  # note: a CPU-GPU sync point
+    return {f"rm/{k}": v for k, v in {**record, "epoch": epoch, "lr": lr}.items()}
+
+
+def _finish(config, accelerator, model, train, held, log, *, steps: int, started: float) -> dict:
+    """Evaluate on the held-out pairs, normalize on the training completions, save
+    the model, eval.json and the log's last line. Returns the final metrics."""
+    from alignloop.io import write_json
 
     final = (
         evaluate_pairs(model, held, batch_size=config.eval_batch_size, accelerator=accelerator)
@@ -586,28 +597,14 @@ def train_reward_model(config: RewardConfig) -> dict:
         device=accelerator.device,
     )  # fmt: skip
     final.update(
-        steps=step, seconds=round(time.perf_counter() - started, 2), gain=gain, bias=bias,
+        steps=steps, seconds=round(time.perf_counter() - started, 2), gain=gain, bias=bias,
         num_processes=accelerator.num_processes,
     )  # fmt: skip
-    if main:
+    if accelerator.is_main_process:
         unwrapped.set_normalization(gain, bias)
-        unwrapped.save_pretrained(out)
-        write_json(out / "eval.json", final)
-        log.write({"step": step, **{f"eval/{k}": v for k, v in final.items()}})
+        unwrapped.save_pretrained(config.out)
+        write_json(Path(config.out) / "eval.json", final)
+        log.write({"step": steps, **{f"eval/{k}": v for k, v in final.items()}})
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    final["train_seconds"] = round(train_seconds, 2)  # returned only: the log stays reproducible
-    console.print(
-        f"held-out accuracy {final['accuracy']}, mean margin {final['mean_margin']} "
-        f"on {final['n']} pairs; saved to {out}"
-    )
     return final
-
-
-def _reduce(accelerator, running: list[dict[str, float]]) -> dict[str, float]:
-    """Mean of the running statistics over the logging window and the processes."""
-    keys = running[0].keys()
-    local = torch.tensor([[sum(r[k] for r in running) / len(running) for k in keys]],
-                         device=accelerator.device)  # fmt: skip
-    mean = accelerator.reduce(local, reduction="mean") if accelerator.num_processes > 1 else local
-    return dict(zip(keys, mean[0].tolist(), strict=True))

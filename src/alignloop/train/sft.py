@@ -21,7 +21,6 @@ checkpoints, a metrics log and a progress bar.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -31,16 +30,17 @@ from pathlib import Path
 import torch
 
 from alignloop.config import ConfigError
-from alignloop.progress import progress
 from alignloop.schema import Prompt, SchemaError
 from alignloop.train.common import (
-    Checkpoints,
-    MetricsLog,
+    RunningMean,
+    StepResult,
     TrainingError,
+    TrainLoop,
+    count_steps,
     epoch_batches,
-    iterate_from,
     make_accelerator,
-    stop_unless_finite,
+    make_scheduler,
+    start_run,
 )
 from alignloop.train.sft_config import SFTConfig
 
@@ -153,7 +153,9 @@ def _split(examples: list[Example], fraction: float, seed: int) -> tuple[list, l
 
 @torch.no_grad()
 def held_out_loss(model, rows: list, pad_id: int, *, batch_size: int, device) -> float | None:
-    """Token-weighted mean cross-entropy over the held-out examples."""
+    """Token-weighted mean cross-entropy over the held-out examples. Every process
+    runs all of them (the same forward passes on each: a DDP or FSDP model's forward
+    is a collective)."""
     if not rows:
         return None
     model.eval()
@@ -162,7 +164,7 @@ def held_out_loss(model, rows: list, pad_id: int, *, batch_size: int, device) ->
         batch = collate(rows[start : start + batch_size], pad_id).to(device)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         loss, n = sft_loss(logits, batch.labels)
-        total += loss.item() * n.item()
+        total += loss.item() * n.item()  # note: a CPU-GPU sync point (evaluation only)
         count += n.item()
     return total / max(count, 1)
 
@@ -171,32 +173,84 @@ def train_sft(config: SFTConfig) -> dict:
     """Fine-tune `config.model` on the examples; save it (LoRA merged) to `config.out`
     with metrics.jsonl and eval.json. Returns the final metrics."""
     from rich.console import Console
-    from transformers import get_scheduler
 
-    from alignloop.io import write_json
-    from alignloop.models import add_lora, load_policy, save_pretrained
-
-    out = Path(config.out)
     accelerator = make_accelerator(
         mixed_precision=config.mixed_precision,
         grad_accum=config.grad_accum,
         report_to=config.report_to,
-        out=out,
+        out=Path(config.out),
     )
-    main = accelerator.is_main_process
-    console = Console(stderr=True, quiet=not main)
+    console = Console(stderr=True, quiet=not accelerator.is_main_process)
+    train, held = _read_data(config)
+    model, tokenizer = _load_model(config)
+    train_rows = [tokenize_example(tokenizer, e.prompt, e.target, config.max_length) for e in train]
+    held_rows = [tokenize_example(tokenizer, e.prompt, e.target, config.max_length) for e in held]
+    console.print(f"SFT of {config.model}: {len(train)} examples, {len(held)} held out")
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
+    total_steps = count_steps(len(train_rows), config, accelerator.num_processes)
+    scheduler = make_scheduler(config, optimizer, total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    checkpoints, log, state = start_run(accelerator, config, "alignloop-sft", console)
+
+    started = time.perf_counter()
+    pad_id, device = tokenizer.pad_token_id, accelerator.device
+
+    def evaluate() -> float | None:
+        loss = held_out_loss(model, held_rows, pad_id, batch_size=32, device=device)
+        if loss is not None and accelerator.num_processes > 1:
+            loss = accelerator.reduce(torch.tensor(loss, device=device), "mean").item()
+        return loss
+
+    loop = TrainLoop(
+        accelerator, model, optimizer, scheduler, config, checkpoints, log,
+        batches=lambda epoch: epoch_batches(
+            len(train_rows), config.batch_size, seed=config.seed, epoch=epoch,
+            rank=accelerator.process_index, world=accelerator.num_processes,
+        ),
+        step=lambda indices: _step(model, [train_rows[i] for i in indices], pad_id, device),
+        record=lambda window, epoch, lr: _record(accelerator, window, epoch, lr),
+        status=lambda record: f"loss {record['sft/loss']:.3f}",
+        evaluate=(lambda: {"eval/loss": evaluate()}) if held_rows else None,
+    )  # fmt: skip
+    step = loop.run(state, total_steps, "supervised fine-tuning")
+    final = {
+        "eval_loss": evaluate(),
+        "n_train": len(train_rows),
+        "n_eval": len(held_rows),
+        "steps": step,
+        "seconds": round(time.perf_counter() - started, 2),
+        "num_processes": accelerator.num_processes,
+    }
+    _save(accelerator, model, tokenizer, config, final, log, step)
+    console.print(
+        f"held-out loss {final['eval_loss']} on {len(held_rows)} examples; saved to {config.out}"
+    )
+    return final
+
+
+def _read_data(config: SFTConfig) -> tuple[list[Example], list[Example]]:
+    """(training, held-out) examples: every data error before the model is loaded."""
     train, held = _split(
         load_examples(config.prompts, config.completions), config.eval_fraction, config.seed
     )
     if not train:
         raise SchemaError(f"{config.prompts}: no training examples left after the split")
+    return train, held
+
+
+def _load_model(config: SFTConfig):
+    """(model, tokenizer): the policy, seeded, with gradient checkpointing and LoRA
+    adapters as configured."""
+    from alignloop.models import add_lora, load_policy
+
     torch.manual_seed(config.seed)
     model, tokenizer = load_policy(config.model)
     if tokenizer.eos_token_id is None:
         raise ConfigError(f"{config.model}: the tokenizer has no EOS token to end targets with")
-    train_rows = [tokenize_example(tokenizer, e.prompt, e.target, config.max_length) for e in train]
-    held_rows = [tokenize_example(tokenizer, e.prompt, e.target, config.max_length) for e in held]
-    console.print(f"SFT of {config.model}: {len(train)} examples, {len(held)} held out")
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -205,129 +259,41 @@ def train_sft(config: SFTConfig) -> dict:
                          dropout=config.lora_dropout)  # fmt: skip
         if config.gradient_checkpointing:
             model.enable_input_require_grads()
+    return model, tokenizer
 
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-    )
-    world = accelerator.num_processes
-    per_epoch = len(epoch_batches(len(train_rows), config.batch_size, seed=0, epoch=0, world=world))
-    total_steps = max(1, math.ceil(per_epoch * config.epochs / config.grad_accum))
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    scheduler = get_scheduler(
-        config.scheduler, optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler steps here
-    if config.report_to != "none":
-        accelerator.init_trackers(
-            "alignloop-sft", config={k: str(v) for k, v in vars(config).items()}
-        )
 
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoints = Checkpoints(out / "checkpoints", keep=config.keep_checkpoints)
-    accelerator.register_for_checkpointing(scheduler)
-    log = MetricsLog(out / "metrics.jsonl", enabled=main)
-    state = {"step": 0, "epoch": 0, "batch": 0}
-    if config.resume and (latest := checkpoints.latest()) is not None:
-        state = checkpoints.load(accelerator, latest)
-        console.print(f"resumed from {latest} (step {state['step']})")
-    elif main and log.path.exists():
-        log.path.unlink()
-    log.truncate_after(state["step"])
+def _step(model, rows: list, pad_id: int, device) -> StepResult:
+    """One micro-step's forward pass; its loss enters the logged mean by its tokens."""
+    batch = collate(rows, pad_id).to(device)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    loss, n = sft_loss(logits, batch.labels)
+    return StepResult(loss, {"loss": loss}, weight=n)
 
-    pad_id = tokenizer.pad_token_id
-    device = accelerator.device
-    step, started = state["step"], time.perf_counter()
-    window: list[tuple[float, int]] = []
-    bar, task = progress(total_steps, "supervised fine-tuning", enabled=main)
-    bar.update(task, completed=step)
 
-    def evaluate() -> float | None:
-        loss = held_out_loss(model, held_rows, pad_id, batch_size=32, device=device)
-        if loss is not None and world > 1:
-            loss = accelerator.reduce(torch.tensor(loss, device=device), "mean").item()
-        return loss
+def _record(accelerator, window: RunningMean, epoch: int, lr: float) -> dict:
+    """The token-weighted mean loss of the window over all processes, and its tokens."""
+    local = torch.stack([window.sums["loss"], window.weight]).float()  # (2,) sum, tokens
+    total = accelerator.reduce(local, "sum") if accelerator.num_processes > 1 else local
+    loss, tokens = torch.stack([total[0] / total[1].clamp(min=1), total[1]]).tolist()
+    # (note: a CPU-GPU sync point, the one of a logged step)
+    return {"sft/loss": loss, "sft/tokens": int(tokens), "sft/lr": lr, "sft/epoch": epoch}
 
-    with bar:
-        for epoch in range(state["epoch"], config.epochs):
-            batches = epoch_batches(
-                len(train_rows), config.batch_size, seed=config.seed, epoch=epoch,
-                rank=accelerator.process_index, world=world,
-            )  # fmt: skip
-            start = state["batch"] if epoch == state["epoch"] else 0
-            for b_index, indices in iterate_from(batches, start):
-                if step >= total_steps:
-                    break
-                batch = collate([train_rows[i] for i in indices], pad_id).to(device)
-                model.train()
-                with accelerator.accumulate(model):
-                    logits = model(
-                        input_ids=batch.input_ids, attention_mask=batch.attention_mask
-                    ).logits
-                    loss, n = sft_loss(logits, batch.labels)
-                    stop_unless_finite(accelerator, loss, step, checkpoints)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                window.append((loss.item(), n.item()))
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                step += 1
-                position = {"epoch": epoch, "batch": b_index + 1}
-                if b_index + 1 == len(batches):
-                    position = {"epoch": epoch + 1, "batch": 0}
-                saving = bool(config.save_every) and step % config.save_every == 0
-                if step % config.log_every == 0 or step == total_steps or saving:
-                    local = torch.tensor(
-                        [sum(x * k for x, k in window), sum(k for _, k in window)], device=device
-                    )
-                    total = accelerator.reduce(local, "sum") if world > 1 else local
-                    record = {
-                        "sft/loss": (total[0] / total[1].clamp(min=1)).item(),
-                        "sft/tokens": int(total[1].item()),
-                        "sft/lr": scheduler.get_last_lr()[0],
-                        "sft/epoch": epoch,
-                    }
-                    window = []
-                    log.write({"step": step, **record})
-                    if config.report_to != "none":
-                        accelerator.log(record, step=step)
-                    bar.update(task, status=f"loss {record['sft/loss']:.3f}")
-                if config.eval_every and step % config.eval_every == 0 and held_rows:
-                    log.write({"step": step, "eval/loss": evaluate()})
-                if saving:
-                    checkpoints.save(accelerator, step, position)
-                bar.update(task, completed=step)
-            if step >= total_steps:
-                break
 
-    final = {
-        "eval_loss": evaluate(),
-        "n_train": len(train_rows),
-        "n_eval": len(held_rows),
-        "steps": step,
-        "seconds": round(time.perf_counter() - started, 2),
-        "num_processes": world,
-    }
+def _save(accelerator, model, tokenizer, config: SFTConfig, final: dict, log, step: int) -> None:
+    """The model (LoRA merged), eval.json and the log's last line, by the main process."""
+    from alignloop.io import write_json
+    from alignloop.models import save_pretrained
+
     accelerator.wait_for_everyone()
-    if main:
+    if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         if hasattr(unwrapped, "merge_and_unload"):
             unwrapped = unwrapped.merge_and_unload()
-        save_pretrained(unwrapped, tokenizer, out)
-        write_json(out / "eval.json", final)
+        save_pretrained(unwrapped, tokenizer, Path(config.out))
+        write_json(Path(config.out) / "eval.json", final)
         log.write({"step": step, **{f"eval/{k}": v for k, v in final.items()}})
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    console.print(
-        f"held-out loss {final['eval_loss']} on {len(held_rows)} examples; saved to {out}"
-    )
-    return final
 
 
 # --- command line ------------------------------------------------------------------------
