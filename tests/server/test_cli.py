@@ -243,3 +243,32 @@ def test_guidelines_command_sets_a_new_version(tmp_path, files, capsys):
     with db.read() as session:  # the new text is the current one
         project = service.get_project(session, "demo")
         assert "be strict" in service.current_guidelines(session, project).markdown
+
+
+def test_project_create_errors_are_one_line_and_leave_no_project(db, tmp_path, files, capsys):
+    """On SQLite and PostgreSQL: a bad guidelines file, an overlap or TTL no column
+    holds, ids and names longer than the tables take: `error: ...`, exit 2, no
+    traceback, and nothing stored."""
+    url = db.url.render_as_string(hide_password=False)
+    latin1 = tmp_path / "latin1.md"
+    latin1.write_bytes("# R\u00e8gles\n".encode("latin-1"))
+    long_ids = tmp_path / "long.jsonl"
+    write_records(
+        long_ids, [Prompt(id="p" * 250, prompt="hi"), *read_records(files["prompts"], "prompt")]
+    )
+    cases = [
+        (create_args(url, {**files, "guidelines": latin1}), "latin1.md: not UTF-8 text"),
+        (create_args(url, files, "--overlap", "99999999999999999999"), "--overlap must be in"),
+        (create_args(url, files, "--assignment-ttl", "inf"), "--assignment-ttl must be"),
+        (create_args(url, files, "--assignment-ttl", "nan"), "--assignment-ttl must be"),
+        (create_args(url, {**files, "prompts": long_ids}), "field 'id' is 250 characters long"),
+    ]
+    name_args = create_args(url, files)
+    name_args[name_args.index("demo")] = "n" * 250
+    cases.append((name_args, "at most 200"))
+    for args, expected in cases:
+        assert main(args) == 2, expected
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) <= 2, err
+    assert service.list_projects(db) == []

@@ -13,9 +13,13 @@
     GET  /api/v1/admin/projects/{project}/export?what=rankings|pairs|consensus
     POST /api/v1/admin/labelers                   201 with the new token (shown once)
 
-Errors are `{"detail": "..."}` (401, 403, 404, 409), and 422 is FastAPI's validation
-shape `{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}` whether the body is
-malformed or a ranking is not an ordering of the assignment's completions.
+Errors are `{"detail": "..."}` (400, 401, 403, 404, 409, 413), and 422 is FastAPI's
+validation shape `{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}` whether
+the body is malformed or a ranking is not an ordering of the assignment's
+completions; at most 20 errors are listed, none echoing what was sent. Bodies are
+capped before they are read (`limits.py`): 64 KiB without a valid token, `serve
+--max-body-mb` with one. Strings the tables cannot hold (NUL bytes, over-long
+names) and ids beyond a PostgreSQL INTEGER get the same 4xx on both databases.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from fastapi import Path as PathParam
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from alignloop.schema import check_ranking_groups
 from alignloop.server import assign, service
@@ -44,18 +49,21 @@ class Strict(BaseModel):
 
 class RankingIn(Strict):
     criterion: str | None = Field(
-        None, description="one of the project's criteria; may be left out when it has one"
+        None,
+        max_length=service.CRITERION_MAX,
+        description="one of the project's criteria; may be left out (or null) when it has "
+        "only one, and is required when it has several",
     )
     ranking: Annotated[list[list[str]], BeforeValidator(check_ranking_groups)] = Field(
         default_factory=list,
         description="groups of completion ids, best first; ids in one group are tied",
         examples=[[["3f2a9c01d4e5b6a7"], ["9b1c2d3e4f5a6b7c", "0a1b2c3d4e5f6a7b"]]],
     )
-    unrankable: bool = Field(
+    unrankable: StrictBool = Field(
         False, description="the labeler cannot rank these (may leave ranking empty)"
     )
     rationale: str = Field("", max_length=assign.RATIONALE_MAX, description="optional free text")
-    flag_unsafe: bool = Field(False, description="flag the prompt or a completion as unsafe")
+    flag_unsafe: StrictBool = Field(False, description="flag the prompt or a completion as unsafe")
 
 
 class CompletionOut(BaseModel):
@@ -67,6 +75,8 @@ class Progress(BaseModel):
     labeler_done: int
     project_complete_prompts: int
     project_prompts: int
+    project_tasks_done: int = Field(description="tasks (a prompt ranked by one labeler) done")
+    project_tasks: int = Field(description="tasks the project needs: prompts x overlap")
 
 
 class TaskOut(BaseModel):
@@ -117,8 +127,8 @@ class MeOut(BaseModel):
 
 
 class NewLabelerIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
-    admin: bool = False
+    name: str = Field(min_length=1, max_length=service.NAME_MAX)
+    admin: StrictBool = False
 
 
 class NewLabelerOut(BaseModel):
@@ -128,9 +138,14 @@ class NewLabelerOut(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "a request the server cannot take (e.g. a bad Content-Length)"},
     401: {"description": "no or unknown token"},
     404: {"description": "no such assignment of yours, or no such project"},
+    413: {"description": "the body is over the size limit (serve --max-body-mb)"},
 }
+CONFLICT = {409: {"description": "the request conflicts with what is stored"}}
+# Row ids are PostgreSQL INTEGERs: a bigger id is a 422 on every backend, never a 500.
+AssignmentId = Annotated[int, PathParam(ge=1, le=service.DB_INT_MAX)]
 
 
 @router.get("/me", response_model=MeOut, responses=ERRORS)
@@ -179,7 +194,7 @@ def next_task(
 
 
 @router.get("/assignments/{assignment_id}", response_model=TaskOut, responses=ERRORS)
-def get_assignment(request: Request, assignment_id: int, who: Labeler) -> dict[str, Any]:
+def get_assignment(request: Request, assignment_id: AssignmentId, who: Labeler) -> dict[str, Any]:
     return assign.get_task(
         db_of(request), who.labeler_id, assignment_id, now=request.app.state.clock()
     )
@@ -196,7 +211,7 @@ def get_assignment(request: Request, assignment_id: int, who: Labeler) -> dict[s
     },
 )
 def submit(
-    request: Request, response: Response, assignment_id: int, body: RankingIn, who: Labeler
+    request: Request, response: Response, assignment_id: AssignmentId, body: RankingIn, who: Labeler
 ) -> dict[str, Any]:
     result = assign.submit_ranking(
         db_of(request),
@@ -216,8 +231,12 @@ def submit(
     return result
 
 
-@router.post("/assignments/{assignment_id}/skip", response_model=SkipOut, responses=ERRORS)
-def skip(request: Request, assignment_id: int, who: Labeler) -> dict[str, Any]:
+@router.post(
+    "/assignments/{assignment_id}/skip",
+    response_model=SkipOut,
+    responses={**ERRORS, 409: {"description": "the task is done or partly ranked"}},
+)
+def skip(request: Request, assignment_id: AssignmentId, who: Labeler) -> dict[str, Any]:
     return assign.skip_assignment(db_of(request), who.labeler_id, assignment_id)
 
 
@@ -263,8 +282,14 @@ def jsonl_response(records: list, filename: str) -> Response:
 
 
 @router.post(
-    "/admin/labelers", response_model=NewLabelerOut, status_code=201, responses=ADMIN_ERRORS
+    "/admin/labelers",
+    response_model=NewLabelerOut,
+    status_code=201,
+    responses={**ADMIN_ERRORS, **CONFLICT},
 )
-def admin_add_labeler(request: Request, body: NewLabelerIn, who: Admin) -> NewLabelerOut:
+def admin_add_labeler(
+    request: Request, response: Response, body: NewLabelerIn, who: Admin
+) -> NewLabelerOut:
     token = service.add_labeler(db_of(request), body.name, admin=body.admin)
+    response.headers["Cache-Control"] = "no-store"  # the token must not linger in a cache
     return NewLabelerOut(name=body.name.strip(), is_admin=body.admin, token=token)

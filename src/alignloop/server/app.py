@@ -24,9 +24,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alignloop import __version__
 from alignloop.server import api, pages
-from alignloop.server.auth import LoginRequired
+from alignloop.server.auth import LoginRequired, has_credentials
 from alignloop.server.db import Database, display_url, open_database
 from alignloop.server.errors import GuidelinesRequired, Invalid, ServerError
+from alignloop.server.limits import DEFAULT_MAX_BYTES, BodyLimit, SignInLimit, SignInLimiter
 from alignloop.server.models import utcnow
 
 __all__ = ["create_app"]
@@ -47,12 +48,16 @@ SECURITY_HEADERS = [
 ]
 
 
-class SecurityHeaders:
-    """Adds SECURITY_HEADERS to every HTTP response (a plain ASGI middleware: no
-    per-request overhead beyond the headers)."""
+HSTS = (b"strict-transport-security", b"max-age=31536000")  # behind a TLS proxy
 
-    def __init__(self, app: ASGIApp):
+
+class SecurityHeaders:
+    """Adds `headers` (SECURITY_HEADERS) to every HTTP response (a plain ASGI
+    middleware: no per-request overhead beyond the headers)."""
+
+    def __init__(self, app: ASGIApp, headers: list[tuple[bytes, bytes]] = SECURITY_HEADERS):
         self.app = app
+        self.headers = headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,10 +66,14 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
+                message["headers"] = list(message.get("headers", [])) + self.headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+MAX_ERRORS = 20  # validation errors shown in one answer
+MAX_MESSAGE = 2000  # characters of one error message
 
 
 def _is_api(request: Request) -> bool:
@@ -81,7 +90,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         if not _is_api(request):
             return _error_page(request, exc.status, str(exc))
         if isinstance(exc, Invalid):
-            detail = [{"type": "value_error", "loc": ["body", exc.field], "msg": str(exc)}]
+            message = str(exc)[:MAX_MESSAGE]
+            detail = [{"type": "value_error", "loc": ["body", exc.field], "msg": message}]
             return JSONResponse({"detail": detail}, status_code=422)
         body: dict = {"detail": str(exc)}
         if isinstance(exc, GuidelinesRequired):
@@ -103,15 +113,22 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
-        # No "input": it may echo what a client sent back into logs and pages.
+        # No "input": it may echo what a client sent back into logs and pages; and
+        # at most MAX_ERRORS errors, each of bounded length (a body may hold a
+        # million bad items).
+        found = exc.errors()
         errors = [
             {
                 "type": e["type"],
-                "loc": list(e["loc"]),
-                "msg": e["msg"].removeprefix("Value error, "),
+                "loc": [p if isinstance(p, int) else str(p)[:100] for p in e["loc"]][:10],
+                "msg": e["msg"].removeprefix("Value error, ")[:MAX_MESSAGE],
             }
-            for e in exc.errors()
+            for e in found[:MAX_ERRORS]
         ]
+        if len(found) > MAX_ERRORS:
+            errors.append(
+                {"type": "too_many_errors", "loc": [], "msg": f"and {len(found) - MAX_ERRORS} more"}
+            )
         if _is_api(request):
             return JSONResponse({"detail": errors}, status_code=422)
         message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
@@ -130,11 +147,15 @@ def create_app(
     migrate: bool = True,
     clock: Callable[[], dt.datetime] = utcnow,
     secure_cookies: bool = False,
+    hsts: bool = False,
+    max_body_bytes: int = DEFAULT_MAX_BYTES,
 ) -> FastAPI:
     """The application over `db` (a Database or a URL). `clock` gives "now" as a
     naive UTC datetime (tests move it forward to expire assignments);
     `secure_cookies` marks cookies Secure even when the request looks like plain
-    HTTP (behind a TLS-terminating proxy)."""
+    HTTP (behind a TLS-terminating proxy); `hsts` sends Strict-Transport-Security
+    (`serve --proxy-headers`: the proxy serves https); `max_body_bytes` caps a
+    signed-in request's body (see `limits.py`; 413 beyond it)."""
     if isinstance(db, str):
         db = open_database(db, migrate=migrate)
     app = FastAPI(
@@ -153,6 +174,9 @@ def create_app(
         "/static", StaticFiles(directory=str(files("alignloop.server") / "static")), name="static"
     )
     _install_error_handlers(app)
-    app.add_middleware(SecurityHeaders)
+    # Outermost last: security headers on every answer, the limits' 413 and 429 too.
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, signed_in=has_credentials)
+    app.add_middleware(SignInLimit, limiter=SignInLimiter(clock))
+    app.add_middleware(SecurityHeaders, headers=SECURITY_HEADERS + ([HSTS] if hsts else []))
     log.info("labeling server over %s", display_url(db.url))
     return app

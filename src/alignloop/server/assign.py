@@ -21,6 +21,11 @@ first. A retry of the same ranking gets the stored one back (created=False); a
 different ranking for a criterion already ranked is a conflict; UNIQUE
 (assignment_id, criterion) stops a second row even if all of that were bypassed.
 
+Several criteria: an assignment's rankings count as a whole. It is done when ranked
+by every criterion, and only done assignments are exported (`service.project_records`);
+a partly ranked one that expires and loses its slot to another labeler never counts,
+so a prompt never holds more than `overlap` rankings by one criterion.
+
 Labelers see completions by random public ids, in an order shuffled per labeler and
 assignment (deterministic: a reload shows the same order), with no policy name.
 """
@@ -30,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -62,7 +68,14 @@ from alignloop.server.models import (
     RankingRow,
     utcnow,
 )
-from alignloop.server.service import current_guidelines, get_project
+from alignloop.server.service import (
+    NAME_MAX,
+    check_text,
+    current_guidelines,
+    get_project,
+    shown,
+    text_problem,
+)
 
 __all__ = [
     "Submission",
@@ -77,6 +90,7 @@ __all__ = [
 
 T = TypeVar("T")
 RATIONALE_MAX = 10_000
+_VERSION = re.compile(r"[0-9a-f]{64}")  # a guidelines version: SHA-256 hex
 
 
 @dataclass
@@ -141,14 +155,18 @@ def acknowledge(db: Database, labeler_id: int, project_name: str, version: str) 
         project = get_project(session, project_name)
         g = current_guidelines(session, project)
         if version != g.version:
-            old = session.scalar(
-                select(Guidelines.id).where(
-                    Guidelines.project_id == project.id, Guidelines.version == version
+            old = (
+                session.scalar(
+                    select(Guidelines.id).where(
+                        Guidelines.project_id == project.id, Guidelines.version == version
+                    )
                 )
+                if _VERSION.fullmatch(version)
+                else None
             )
             what = "an earlier version" if old is not None else "no version"
             raise Conflict(
-                f"guidelines version {version[:12]} is {what} of project "
+                f"guidelines version {shown(version[:12])} is {what} of project "
                 f"{project.name!r}; the current one is {g.version[:12]}"
             )
         ack = session.get(Acknowledgement, {"labeler_id": labeler_id, "guidelines_id": g.id})
@@ -341,6 +359,8 @@ def _live_pending(db: Database, labeler_id: int, project_name: str, now: dt.date
     """Read-only fast path: the labeler's unexpired pending assignment in the project,
     if the current guidelines are acknowledged (a reload, a second tab). One query
     when there is none, the usual case."""
+    if text_problem(project_name, max_len=NAME_MAX):
+        return None  # no such project: get_project says so
     with db.read() as session:
         row = session.execute(
             select(Assignment.id, Assignment.project_id)
@@ -461,8 +481,22 @@ def _task_payload(
         .where(PromptRow.project_id == project.id, PromptRow.is_gold.is_(False))
         .scalar_subquery()
     )
-    prompt_text, n_done, n_complete, n_total = session.execute(
-        select(PromptRow.text, done_by_labeler, complete, total).where(PromptRow.id == a.prompt_id)
+    # The pages' one progress unit: tasks (a prompt ranked by one labeler), of which a
+    # project needs prompts x overlap.
+    tasks_done = (
+        select(func.count())
+        .select_from(Assignment)
+        .where(
+            Assignment.project_id == project.id,
+            Assignment.status == DONE,
+            Assignment.is_gold.is_(False),
+        )
+        .scalar_subquery()
+    )
+    prompt_text, n_done, n_complete, n_total, n_tasks_done = session.execute(
+        select(PromptRow.text, done_by_labeler, complete, total, tasks_done).where(
+            PromptRow.id == a.prompt_id
+        )
     ).one()
     return {
         "assignment_id": a.id,
@@ -478,6 +512,8 @@ def _task_payload(
             "labeler_done": n_done,
             "project_complete_prompts": n_complete,
             "project_prompts": n_total,
+            "project_tasks_done": n_tasks_done,
+            "project_tasks": n_total * project.overlap,
         },
     }
 
@@ -528,7 +564,7 @@ def _criterion(project: Project, given: str | None) -> str:
         raise Invalid(f"criterion is required: one of {', '.join(project.criteria)}", "criterion")
     if given not in project.criteria:
         raise Invalid(
-            f"criterion {given!r} is not one of this project's criteria "
+            f"criterion {shown(given)} is not one of this project's criteria "
             f"({', '.join(project.criteria)})",
             "criterion",
         )
@@ -571,6 +607,7 @@ def submit_ranking(
         raise Invalid(
             f"rationale: at most {RATIONALE_MAX} characters, got {len(sub.rationale)}", "rationale"
         )
+    check_text(sub.rationale, "rationale")
 
     def run(session: Session) -> dict[str, Any]:
         a = _own_assignment(db, session, labeler_id, assignment_id, lock=True)

@@ -39,6 +39,7 @@ __all__ = [
     "api_admin",
     "api_identity",
     "end_session",
+    "has_credentials",
     "page_identity",
     "start_session",
 ]
@@ -109,6 +110,16 @@ def api_identity(
     ):
         raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header for a cookie session")
     return identity
+
+
+def has_credentials(request: Request) -> bool:
+    """Whether the request carries a valid bearer token or a live session cookie
+    (no CSRF check): what `limits.BodyLimit` asks before it accepts a large body."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        with db_of(request).read() as session:
+            return labeler_by_token(session, token.strip()) is not None
+    return session_identity(request) is not None
 
 
 def api_admin(identity: Annotated[Identity, Depends(api_identity)]) -> Identity:

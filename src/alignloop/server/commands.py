@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -63,7 +64,10 @@ def _read_text(path: str) -> str:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    return p.read_text(encoding="utf-8")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
 # --- handlers ----------------------------------------------------------------------
@@ -76,7 +80,14 @@ def _serve(args: argparse.Namespace) -> int:
     from alignloop.server.app import create_app
     from alignloop.server.db import display_url
 
-    app = create_app(db, secure_cookies=args.secure_cookies)
+    if not 0 < args.max_body_mb < 1e6:
+        raise ConfigError(f"--max-body-mb must be positive, got {args.max_body_mb}")
+    app = create_app(
+        db,
+        secure_cookies=args.secure_cookies,
+        hsts=args.proxy_headers,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+    )
     print(
         f"labeling server on http://{args.host}:{args.port} over {display_url(db.url)}",
         file=sys.stderr,
@@ -109,15 +120,37 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _project_create(args: argparse.Namespace) -> int:
-    from alignloop.io import read_records
-    from alignloop.server.service import create_project
+    from sqlalchemy.exc import DBAPIError
 
+    from alignloop.io import read_records
+
+    if not (math.isfinite(args.assignment_ttl) and 0 < args.assignment_ttl * 60 < 2**31):
+        raise ConfigError(
+            f"--assignment-ttl must be a positive number of minutes (under 35 million), "
+            f"got {args.assignment_ttl}"
+        )
     guidelines = _read_text(args.guidelines)
     prompts = read_records(args.prompts, "prompt")
     completions = read_records(args.completions, "completion")
     gold = read_records(args.gold, "ranking") if args.gold else []
     db = _open(args)
-    summary = create_project(
+    try:
+        summary = _create(db, args, guidelines, prompts, completions, gold)
+    except DBAPIError as e:  # what the checks did not foresee; nothing was stored
+        raise ConfigError(f"the database refused the project: {str(e.orig).strip()}") from None
+    print(
+        f"project {summary.name!r}: {summary.prompts} prompts to rank by "
+        f"{', '.join(summary.criteria)} with overlap {summary.overlap}, "
+        f"{summary.gold_prompts} gold prompts (rate {summary.gold_rate}), "
+        f"{summary.completions} completions; guidelines version {summary.guidelines_version[:12]}"
+    )
+    return 0
+
+
+def _create(db, args: argparse.Namespace, guidelines: str, prompts, completions, gold):
+    from alignloop.server.service import create_project
+
+    return create_project(
         db,
         name=args.name,
         criteria=args.criteria.split(","),
@@ -129,13 +162,6 @@ def _project_create(args: argparse.Namespace) -> int:
         gold_rate=args.gold_rate,
         assignment_ttl_s=int(args.assignment_ttl * 60),
     )
-    print(
-        f"project {summary.name!r}: {summary.prompts} prompts to rank by "
-        f"{', '.join(summary.criteria)} with overlap {summary.overlap}, "
-        f"{summary.gold_prompts} gold prompts (rate {summary.gold_rate}), "
-        f"{summary.completions} completions; guidelines version {summary.guidelines_version[:12]}"
-    )
-    return 0
 
 
 def _project_guidelines(args: argparse.Namespace) -> int:
@@ -224,7 +250,15 @@ def add_server_commands(sub, command, group) -> None:
     p.add_argument(
         "--proxy-headers",
         action="store_true",
-        help="trust X-Forwarded-* from a reverse proxy (for https and client addresses)",
+        help="trust X-Forwarded-* from a reverse proxy (for https and client addresses); "
+        "sends Strict-Transport-Security",
+    )
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=64.0,
+        help="largest request body of a signed-in client, in MiB (413 beyond it; "
+        "64 KiB without a token) (default: %(default)s)",
     )
     p.add_argument(
         "--secure-cookies",

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
 from alignloop.feedback import agreement_report, consensus, pairwise_agreement, rankings_to_pairs
+from alignloop.feedback.consensus import CONSENSUS_LABELER
 from alignloop.schema import Completion, Prompt, Ranking, Record, SchemaError, check_rankings
 from alignloop.server.db import Database
 from alignloop.server.errors import Conflict, Invalid, NotFound
@@ -59,6 +60,51 @@ __all__ = [
 
 EXPORTS = ("rankings", "pairs", "consensus")
 GOLD_LABELER = "gold"  # the labeler name of gold rankings when they are scored
+RESERVED_NAMES = (GOLD_LABELER, CONSENSUS_LABELER)  # labeler names the exports use
+
+# What the columns hold (models.py), checked before anything is stored so that the
+# same input gets the same clear error on SQLite (which would store anything) and on
+# PostgreSQL (which refuses NUL bytes, over-long strings and big integers).
+NAME_MAX = 200  # project and labeler names, prompt and completion ids, policies
+CRITERION_MAX = 100
+DB_INT_MAX = 2**31 - 1  # PostgreSQL INTEGER: row ids, overlap, assignment TTL
+
+
+def shown(value: str, limit: int = 100) -> str:
+    """`value` for a message: repr'd, and cut at `limit` characters (a client may
+    send megabytes)."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} chars)"
+
+
+def text_problem(value: str, *, max_len: int | None = None, name: bool = False) -> str | None:
+    """What is wrong with `value` as stored text, or None: a NUL byte (PostgreSQL
+    cannot store one), more than `max_len` characters, or, for a `name` (of a
+    project or labeler, which appear in URLs and on pages), control characters or
+    a slash."""
+    if "\x00" in value:
+        return "contains a NUL byte"
+    if max_len is not None and len(value) > max_len:
+        return f"is {len(value)} characters long; at most {max_len}"
+    if name and any(ch < " " or ch == "\x7f" for ch in value):
+        return "contains a control character"
+    if name and "/" in value:
+        return "contains '/', which cannot appear in the URL of a name"
+    return None
+
+
+def check_text(value: str, field: str, *, max_len: int | None = None, name: bool = False) -> str:
+    """`value`, or Invalid naming `field` (see `text_problem`)."""
+    problem = text_problem(value, max_len=max_len, name=name)
+    if problem:
+        raise Invalid(f"{field} {shown(value, 40)} {problem}", field)
+    return value
+
+
+def check_int(value: int, field: str, *, least: int = 1) -> int:
+    """An integer column's value: in [least, DB_INT_MAX]."""
+    if not least <= value <= DB_INT_MAX:
+        raise Invalid(f"{field} must be in [{least}, {DB_INT_MAX}], got {value}", field)
+    return value
 
 
 def guidelines_version(markdown: str) -> str:
@@ -68,11 +114,14 @@ def guidelines_version(markdown: str) -> str:
 
 
 def get_project(session: Session, name: str) -> Project:
-    project = session.scalar(select(Project).where(Project.name == name))
+    # A name that cannot be stored (NUL, too long) names no project, on every backend.
+    fits = text_problem(name, max_len=NAME_MAX) is None
+    project = session.scalar(select(Project).where(Project.name == name)) if fits else None
     if project is None:
-        names = session.scalars(select(Project.name).order_by(Project.id)).all()
-        known = ", ".join(repr(n) for n in names) or "none yet"
-        raise NotFound(f"no project named {name!r} (projects: {known})")
+        names = session.scalars(select(Project.name).order_by(Project.id).limit(21)).all()
+        known = ", ".join(repr(n) for n in names[:20]) or "none yet"
+        more = ", ..." if len(names) > 20 else ""
+        raise NotFound(f"no project named {shown(name)} (projects: {known}{more})")
     return project
 
 
@@ -95,6 +144,10 @@ def _check_criteria(criteria: Sequence[str]) -> list[str]:
         raise Invalid(
             "--criteria: give one or more names, e.g. helpfulness,harmlessness", "criteria"
         )
+    for c in criteria:
+        problem = text_problem(c, max_len=CRITERION_MAX, name=True)
+        if problem:
+            raise Invalid(f"--criteria: {shown(c, 40)} {problem}", "criteria")
     repeated = [c for c, n in Counter(criteria).items() if n > 1]
     if repeated:
         raise Invalid(f"--criteria: {repeated[0]!r} is given twice", "criteria")
@@ -110,7 +163,7 @@ def _check_task(
     """Every completion belongs to a prompt, every prompt has at least two completions
     to rank, every gold ranking ranks a prompt's own completions under a criterion of
     the project. Raises one SchemaError naming every bad record's file and line."""
-    problems: list[str] = []
+    problems = _text_problems(prompts, completions)
     seen: dict[str, Prompt] = {}
     for p in prompts:
         if p.id in seen:
@@ -147,6 +200,28 @@ def _check_task(
         gold_keys[key] = r
     if problems:
         raise SchemaError(problems)
+
+
+def _text_problems(prompts: Sequence[Prompt], completions: Sequence[Completion]) -> list[str]:
+    """Ids, texts and policies that the tables cannot hold (see `text_problem`)."""
+    problems = []
+    fields: list[tuple[Record, str, int | None]] = [
+        *((p, f, NAME_MAX if f == "id" else None) for p in prompts for f in ("id", "prompt")),
+        *((p, "reference", None) for p in prompts if p.reference is not None),
+        *(
+            (c, f, None if f == "completion" else NAME_MAX)
+            for c in completions
+            for f in ("id", "prompt_id", "completion", "policy")
+            if getattr(c, f) is not None
+        ),
+    ]
+    for record, field, max_len in fields:
+        problem = text_problem(getattr(record, field), max_len=max_len)
+        if problem:
+            problems.append(f"{record.where}: field {field!r} {problem}")
+            if len(problems) >= SchemaError.shown:
+                break
+    return problems
 
 
 def _public_ids(n: int) -> list[str]:
@@ -193,10 +268,14 @@ def create_project(
     criteria = _check_criteria(criteria)
     if not name.strip():
         raise Invalid("--name: a project needs a name", "name")
+    check_text(name, "--name", max_len=NAME_MAX, name=True)
     if overlap < 1:
         raise Invalid(f"--overlap must be at least 1, got {overlap}", "overlap")
+    check_int(overlap, "--overlap")
     if assignment_ttl_s < 1:
         raise Invalid("--assignment-ttl must be positive", "assignment_ttl_s")
+    check_int(assignment_ttl_s, "--assignment-ttl (seconds)")
+    check_text(guidelines, "guidelines")
     gold_rate = (0.1 if gold else 0.0) if gold_rate is None else gold_rate
     if not 0.0 <= gold_rate < 1.0:
         raise Invalid(f"--gold-rate must be in [0, 1), got {gold_rate}", "gold_rate")
@@ -303,8 +382,13 @@ def add_labeler(db: Database, name: str, *, admin: bool = False) -> str:
     name = name.strip()
     if not name:
         raise Invalid("--name: a labeler needs a name", "name")
-    if name == GOLD_LABELER:
-        raise Invalid(f"--name: {GOLD_LABELER!r} is reserved for gold rankings", "name")
+    if name in RESERVED_NAMES:
+        raise Invalid(
+            f"--name: {name!r} is reserved (the exports name gold and consensus rankings "
+            f"{' and '.join(map(repr, RESERVED_NAMES))})",
+            "name",
+        )
+    check_text(name, "--name", max_len=NAME_MAX, name=True)
     token = new_token()
     try:
         with db.write() as session:
@@ -343,7 +427,7 @@ def labeler_by_token(session: Session, token: str) -> Labeler | None:
 class ProjectRecords:
     prompts: list[Prompt]
     completions: list[Completion]
-    rankings: list[Ranking]  # labelers' rankings, in the order they were stored
+    rankings: list[Ranking]  # of done assignments, in the order they were stored
     gold: list[Ranking]  # the known rankings of gold prompts (labeler "gold")
     gold_prompt_ids: set[str]
 
@@ -370,11 +454,15 @@ def project_records(session: Session, project: Project) -> ProjectRecords:
             .order_by(CompletionRow.id)
         )
     ]
+    # An assignment's rankings count as a whole: only done assignments (ranked by
+    # every criterion) are exported. A partly ranked one whose slot went to another
+    # labeler when it expired never counts, so no prompt holds more than `overlap`
+    # rankings by a criterion (its rankings stay in the table, for the record).
     rows = session.execute(
         select(RankingRow, Assignment.prompt_id, Labeler.name)
         .join(Assignment, RankingRow.assignment_id == Assignment.id)
         .join(Labeler, Assignment.labeler_id == Labeler.id)
-        .where(Assignment.project_id == project.id)
+        .where(Assignment.project_id == project.id, Assignment.status == DONE)
         .order_by(RankingRow.id)
     ).all()
     rankings = [
