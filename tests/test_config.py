@@ -175,3 +175,10 @@ def test_the_parser_takes_no_abbreviations_and_suggests_flags(capsys):
     assert "(--eval-dat: did you mean --eval-data?; --tragets: did you mean --targets?)" in (
         capsys.readouterr().err
     )
+
+
+def test_an_optional_number_flag_names_its_type(capsys):
+    assert parse(["--data", "d", "--max-steps", "none"], Child).max_steps is None
+    with pytest.raises(SystemExit):
+        parse(["--data", "d", "--max-steps", "x"], Child)
+    assert "argument --max-steps: invalid int value: 'x'" in capsys.readouterr().err

@@ -168,7 +168,11 @@ def _converter(tp: Any, optional: bool) -> tuple[Any, dict[str, Any]]:
         raise TypeError(f"config fields of type {tp!r} are not supported")
     if optional:
         # "none" on the command line sets an optional field back to None.
-        return (lambda s: None if s.lower() == "none" else base(s)), {}
+        def none_or_base(s: str) -> Any:
+            return None if s.lower() == "none" else base(s)
+
+        none_or_base.__name__ = base.__name__  # argparse: "invalid int value: 'x'"
+        return none_or_base, {}
     return base, {}
 
 
