@@ -16,6 +16,9 @@ from alignloop.train.base_config import SamplingOptions
 
 @dataclass
 class EvalConfig(SamplingOptions):
+    """Besides these, the sampling options shared with PPO: --reward-model,
+    --max-new-tokens, --max-prompt-length, --reward-max-length, --reward-batch-size."""
+
     # inputs and outputs
     policy: str = option(REQUIRED, "policy to evaluate: a local path or a hub id (a causal LM)")
     prompts: Path = option(

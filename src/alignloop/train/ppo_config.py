@@ -19,6 +19,9 @@ from alignloop.train.base_config import SamplingOptions, TrainingOptions
 
 @dataclass
 class PPOConfig(TrainingOptions, SamplingOptions):
+    """Besides these: the bases' optimizer, checkpoint, precision and LoRA options,
+    --reward-model and --reward-batch-size (`alignloop train-ppo --help` lists all)."""
+
     # inputs and outputs
     policy: str = option(REQUIRED, "policy to tune: a local path or a hub id (a causal LM)")
     prompts: Path = option(REQUIRED, "prompts file (.jsonl or .parquet, the schema's prompts)")

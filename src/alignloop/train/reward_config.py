@@ -12,6 +12,9 @@ from alignloop.train.base_config import EpochOptions
 
 @dataclass
 class RewardConfig(EpochOptions):
+    """Besides these: the bases' optimizer, schedule, checkpoint, precision and LoRA
+    options, --max-length, --max-steps, --log-every (`alignloop train-rm --help`)."""
+
     model: str = option(REQUIRED, "backbone: a local path or a hub id (decoder LM or encoder)")
     data: Path = option(REQUIRED, "training pairs: a comparisons file or an HH-RLHF file")
     out: Path = option(REQUIRED, "output directory: the reward model, metrics.jsonl, checkpoints/")

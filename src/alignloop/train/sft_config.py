@@ -12,6 +12,9 @@ from alignloop.train.base_config import EpochOptions, Scheduler
 
 @dataclass
 class SFTConfig(EpochOptions):
+    """Besides these: the bases' optimizer, schedule, checkpoint, precision and LoRA
+    options, --eval-every, --max-steps, --log-every (`alignloop train-sft --help`)."""
+
     model: str = option(REQUIRED, "causal LM to fine-tune: a local path or a hub id")
     prompts: Path = option(REQUIRED, "prompts file; without --completions, each prompt's "
                            "'reference' is its target")  # fmt: skip
