@@ -165,19 +165,36 @@ def browser():
 
 
 @pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    failed: list[str] = []
-    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-    yield page
-    context.close()
-    expected = getattr(page, "expected_failures", set())
-    assert [f for f in failed if f not in expected] == []
-    assert len(errors) == len([f for f in failed if f in expected]), errors
+def make_page(browser):
+    """make_page(**context_options) -> a page of a new browser context (a window
+    size, a locale, a colour scheme, touch); at the end of the test, no page may have
+    logged a script error or met an unexpected HTTP error."""
+    opened = []
+
+    def make(**options):
+        context = browser.new_context(**{"viewport": {"width": 1200, "height": 900}, **options})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        failed: list[str] = []
+        page.on(
+            "response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None
+        )
+        opened.append((context, page, errors, failed))
+        return page
+
+    yield make
+    for context, page, errors, failed in opened:
+        context.close()
+        expected = getattr(page, "expected_failures", set())
+        assert [f for f in failed if f not in expected] == []
+        assert len(errors) == len([f for f in failed if f in expected]), errors
+
+
+@pytest.fixture
+def page(make_page):
+    return make_page()
 
 
 def sign_in(page, server, who: str, shots: Path | None = None) -> None:
@@ -227,7 +244,7 @@ def test_sign_in_acknowledge_rank_by_keyboard_and_drag_with_a_tie_then_next(page
     card(page, "C").drag_to(page.locator('#ranks li[data-rank="2"]'))
     badges = [card(page, x).locator(".badge").inner_text() for x in "ABC"]
     assert badges == ["rank 1", "rank 1", "rank 2"]
-    assert page.locator('#ranks li[data-rank="1"] article.completion').count() == 2
+    assert page.locator('#ranks li[data-rank="1"] .chip').all_inner_texts() == ["A", "B"]
     texts = {x: card(page, x).locator(".text").inner_text() for x in "ABC"}
     page.fill("#rationale", "A and B say the same; C is off.")
     assert page.is_enabled("#submit")
@@ -366,7 +383,16 @@ def test_the_server_logged_no_secret(server):
 # --- the board after every action ---------------------------------------------------
 
 
-def _fresh_project(server, name: str, *, criteria: list[str], n_prompts: int, k: int = 4) -> str:
+def _fresh_project(
+    server,
+    name: str,
+    *,
+    criteria: list[str],
+    n_prompts: int,
+    k: int = 4,
+    prompt=lambda name, i: f"Prompt {i} of {name}: describe topic {i}.",
+    completion=lambda name, i, j: f"Answer {j} to prompt {i} of {name}.",
+) -> str:
     """A project of its own with one labeler who has acknowledged its guidelines;
     returns the labeler's name (their token is in server["tokens"])."""
     from alignloop.server import assign
@@ -377,15 +403,10 @@ def _fresh_project(server, name: str, *, criteria: list[str], n_prompts: int, k:
         name=name,
         criteria=criteria,
         guidelines="# Rank them\n\nThe **best** first.\n",
-        prompts=[
-            Prompt(id=f"{name}-{i}", prompt=f"Prompt {i} of {name}: describe topic {i}.")
-            for i in range(n_prompts)
-        ],
+        prompts=[Prompt(id=f"{name}-{i}", prompt=prompt(name, i)) for i in range(n_prompts)],
         completions=[
             Completion(
-                id=f"{name}-{i}-{j}",
-                prompt_id=f"{name}-{i}",
-                completion=f"Answer {j} to prompt {i} of {name}.",
+                id=f"{name}-{i}-{j}", prompt_id=f"{name}-{i}", completion=completion(name, i, j)
             )
             for i in range(n_prompts)
             for j in range(k)
@@ -431,7 +452,8 @@ def assert_board(page, server, who: str, project: str, criterion: str) -> dict:
     ]
     assert [cards.nth(i).locator(".badge").inner_text() for i in range(k)] == ["not ranked"] * k
     assert page.locator("#ranks [data-rank]").count() == k
-    assert page.locator("#ranks [data-rank] article.completion").count() == 0
+    assert page.locator("#ranks [data-rank] .chip").count() == 0
+    assert page.locator("#pool .chip").all_inner_texts() == [chr(65 + i) for i in range(k)]
     assert page.inner_text("#criterion") == criterion
     assert page.is_disabled("#submit")
     assert not page.is_checked("#unrankable") and page.input_value("#rationale") == ""
@@ -443,8 +465,7 @@ def progress_text(task: dict) -> str:
     p = task["progress"]
     return (
         f"You have finished {p['labeler_done']} {'task' if p['labeler_done'] == 1 else 'tasks'}"
-        f" · the project has {p['project_complete_prompts']} of {p['project_prompts']}"
-        " prompts complete"
+        f" · the project has {p['project_tasks_done']} of {p['project_tasks']} tasks done"
     )
 
 
@@ -473,7 +494,7 @@ def submit_and_wait(page, prompt_before: str | None = None) -> None:
         )
 
 
-@pytest.mark.parametrize("how", ["keyboard"])
+@pytest.mark.parametrize("how", ["keyboard", "mouse"])
 def test_the_board_holds_only_the_current_task_after_every_action(page, server, how):
     project = f"ghosts-{how}"
     who = _fresh_project(server, project, criteria=["helpfulness", "harmlessness"], n_prompts=4)
@@ -519,3 +540,194 @@ def test_the_board_holds_only_the_current_task_after_every_action(page, server, 
     assert _pending_task(server, who, project) is None
     rankings = service.export_project(server["db"], project, "rankings")
     assert len(rankings) == 6 and sum(r.unrankable for r in rankings) == 3
+
+
+# --- the keyboard -----------------------------------------------------------------------
+
+
+def focused(page) -> str:
+    """What has the focus: "card A", "rationale", "unrankable", ..."""
+    return page.evaluate(
+        """() => {
+        const a = document.activeElement;
+        if (a.matches('article.completion')) return 'card ' + a.querySelector('header strong')
+            .textContent.slice(-1);
+        return a.id || a.tagName.toLowerCase();
+    }"""
+    )
+
+
+def badges(page) -> list[str]:
+    return page.locator("article.completion .badge").all_inner_texts()
+
+
+def test_keyboard_ranking_keeps_the_focus_on_the_responses_and_out_of_the_rationale(page, server):
+    project = "keyboard"
+    who = _fresh_project(server, project, criteria=["helpfulness"], n_prompts=2)
+    sign_in(page, server, who)
+    page.goto(server["url"] + f"/projects/{project}/label")
+    page.wait_for_selector("#task:not([hidden])")
+    first_prompt = page.inner_text("#prompt")
+    assert focused(page) == "card A"  # a new task starts on its first response
+
+    # A digit ranks the response with the focus, which keeps it; Tab goes on to the
+    # next response (never past the unranked ones into the rationale).
+    page.keyboard.press("2")
+    assert focused(page) == "card A" and badges(page)[0] == "rank 2"
+    for letter, digit in zip("BCD", "134", strict=True):
+        page.keyboard.press("Tab")
+        assert focused(page) == f"card {letter}"
+        page.keyboard.press(digit)
+        assert focused(page) == f"card {letter}"
+    assert badges(page) == ["rank 2", "rank 1", "rank 3", "rank 4"]
+    page.keyboard.press("9")  # beyond K: nothing
+    page.keyboard.press("ArrowLeft")
+    assert focused(page) == "card C"
+    page.keyboard.press("0")  # taken back ...
+    assert badges(page)[2] == "not ranked" and page.is_disabled("#submit")
+    page.keyboard.press("3")  # ... and ranked again
+    assert page.input_value("#rationale") == ""
+
+    # Past the last response, Tab reaches the options; a digit there types nothing.
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Tab")
+    assert focused(page) == "unrankable"
+    page.keyboard.press("5")
+    assert page.input_value("#rationale") == "" and badges(page)[3] == "rank 4"
+    assert "Focus a response first" in page.inner_text("#message")
+
+    # The help overlay (?) and the guidelines (g) open over the work and close with
+    # Escape, which gives the focus back to the last response.
+    page.keyboard.press("?")
+    assert page.is_visible("#help") and "Skip this prompt" in page.inner_text("#help")
+    page.keyboard.press("Escape")
+    assert page.is_hidden("#help") and focused(page) == "card D"
+    page.keyboard.press("g")
+    assert page.is_visible("#guidelines-panel")
+    assert page.locator("#guidelines-panel strong").first.inner_text() == "best"
+    page.keyboard.press("Escape")
+    assert page.is_hidden("#guidelines-panel") and focused(page) == "card D"
+    assert badges(page) == ["rank 2", "rank 1", "rank 3", "rank 4"]  # the work is kept
+
+    # Typing in the rationale is typing (digits too); Escape leaves it for the
+    # responses; Ctrl+Enter submits from anywhere.
+    page.click("#rationale")
+    page.keyboard.type("B is best, 3 facts")
+    page.keyboard.press("Escape")
+    assert focused(page) == "card D"
+    page.keyboard.press("Control+Enter")
+    page.wait_for_function(
+        "(p) => document.querySelector('#prompt').textContent !== p", arg=first_prompt
+    )
+    assert focused(page) == "card A" and badges(page) == ["not ranked"] * 4
+    (stored,) = service.export_project(server["db"], project, "rankings")
+    assert stored.rationale == "B is best, 3 facts" and len(stored.ranking) == 4
+
+    # s skips; Enter on a response submits once everything is ranked.
+    second_prompt = page.inner_text("#prompt")
+    page.keyboard.press("s")
+    page.wait_for_selector("#done:not([hidden])")
+    assert second_prompt != first_prompt
+    status = service.project_status(server["db"], project)
+    assert status["labelers"][who]["skipped"] == 1
+
+
+def test_enter_on_a_response_submits_a_complete_ranking(page, server):
+    project = "keyboard-enter"
+    who = _fresh_project(server, project, criteria=["helpfulness"], n_prompts=1, k=3)
+    sign_in(page, server, who)
+    page.goto(server["url"] + f"/projects/{project}/label")
+    page.wait_for_selector("#task:not([hidden])")
+    page.keyboard.press("1")
+    page.keyboard.press("Enter")  # not everything is ranked: nothing happens
+    page.keyboard.press("Tab")
+    page.keyboard.press("2")
+    page.keyboard.press("Tab")
+    page.keyboard.press("2")  # a tie for second
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#done:not([hidden])")
+    (stored,) = service.export_project(server["db"], project, "rankings")
+    assert [len(g) for g in stored.ranking] == [1, 2]
+
+
+# --- the page at 1280x900 -----------------------------------------------------------------
+
+LONG = (
+    "The committee met on Tuesday to review the budget. After a long discussion of the "
+    "costs of maintenance, staffing and the new library wing, members agreed to postpone "
+    "the vote on the library until the spring, when the final estimates are expected. "
+)
+
+
+def within(page, selector: str) -> list[str]:
+    """The elements matching `selector` that are not wholly inside the window."""
+    return page.evaluate(
+        """(sel) => [...document.querySelectorAll(sel)].filter((e) => {
+            const r = e.getBoundingClientRect();
+            return r.top < 0 || r.left < 0 || r.bottom > innerHeight || r.right > innerWidth;
+        }).map((e) => e.dataset.rank || e.dataset.id || e.id)""",
+        selector,
+    )
+
+
+def test_the_whole_task_fits_1280x900_and_a_drag_to_the_worst_slot_stays_in_view(
+    make_page, server, shots
+):
+    page = make_page(viewport={"width": 1280, "height": 900})
+    project = "desktop"
+    who = _fresh_project(
+        server,
+        project,
+        criteria=["helpfulness"],
+        n_prompts=1,
+        prompt=lambda name, i: (
+            "Summarize the **minutes** below in *two* sentences.\n\n"
+            "- keep the decision\n- drop the small talk\n\n"
+            "`[link](javascript:alert(1))` <img src=x onerror=alert(1)>\n\n" + LONG * 2
+        ),
+        completion=lambda name, i, j: f"**Not bold**: summary {j}. " + LONG * (j + 1),
+    )
+    sign_in(page, server, who)
+    page.goto(server["url"] + f"/projects/{project}/label")
+    page.wait_for_selector("#task:not([hidden])")
+
+    # The prompt's Markdown as elements, with no raw ** and no live markup; the
+    # responses are model output: text, asterisks and all.
+    assert page.locator("#prompt strong").inner_text() == "minutes"
+    assert page.locator("#prompt em").inner_text() == "two"
+    assert page.locator("#prompt li").all_inner_texts() == [
+        "keep the decision",
+        "drop the small talk",
+    ]
+    assert "**" not in page.inner_text("#prompt") and "<img src=x" in page.inner_text("#prompt")
+    assert page.locator("#prompt img, #prompt a").count() == 0
+    assert page.locator("article.completion .text").first.inner_text().startswith("**Not bold**")
+
+    # No scrolling: the prompt, every response, every slot and Submit are in the window.
+    assert page.evaluate("document.documentElement.scrollHeight <= innerHeight")
+    parts = "#prompt, article.completion, #pool, #ranks [data-rank], #submit, #skip, #rationale"
+    assert within(page, parts) == []
+    page.screenshot(path=str(shots / "task.png"))
+
+    card(page, "A").drag_to(page.locator('#ranks [data-rank="4"]'))
+    assert badges(page)[0] == "rank 4"
+    assert page.locator('#ranks [data-rank="4"] .chip').all_inner_texts() == ["A"]
+    assert within(page, parts) == [] and page.evaluate("scrollY") == 0
+    # The letter itself can be dragged on, and back to "not ranked".
+    page.locator('#ranks [data-rank="4"] .chip').drag_to(page.locator('#ranks [data-rank="3"]'))
+    assert badges(page)[0] == "rank 3"
+    for letter, rank in zip("BCD", "124", strict=True):
+        card(page, letter).locator(f'.rank-button[data-rank="{rank}"]').click()
+    assert badges(page) == ["rank 3", "rank 1", "rank 2", "rank 4"]
+    page.screenshot(path=str(shots / "ranked.png"))
+
+    # The guidelines open beside the task and close again; the work is as it was.
+    page.click("#show-guidelines")
+    assert page.is_visible("#guidelines-panel") and page.is_visible("#prompt")
+    assert page.locator("#guidelines-panel strong").first.inner_text() == "best"
+    assert "**" not in page.inner_text("#guidelines-panel")
+    page.screenshot(path=str(shots / "guidelines-panel.png"))
+    page.locator("#guidelines-panel .close").click()
+    assert page.is_hidden("#guidelines-panel")
+    assert badges(page) == ["rank 3", "rank 1", "rank 2", "rank 4"]
+    assert page.is_enabled("#submit")

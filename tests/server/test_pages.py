@@ -213,3 +213,102 @@ def test_no_secrets_in_logs(site, caplog):
     assert "FROM labelers" in logged  # the statements that looked the tokens up are there
     for secret in (*tokens.values(), session_id, "alt_guess"):
         assert secret not in logged
+
+
+# --- the catalogue, the language, the error pages --------------------------------------
+
+
+def _placeholders(value) -> set[str]:
+    forms = value.values() if isinstance(value, dict) else [value]
+    return {name for form in forms for name in re.findall(r"\{(\w+)\}", form)}
+
+
+def test_every_catalogue_has_the_english_keys_and_placeholders():
+    from alignloop.server import i18n
+
+    english = i18n.catalogue("en")
+    for lang in i18n.LANGUAGES:
+        catalogue = i18n.catalogue(lang)
+        assert set(catalogue) == set(english), lang
+        for key, value in english.items():
+            assert _placeholders(catalogue[key]) == _placeholders(value), (lang, key)
+            if isinstance(catalogue[key], dict):
+                assert "other" in catalogue[key], (lang, key)
+
+
+def test_every_string_the_pages_and_the_script_use_is_in_the_catalogue():
+    from importlib.resources import files
+
+    from alignloop.server import i18n, pages
+
+    server = files("alignloop.server")
+    used = set()
+    for template in (server / "templates").iterdir():
+        used |= set(re.findall(r"""\bt\(\s*["']([\w.]+\w)["']""", template.read_text()))
+    script = (server / "static" / "rank.js").read_text()
+    used |= set(re.findall(r"""\bt\(\s*["'](js\.[\w.]+)["']""", script))
+    kinds = [*pages._ERROR_KINDS.values(), "other"]
+    used |= {f"error.{kind}.{part}" for kind in kinds for part in ("title", "explain")}
+    assert len(used) > 100
+    assert sorted(used - set(i18n.catalogue("en"))) == []
+    # No English left in the markup: each template's visible words come from t().
+    label = (server / "templates" / "label.html").read_text()
+    assert "Submit ranking" not in label and "Skip this prompt" not in label
+
+
+def test_the_language_follows_the_browser_and_the_switch(site):
+    client, _, _ = site
+    zh = {"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.8"}
+    page = client.get("/login", headers=zh).text
+    assert '<html lang="zh-Hans">' in page and "登录" in page and "Sign in" not in page
+    assert (
+        '<html lang="en">' in client.get("/login", headers={"Accept-Language": "fr, en;q=0.5"}).text
+    )
+    r = client.get("/language/en?next=/login", headers=zh, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert "alignloop_lang=en" in r.headers["set-cookie"]
+    assert "Sign in" in client.get("/login", headers=zh).text  # the switch wins
+    r = client.get("/language/zh?next=//evil.example/", follow_redirects=False)
+    assert r.headers["location"] == "/"
+    assert "登录" in client.get("/login").text
+    assert client.get("/language/xx").status_code == 404
+
+
+def test_i18n_choose():
+    from alignloop.server.i18n import choose
+
+    assert choose(None, None) == "en"
+    assert choose(None, "zh-TW;q=0.8, de") == "zh"
+    assert choose(None, "de, en;q=0.1, zh;q=0.5") == "zh"
+    assert choose("en", "zh") == "en"
+    assert choose("xx", "zh-Hans-CN") == "zh"
+    assert choose(None, "zh;q=0, en") == "en"
+    assert choose(None, "en;q=abc, *") == "en"
+
+
+def test_error_pages_say_what_happened_and_where_to_go(site):
+    client, db, tokens = site
+    r = client.get("/projects/demo/label", follow_redirects=False)
+    sign_in(client, tokens["ann"])
+    r = client.get("/projects/nope/guidelines")
+    assert r.status_code == 404
+    assert "<h1>Not found</h1>" in r.text and "Error 404" in r.text
+    assert 'href="/">Go to your projects' in r.text and "nope" in r.text
+    page = client.get("/projects/demo/guidelines").text
+    r = client.post(
+        "/projects/demo/guidelines/acknowledge",
+        data={"version": "0" * 64, "csrf_token": csrf_of(page)},
+        headers={"Referer": "http://testserver/projects/demo/guidelines"},
+    )
+    assert r.status_code == 409
+    assert "This cannot be done now" in r.text and "is no version of project" in r.text
+    assert 'href="/projects/demo/guidelines">Try again' in r.text
+    r = client.get("/projects/demo/guidelines/acknowledge")
+    assert r.status_code == 405 and "cannot be opened this way" in r.text
+    r = client.get("/admin")
+    assert r.status_code == 403 and "You cannot do this" in r.text
+    r = client.get("/admin", headers={"Accept-Language": "zh"})
+    assert "你不能执行此操作" in r.text and "前往你的项目" in r.text
+    client.cookies.clear()
+    r = client.post("/logout", data={"csrf_token": "x"}, follow_redirects=False)
+    assert r.status_code == 303  # no session: to the sign-in page, as before

@@ -13,14 +13,14 @@ session, uses a double-submit cookie instead.
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markdown_it import MarkdownIt
 
-from alignloop.server import assign, service
+from alignloop.server import assign, i18n, service
 from alignloop.server.api import jsonl_response
 from alignloop.server.auth import (
     SESSION_LIFETIME,
@@ -28,9 +28,10 @@ from alignloop.server.auth import (
     db_of,
     end_session,
     page_identity,
+    session_identity,
     start_session,
 )
-from alignloop.server.errors import ServerError
+from alignloop.server.errors import NotFound, ServerError
 from alignloop.server.security import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
@@ -52,9 +53,67 @@ _env = Environment(
 _markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
+def language(request: Request) -> str:
+    """The page's language (see `alignloop.server.i18n.choose`)."""
+    return i18n.choose(request.cookies.get(i18n.COOKIE), request.headers.get("accept-language"))
+
+
 def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    html = _env.get_template(template).render(request=request, **context)
+    """The template in the request's language: `t` is its catalogue, `here` the
+    page's own path (for the language switch and the error page's links)."""
+    lang = language(request)
+    if template == "error.html":
+        context = {**_error_context(request, context["status_code"]), **context}
+    html = _env.get_template(template).render(
+        request=request,
+        lang=lang,
+        html_lang=i18n.LANGUAGES[lang][1],
+        languages=[(code, name) for code, (name, _) in i18n.LANGUAGES.items()],
+        t=i18n.translator(lang),
+        here=_here(request),
+        **context,
+    )
     return HTMLResponse(html, status_code=status)
+
+
+def _here(request: Request) -> str:
+    query = f"?{request.url.query}" if request.url.query else ""
+    return _safe_next(request.url.path + query)
+
+
+# Error pages: the catalogue's title and explanation by status ("error.KIND.title").
+_ERROR_KINDS = {
+    400: "bad_request",
+    403: "forbidden",
+    404: "not_found",
+    405: "method",
+    409: "conflict",
+    413: "too_large",
+    422: "invalid",
+    429: "too_many",
+    500: "server",
+}
+
+
+def _error_context(request: Request, status: int) -> dict[str, Any]:
+    """What error.html needs beside the status and message (app.py renders it): the
+    kind of error for its words, and who is signed in, if anyone, for its links."""
+    try:
+        who = session_identity(request)
+    except Exception:  # the database itself may be what failed
+        who = None
+    return {"kind": _ERROR_KINDS.get(status, "other"), "who": who, "back": _back(request)}
+
+
+def _back(request: Request) -> str:
+    """Where "try again" goes: this page, or for a form post the page that sent it
+    (when it is one of this site's)."""
+    if request.method == "GET":
+        return _here(request)
+    sent_from = urlsplit(request.headers.get("referer", ""))
+    if sent_from.netloc != request.url.netloc:
+        return "/"
+    return _safe_next(sent_from.path + (f"?{sent_from.query}" if sent_from.query else ""))
 
 
 class CsrfFailed(ServerError):
@@ -126,7 +185,8 @@ def login(
 ) -> Response:
     started = start_session(db_of(request), token.strip())
     if started is None:
-        return _login_page(request, next, error="Unknown token.", status=401)
+        error = i18n.translator(language(request))("login.unknown")
+        return _login_page(request, next, error=error, status=401)
     session_id, _ = started
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(
@@ -192,7 +252,27 @@ def label_page(request: Request, project: str, who: Page) -> Response:
     g = assign.guidelines_for(db_of(request), who.labeler_id, project)
     if not g["acknowledged"]:
         return RedirectResponse(f"/projects/{quote(project, safe='')}/guidelines", status_code=303)
-    return render(request, "label.html", who=who, project=project, csrf=who.csrf_token)
+    return render(
+        request,
+        "label.html",
+        who=who,
+        project=project,
+        csrf=who.csrf_token,
+        js_strings=i18n.js_strings(language(request)),
+        guidelines_html=_markdown.render(g["markdown"]),
+        guidelines_version=g["version"],
+    )
+
+
+@router.get("/language/{code}")
+def switch_language(code: str, next: str = "/") -> Response:
+    """The language switch: remembers the choice in a cookie (a display preference,
+    so a plain link), then goes back to the page."""
+    if code not in i18n.LANGUAGES:
+        raise NotFound(f"no language {code!r}; known: {', '.join(i18n.LANGUAGES)}")
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(i18n.COOKIE, code, max_age=365 * 24 * 3600, samesite="lax", path="/")
+    return response
 
 
 # --- admins -------------------------------------------------------------------------

@@ -1,9 +1,18 @@
-// The labeling page: fetch a task, let the labeler rank its responses by dragging
-// or by keyboard (digits; the same digit twice is a tie), submit one ranking per
-// criterion, then fetch the next task.
+// The labeling page: fetch a task, let the labeler rank its responses, submit one
+// ranking per criterion, then fetch the next task.
 //
-// Everything the server sends is untrusted model output: it only ever goes into the
-// page through textContent, never innerHTML.
+// The board: the responses stay side by side in their order (Response A, B, ...);
+// above them a strip of rank slots ("not ranked", 1 · best, ..., K · worst) shows
+// each response's letter in its slot. A response gets a rank by a digit while it has
+// the focus, by its rank buttons, or by dragging it (or its letter) to a slot:
+// pointer events, so a mouse, a pen and a finger (by the grip) drag the same way.
+//
+// Everything the server sends is untrusted: model output only ever goes into the
+// page through textContent; a prompt's Markdown is built as elements whose text is
+// set with textContent too (no innerHTML anywhere).
+//
+// The interface's words come from the catalogue in <script id="i18n"
+// type="application/json"> (alignloop/server/i18n/*.json), the keys under "js.".
 "use strict";
 
 (function () {
@@ -12,6 +21,7 @@
   const project = root.dataset.project;
   const csrf = root.dataset.csrf;
   const guidelinesUrl = root.dataset.guidelinesUrl;
+  const draftPrefix = "alignloop.draft." + root.dataset.labeler + ".";
   const $ = (id) => document.getElementById(id);
   const el = (tag, cls, text) => {
     const node = document.createElement(tag);
@@ -19,13 +29,28 @@
     if (text !== undefined) node.textContent = text;
     return node;
   };
+  const strings = (() => {
+    const node = $("i18n");
+    try {
+      return node ? JSON.parse(node.textContent) : {};
+    } catch (err) {
+      return {};
+    }
+  })();
+  // t("js.rank_n", {n: 2}) -> "rank 2": the catalogue's text with {name}s filled in.
+  const t = (key, params) =>
+    (strings[key] || key).replace(/\{(\w+)\}/g, (m, name) =>
+      params && name in params ? String(params[name]) : m);
 
   let task = null; // the task as GET /api/v1/tasks/next returned it
   let todo = []; // criteria still to rank for this task
   let step = 0; // index into todo
   let rankOf = new Map(); // completion id -> rank (0: not ranked yet)
   let cards = new Map(); // completion id -> card element
+  let chips = new Map(); // completion id -> its letter in the strip
+  let letterOf = new Map(); // completion id -> "A", "B", ...
   let busy = false;
+  let lastCard = null; // the card that last had the focus (Escape goes back to it)
 
   function say(text, kind) {
     const box = $("message");
@@ -55,7 +80,7 @@
         return await api("POST", path, body);
       } catch (err) {
         if (attempt >= 6) throw err;
-        say("Connection lost; retrying…", "warn");
+        say(t("js.retrying"), "warn");
         await new Promise((resolve) => setTimeout(resolve, wait));
         wait *= 2;
       }
@@ -65,11 +90,83 @@
   function problems(payload) {
     const detail = payload && payload.detail;
     if (Array.isArray(detail)) return detail.map((d) => d.msg).join("; ");
-    return typeof detail === "string" ? detail : "unexpected answer from the server";
+    return typeof detail === "string" ? detail : t("js.unexpected");
   }
 
+  // --- Markdown of a prompt, as elements (headings, lists, quotes, code, emphasis) --
+
+  function inline(parent, text) {
+    // `code`, **strong** / __strong__, *em* / _em_; a link shows its text and address.
+    const pattern = /`([^`]+)`|\*\*(.+?)\*\*|__(.+?)__|\*([^*\s](?:[^*]*[^*\s])?)\*|(?<![\w])_([^_\s](?:[^_]*[^_\s])?)_(?![\w])|\[([^\]]+)\]\(([^)\s]+)\)/g;
+    let at = 0;
+    for (const m of text.matchAll(pattern)) {
+      if (m.index > at) parent.append(text.slice(at, m.index));
+      if (m[1] !== undefined) parent.append(el("code", null, m[1]));
+      else if (m[2] !== undefined || m[3] !== undefined) {
+        const strong = el("strong");
+        inline(strong, m[2] !== undefined ? m[2] : m[3]);
+        parent.append(strong);
+      } else if (m[4] !== undefined || m[5] !== undefined) {
+        const em = el("em");
+        inline(em, m[4] !== undefined ? m[4] : m[5]);
+        parent.append(em);
+      } else parent.append(m[6] + " (" + m[7] + ")");
+      at = m.index + m[0].length;
+    }
+    if (at < text.length) parent.append(text.slice(at));
+  }
+
+  function markdown(container, source) {
+    container.replaceChildren();
+    const lines = source.replace(/\r\n?/g, "\n").split("\n");
+    let para = null; // the paragraph being filled
+    let list = null; // the list being filled
+    for (let i = 0; i < lines.length; i++) {
+      const line = lines[i];
+      let m;
+      if (/^\s*```/.test(line)) {
+        const code = [];
+        while (++i < lines.length && !/^\s*```/.test(lines[i])) code.push(lines[i]);
+        const pre = el("pre");
+        pre.append(el("code", null, code.join("\n")));
+        container.append(pre);
+        para = list = null;
+      } else if (!line.trim()) {
+        para = list = null;
+      } else if ((m = /^(#{1,6})\s+(.*)$/.exec(line))) {
+        const h = el("h" + Math.min(m[1].length + 2, 6));
+        inline(h, m[2]);
+        container.append(h);
+        para = list = null;
+      } else if ((m = /^\s*(?:([-*+])|(\d+)[.)])\s+(.*)$/.exec(line))) {
+        const kind = m[1] ? "UL" : "OL";
+        if (!list || list.tagName !== kind) {
+          list = el(kind.toLowerCase());
+          container.append(list);
+        }
+        const li = el("li");
+        inline(li, m[3]);
+        list.append(li);
+        para = null;
+      } else if ((m = /^\s*>\s?(.*)$/.exec(line))) {
+        const quote = el("blockquote");
+        inline(quote, m[1]);
+        container.append(quote);
+        para = list = null;
+      } else {
+        if (!para) {
+          para = el("p");
+          container.append(para);
+        } else para.append(el("br"));
+        inline(para, line);
+        list = null;
+      }
+    }
+  }
+
+  // --- tasks ----------------------------------------------------------------------
+
   async function loadNext() {
-    say("");
     $("task").hidden = true;
     const response = await api("GET", "/api/v1/tasks/next?project=" + encodeURIComponent(project));
     if (response.status === 401) {
@@ -81,6 +178,8 @@
       return;
     }
     if (response.status === 204) {
+      clearBoard();
+      task = null;
       $("done").hidden = false;
       $("progress").textContent = "";
       return;
@@ -92,127 +191,341 @@
     showTask(await response.json());
   }
 
-  function showTask(t) {
-    task = t;
-    todo = t.criteria.filter((c) => !t.ranked_criteria.includes(c));
+  function showProgress() {
+    const p = task.progress;
+    $("progress").textContent = t("js.progress", {
+      done: p.labeler_done,
+      tasks: t(p.labeler_done === 1 ? "js.task_one" : "js.task_many"),
+      project_done: p.project_tasks_done,
+      project_total: p.project_tasks,
+    });
+  }
+
+  function showTask(next) {
+    task = next;
+    todo = task.criteria.filter((c) => !task.ranked_criteria.includes(c));
     step = 0;
     if (todo.length === 0) {
       loadNext();
       return;
     }
-    const p = t.progress;
-    $("progress").textContent =
-      "You have finished " + p.labeler_done + (p.labeler_done === 1 ? " task" : " tasks") +
-      " · the project has " + p.project_complete_prompts + " of " + p.project_prompts +
-      " prompts complete";
-    $("prompt").textContent = t.prompt;
+    showProgress();
+    markdown($("prompt"), task.prompt);
     buildBoard();
     startCriterion();
     $("task").hidden = false;
-    const first = cards.values().next().value;
-    if (first) first.focus();
+    cards.values().next().value.focus();
   }
 
-  function buildBoard() {
-    const k = task.completions.length;
-    const ranks = $("ranks");
-    ranks.replaceChildren();
-    // The previous task's cards go too, wherever they are (an unranked one is still
-    // in the pool after a skip or an "I cannot rank these").
-    $("pool").querySelector(".cards").replaceChildren();
-    for (let r = 1; r <= k; r++) {
-      const row = el("li", "rank dropzone");
-      row.dataset.rank = String(r);
-      row.append(el("h3", null, r === 1 ? "1 · best" : r === k ? r + " · worst" : String(r)));
-      row.append(el("div", "cards"));
-      makeDropzone(row);
-      ranks.append(row);
-    }
+  function clearBoard() {
+    $("ranks").replaceChildren();
+    $("cards").replaceChildren();
+    $("pool").querySelector(".chips").replaceChildren();
     cards = new Map();
-    task.completions.forEach((c, i) => {
+    chips = new Map();
+  }
+
+  // A new board for the task: K slots, K cards, K letters; nothing of the last task
+  // stays behind.
+  function buildBoard() {
+    clearBoard();
+    const k = task.completions.length;
+    for (let r = 1; r <= k; r++) {
+      const zone = el("li", "zone rank");
+      zone.dataset.rank = String(r);
+      const name = r === 1 ? t("js.best", { n: r }) : r === k ? t("js.worst", { n: r }) : String(r);
+      zone.append(el("h3", null, name), el("div", "chips"));
+      $("ranks").append(zone);
+    }
+    $("cards").style.setProperty("--cols", String(k <= 5 ? k : Math.ceil(k / 2)));
+    letterOf = new Map(task.completions.map((c, i) => [c.id, String.fromCharCode(65 + i)]));
+    task.completions.forEach((c) => {
+      const letter = letterOf.get(c.id);
       const card = el("article", "completion");
       card.tabIndex = 0;
-      card.draggable = true;
       card.dataset.id = c.id;
+      card.setAttribute("aria-label", t("js.response", { letter }));
       const head = el("header");
-      head.append(el("strong", null, "Response " + String.fromCharCode(65 + i)));
-      head.append(el("span", "badge", "not ranked"));
-      card.append(head, el("div", "text", c.text));
-      card.addEventListener("keydown", onKey);
-      card.addEventListener("dragstart", (e) => {
-        e.dataTransfer.setData("text/plain", c.id);
-        e.dataTransfer.effectAllowed = "move";
-        card.classList.add("dragging");
-      });
-      card.addEventListener("dragend", () => card.classList.remove("dragging"));
+      const grip = el("span", "grip", "⠿");
+      grip.title = t("js.drag", { letter });
+      grip.setAttribute("aria-hidden", "true");
+      head.append(grip, el("strong", null, t("js.response", { letter })), el("span", "badge"));
+      const buttons = el("div", "rank-buttons");
+      for (let r = 1; r <= k; r++) {
+        const b = el("button", "rank-button", String(r));
+        b.type = "button";
+        b.tabIndex = -1; // the keyboard ranks with digits on the card itself
+        b.dataset.rank = String(r);
+        b.setAttribute("aria-label", t("js.give_rank", { letter, n: r }));
+        b.addEventListener("click", () => {
+          setRank(c.id, rankOf.get(c.id) === r ? 0 : r);
+          card.focus();
+        });
+        buttons.append(b);
+      }
+      card.append(head, el("div", "text", c.text), buttons);
+      card.addEventListener("keydown", onCardKey);
+      card.addEventListener("focus", () => (lastCard = card));
+      draggable(card, c.id);
       cards.set(c.id, card);
+      $("cards").append(card);
+
+      const chip = el("span", "chip", letter);
+      chip.dataset.id = c.id;
+      chip.title = t("js.response", { letter });
+      draggable(chip, c.id);
+      chips.set(c.id, chip);
     });
   }
 
-  function makeDropzone(zone) {
-    zone.addEventListener("dragover", (e) => {
-      e.preventDefault();
-      zone.classList.add("over");
-    });
-    zone.addEventListener("dragleave", () => zone.classList.remove("over"));
-    zone.addEventListener("drop", (e) => {
-      e.preventDefault();
-      zone.classList.remove("over");
-      const id = e.dataTransfer.getData("text/plain");
-      if (cards.has(id)) setRank(id, Number(zone.dataset.rank));
-    });
+  function draftKey() {
+    return draftPrefix + task.assignment_id + "." + todo[step];
+  }
+
+  function saveDraft() {
+    const draft = {
+      ranks: Object.fromEntries(rankOf),
+      unrankable: $("unrankable").checked,
+      unsafe: $("unsafe").checked,
+      rationale: $("rationale").value,
+      saved: Date.now(),
+    };
+    const empty = !draft.unrankable && !draft.unsafe && !draft.rationale &&
+      [...rankOf.values()].every((r) => r === 0);
+    try {
+      if (empty) localStorage.removeItem(draftKey());
+      else localStorage.setItem(draftKey(), JSON.stringify(draft));
+    } catch (err) {
+      // storage full or refused: the ranking simply does not survive a reload
+    }
+  }
+
+  function loadDraft() {
+    try {
+      const draft = JSON.parse(localStorage.getItem(draftKey()) || "null");
+      if (!draft) return false;
+      const k = task.completions.length;
+      for (const [id, r] of Object.entries(draft.ranks || {})) {
+        if (rankOf.has(id) && Number.isInteger(r) && r >= 0 && r <= k) rankOf.set(id, r);
+      }
+      $("unrankable").checked = draft.unrankable === true;
+      $("unsafe").checked = draft.unsafe === true;
+      $("rationale").value = typeof draft.rationale === "string" ? draft.rationale : "";
+      return true;
+    } catch (err) {
+      return false;
+    }
+  }
+
+  function dropDraft(key) {
+    try {
+      localStorage.removeItem(key);
+    } catch (err) {
+      // nothing to do
+    }
+  }
+
+  // Drafts of other tasks are left from a skip in another tab or an expired task:
+  // a week is long enough to come back to one.
+  function dropOldDrafts() {
+    try {
+      const week = 7 * 24 * 3600 * 1000;
+      for (let i = localStorage.length - 1; i >= 0; i--) {
+        const key = localStorage.key(i);
+        if (!key || !key.startsWith("alignloop.draft.")) continue;
+        const draft = JSON.parse(localStorage.getItem(key) || "null");
+        if (!draft || !(Date.now() - draft.saved < week)) localStorage.removeItem(key);
+      }
+    } catch (err) {
+      // nothing to do
+    }
   }
 
   function startCriterion() {
     rankOf = new Map(task.completions.map((c) => [c.id, 0]));
     $("criterion").textContent = todo[step];
     $("criterion-step").textContent =
-      todo.length > 1 ? "(criterion " + (step + 1) + " of " + todo.length + ")" : "";
+      task.criteria.length > 1
+        ? t("js.criterion_step", {
+            i: task.criteria.indexOf(todo[step]) + 1,
+            n: task.criteria.length,
+          })
+        : "";
     $("unrankable").checked = false;
     $("unsafe").checked = false;
     $("rationale").value = "";
+    const restored = loadDraft();
+    const ranked = task.criteria.filter((c) => !todo.slice(step).includes(c));
+    $("skip-note").textContent = ranked.length
+      ? t("js.skip_after_first", { ranked: ranked.join(", ") })
+      : "";
     place();
+    if (restored) say(t("js.draft_restored"), "info");
   }
 
-  function zoneFor(rank) {
-    if (rank === 0) return $("pool").querySelector(".cards");
-    return $("ranks").querySelector('[data-rank="' + rank + '"] .cards');
-  }
-
-  // Put every card in the zone of its rank, keeping the shuffled order within a zone.
+  // Every letter in the slot of its rank (in letter order), every card's badge and
+  // pressed rank button.
   function place() {
-    const focused = document.activeElement;
     task.completions.forEach((c) => {
-      const card = cards.get(c.id);
       const rank = rankOf.get(c.id);
-      zoneFor(rank).append(card);
-      card.querySelector(".badge").textContent = rank === 0 ? "not ranked" : "rank " + rank;
+      const zone = rank === 0 ? $("pool") : $("ranks").querySelector('[data-rank="' + rank + '"]');
+      zone.querySelector(".chips").append(chips.get(c.id));
+      const card = cards.get(c.id);
+      card.querySelector(".badge").textContent =
+        rank === 0 ? t("js.not_ranked") : t("js.rank_n", { n: rank });
       card.classList.toggle("ranked", rank > 0);
+      card.querySelectorAll(".rank-button").forEach((b) => {
+        b.setAttribute("aria-pressed", String(Number(b.dataset.rank) === rank));
+      });
     });
-    if (focused && focused.classList && focused.classList.contains("completion")) focused.focus();
     updateSubmit();
   }
 
   function setRank(id, rank) {
     rankOf.set(id, rank);
     place();
+    saveDraft();
+  }
+
+  // --- dragging: pointer events, one path for mouse, pen and touch ---------------------
+
+  function draggable(source, id) {
+    source.addEventListener("pointerdown", (e) => {
+      if (e.button !== 0 || busy) return;
+      if (e.target.closest("button, a, input, textarea")) return;
+      // A finger drags by the grip or the letter; elsewhere on a card it scrolls.
+      if (e.pointerType !== "mouse" && !e.target.closest(".grip, .chip")) return;
+      const start = { x: e.clientX, y: e.clientY };
+      let ghost = null;
+      let over = null;
+      const zoneAt = (x, y) => {
+        const hit = document.elementFromPoint(x, y);
+        return hit && hit.closest("#labeling .zone");
+      };
+      const move = (ev) => {
+        if (!ghost) {
+          if (Math.hypot(ev.clientX - start.x, ev.clientY - start.y) < 4) return;
+          ghost = el("div", "drag-ghost", t("js.response", { letter: letterOf.get(id) }));
+          document.body.append(ghost);
+          document.body.classList.add("dragging");
+          source.classList.add("dragging");
+          const selection = window.getSelection();
+          if (selection) selection.removeAllRanges();
+        }
+        ev.preventDefault();
+        ghost.style.left = ev.clientX + 12 + "px";
+        ghost.style.top = ev.clientY + 12 + "px";
+        const zone = zoneAt(ev.clientX, ev.clientY);
+        if (zone !== over) {
+          if (over) over.classList.remove("over");
+          if (zone) zone.classList.add("over");
+          over = zone;
+        }
+      };
+      const end = (ev) => {
+        source.removeEventListener("pointermove", move);
+        source.removeEventListener("pointerup", end);
+        source.removeEventListener("pointercancel", end);
+        if (!ghost) return;
+        ghost.remove();
+        document.body.classList.remove("dragging");
+        source.classList.remove("dragging");
+        if (over) over.classList.remove("over");
+        const zone = ev.type === "pointerup" ? zoneAt(ev.clientX, ev.clientY) : null;
+        if (zone && cards.has(id)) {
+          setRank(id, Number(zone.dataset.rank));
+          cards.get(id).focus({ preventScroll: true });
+        }
+      };
+      source.setPointerCapture(e.pointerId);
+      source.addEventListener("pointermove", move);
+      source.addEventListener("pointerup", end);
+      source.addEventListener("pointercancel", end);
+    });
+  }
+
+  // --- the keyboard ---------------------------------------------------------------------
+
+  function onCardKey(e) {
+    if (e.altKey || e.ctrlKey || e.metaKey) return;
+    const list = [...cards.values()];
+    const at = list.indexOf(e.currentTarget);
+    if (/^[0-9]$/.test(e.key)) {
+      e.preventDefault();
+      const rank = Number(e.key);
+      if (rank <= task.completions.length) setRank(e.currentTarget.dataset.id, rank);
+      // The focus stays on this card: Tab goes on to the next response.
+    } else if (e.key === "ArrowRight" || e.key === "ArrowLeft") {
+      e.preventDefault();
+      const next = list[(at + (e.key === "ArrowRight" ? 1 : list.length - 1)) % list.length];
+      next.focus();
+    } else if (e.key === "Enter" && !$("submit").disabled) {
+      e.preventDefault();
+      submit();
+    }
+  }
+
+  function inTextField(node) {
+    return !!(node && node.closest &&
+      node.closest("textarea, select, [contenteditable], input:not([type=checkbox]):not([type=radio])"));
+  }
+
+  function toggle(id, show) {
+    const box = $(id);
+    const open = show === undefined ? box.hidden : show;
+    box.hidden = !open;
+    if (open) {
+      box.querySelector(".close").focus();
+    } else if (lastCard && document.body.contains(lastCard)) {
+      lastCard.focus();
+    }
   }
 
   function onKey(e) {
-    if (e.altKey || e.ctrlKey || e.metaKey) return;
-    if (!/^[0-9]$/.test(e.key)) return;
-    const rank = Number(e.key);
-    if (rank > task.completions.length) return;
-    e.preventDefault();
-    setRank(e.currentTarget.dataset.id, rank);
+    if ((e.ctrlKey || e.metaKey) && e.key === "Enter") {
+      e.preventDefault(); // also from the rationale box
+      if (!$("submit").disabled) submit();
+      return;
+    }
+    if (e.key === "Escape") {
+      if (!$("help").hidden) toggle("help", false);
+      else if (!$("guidelines-panel").hidden) toggle("guidelines-panel", false);
+      else if (inTextField(e.target) && lastCard) lastCard.focus();
+      return;
+    }
+    if (e.altKey || e.ctrlKey || e.metaKey || inTextField(e.target)) return;
+    if (e.key === "?") {
+      e.preventDefault();
+      toggle("help");
+    } else if (!$("help").hidden) {
+      return; // the help overlay is open: no other shortcut
+    } else if (e.key === "g") {
+      e.preventDefault();
+      toggle("guidelines-panel");
+    } else if (!task || $("task").hidden) {
+      return;
+    } else if (e.key === "s") {
+      e.preventDefault();
+      skip();
+    } else if (e.key === "u") {
+      e.preventDefault();
+      $("unrankable").checked = !$("unrankable").checked;
+      updateSubmit();
+      saveDraft();
+    } else if (/^[0-9]$/.test(e.key) && !(e.target.closest && e.target.closest(".completion"))) {
+      e.preventDefault();
+      say(t("js.focus_first"), "info");
+    }
   }
+
+  // --- submitting and skipping ------------------------------------------------------------
 
   function allRanked() {
     return [...rankOf.values()].every((r) => r > 0);
   }
 
   function updateSubmit() {
-    $("submit").disabled = busy || !($("unrankable").checked || allRanked());
+    $("submit").disabled = busy || !task || !($("unrankable").checked || allRanked());
   }
 
   // Groups of ids, best first; ranks nobody used are left out (1, 1, 3 is a tie for
@@ -227,12 +540,14 @@
   }
 
   async function submit() {
-    if (busy) return;
+    if (busy || !task) return;
     busy = true;
     updateSubmit();
     const unrankable = $("unrankable").checked;
+    const criterion = todo[step];
+    const key = draftKey();
     const body = {
-      criterion: todo[step],
+      criterion,
       ranking: unrankable ? [] : groups(),
       unrankable,
       rationale: $("rationale").value,
@@ -243,22 +558,36 @@
         "/api/v1/assignments/" + task.assignment_id + "/ranking", body);
       const payload = await response.json().catch(() => null);
       if (response.status === 200 || response.status === 201) {
+        dropDraft(key);
         step += 1;
         if (step < todo.length) {
-          say("Saved. Now rank the same responses by " + todo[step] + ".", "ok");
           startCriterion();
+          say(t("js.saved_next_criterion", {
+            done: criterion,
+            next: todo[step],
+            i: task.criteria.indexOf(todo[step]) + 1,
+            n: task.criteria.length,
+          }), "ok");
+          const heading = $("criterion-heading");
+          heading.classList.remove("flash");
+          void heading.offsetWidth; // restart the animation
+          heading.classList.add("flash");
+          heading.scrollIntoView({ block: "nearest" });
+          cards.values().next().value.focus({ preventScroll: true });
         } else {
+          say("");
           await loadNext();
-          say("Saved.", "ok");
+          say(t("js.saved"), "ok");
         }
       } else if (response.status === 409) {
-        say(problems(payload) + " Loading the next task…", "warn");
+        dropDraft(key);
+        say(t("js.loading_next", { problem: problems(payload) }), "warn");
         await loadNext();
       } else {
         say(problems(payload), "error");
       }
     } catch (err) {
-      say("Could not reach the server; your ranking is still here, submit again.", "error");
+      say(t("js.offline_submit"), "error");
     } finally {
       busy = false;
       updateSubmit();
@@ -268,22 +597,42 @@
   async function skip() {
     if (busy || !task) return;
     busy = true;
+    updateSubmit();
+    const keys = todo.map((c) => draftPrefix + task.assignment_id + "." + c);
     try {
       const response = await postWithRetry("/api/v1/assignments/" + task.assignment_id + "/skip");
       if (!response.ok) {
         say(problems(await response.json().catch(() => null)), "error");
       } else {
+        keys.forEach(dropDraft);
+        say("");
         await loadNext();
+        say(t("js.skipped"), "info");
       }
+    } catch (err) {
+      say(t("js.offline_load"), "error");
     } finally {
       busy = false;
       updateSubmit();
     }
   }
 
-  makeDropzone($("pool"));
+  document.addEventListener("keydown", onKey);
+  document.addEventListener("dragstart", (e) => {
+    if (e.target.closest && e.target.closest("#task")) e.preventDefault(); // ours, not the browser's
+  });
   $("submit").addEventListener("click", submit);
   $("skip").addEventListener("click", skip);
-  $("unrankable").addEventListener("change", updateSubmit);
-  loadNext().catch(() => say("Could not reach the server; reload the page.", "error"));
+  $("unrankable").addEventListener("change", () => {
+    updateSubmit();
+    saveDraft();
+  });
+  $("unsafe").addEventListener("change", saveDraft);
+  $("rationale").addEventListener("input", saveDraft);
+  $("show-guidelines").addEventListener("click", () => toggle("guidelines-panel"));
+  $("show-help").addEventListener("click", () => toggle("help"));
+  document.querySelectorAll("#labeling .close").forEach((b) =>
+    b.addEventListener("click", () => toggle(b.closest("[id]").id, false)));
+  dropOldDrafts();
+  loadNext().catch(() => say(t("js.offline_load"), "error"));
 })();
