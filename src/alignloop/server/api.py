@@ -11,7 +11,11 @@
     GET  /api/v1/admin/projects                   (admins)
     GET  /api/v1/admin/projects/{project}/status
     GET  /api/v1/admin/projects/{project}/export?what=rankings|pairs|consensus
+    GET  /api/v1/admin/labelers
     POST /api/v1/admin/labelers                   201 with the new token (shown once)
+    POST /api/v1/admin/labelers/{name}/deactivate  token and sessions end at once
+    POST /api/v1/admin/labelers/{name}/reactivate
+    POST /api/v1/admin/labelers/{name}/token       a new token (shown once)
 
 Errors are `{"detail": "..."}` (400, 401, 403, 404, 409, 413), and 422 is FastAPI's
 validation shape `{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}` whether
@@ -293,3 +297,49 @@ def admin_add_labeler(
     token = service.add_labeler(db_of(request), body.name, admin=body.admin)
     response.headers["Cache-Control"] = "no-store"  # the token must not linger in a cache
     return NewLabelerOut(name=body.name.strip(), is_admin=body.admin, token=token)
+
+
+class LabelerOut(BaseModel):
+    name: str
+    is_admin: bool
+    active: bool
+    created_at: str
+
+
+@router.get("/admin/labelers", response_model=list[LabelerOut], responses=ADMIN_ERRORS)
+def admin_labelers(request: Request, who: Admin) -> list[dict[str, Any]]:
+    return service.list_labelers(db_of(request))
+
+
+@router.post(
+    "/admin/labelers/{name}/deactivate",
+    response_model=LabelerOut,
+    responses={**ADMIN_ERRORS, 409: {"description": "an admin cannot deactivate themselves"}},
+)
+def admin_deactivate(request: Request, name: str, who: Admin) -> dict[str, Any]:
+    """The labeler's token stops working and their sessions end at once; their
+    pending tasks go back to the pool."""
+    return service.deactivate_labeler(db_of(request), name, by=who.name)
+
+
+@router.post(
+    "/admin/labelers/{name}/reactivate",
+    response_model=LabelerOut,
+    responses={**ADMIN_ERRORS, **CONFLICT},
+)
+def admin_reactivate(request: Request, name: str, who: Admin) -> dict[str, Any]:
+    return service.reactivate_labeler(db_of(request), name)
+
+
+@router.post(
+    "/admin/labelers/{name}/token",
+    response_model=NewLabelerOut,
+    responses={**ADMIN_ERRORS, **CONFLICT},
+)
+def admin_rotate_token(request: Request, response: Response, name: str, who: Admin) -> Any:
+    """A new token for the labeler (shown once); the old one and their sessions end."""
+    db = db_of(request)
+    token = service.rotate_token(db, name)
+    response.headers["Cache-Control"] = "no-store"
+    labeler = next(lab for lab in service.list_labelers(db) if lab["name"] == name)
+    return NewLabelerOut(name=name, is_admin=labeler["is_admin"], token=token)

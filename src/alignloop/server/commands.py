@@ -1,4 +1,4 @@
-"""`alignloop serve | db upgrade | project ... | labeler add`: the labeling server's
+"""`alignloop serve | db upgrade | project ... | labeler ...`: the labeling server's
 subcommands, added to the console script by `add_server_commands`.
 
 Each handler imports the web stack (FastAPI, SQLAlchemy) when it runs, so the rest of
@@ -211,6 +211,45 @@ def _labeler_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labeler_list(args: argparse.Namespace) -> int:
+    from alignloop.server.service import list_labelers
+
+    for lab in list_labelers(_open(args)):
+        role = "admin" if lab["is_admin"] else "labeler"
+        state = "active" if lab["active"] else "deactivated"
+        print(f"{lab['name']}\t{role}\t{state}\tsince {lab['created_at']}")
+    return 0
+
+
+def _labeler_deactivate(args: argparse.Namespace) -> int:
+    from alignloop.server.service import deactivate_labeler
+
+    deactivate_labeler(_open(args), args.name)
+    print(f"{args.name!r} deactivated: their token and sessions no longer work")
+    return 0
+
+
+def _labeler_reactivate(args: argparse.Namespace) -> int:
+    from alignloop.server.service import reactivate_labeler
+
+    reactivate_labeler(_open(args), args.name)
+    print(f"{args.name!r} reactivated: their token works again")
+    return 0
+
+
+def _labeler_rotate_token(args: argparse.Namespace) -> int:
+    from alignloop.server.service import rotate_token
+
+    token = rotate_token(_open(args), args.name)
+    print(
+        f"new login token of {args.name!r} (shown once; the old one and their sessions "
+        "no longer work):",
+        file=sys.stderr,
+    )
+    print(token)
+    return 0
+
+
 # --- the parser --------------------------------------------------------------------
 
 
@@ -335,3 +374,13 @@ def add_server_commands(sub, command, group) -> None:
     db_option(p)
     p.add_argument("--name", required=True, help="labeler name (unique)")
     p.add_argument("--admin", action="store_true", help="may see the admin pages and export")
+    p = command(lab, "list", _labeler_list, "Every labeler: name, role, active or not.")
+    db_option(p)
+    for name, handler, what in (
+        ("deactivate", _labeler_deactivate, "Stop a labeler: token and sessions end at once."),
+        ("reactivate", _labeler_reactivate, "Let a deactivated labeler back in (same token)."),
+        ("rotate-token", _labeler_rotate_token, "A new token (printed once); the old one ends."),
+    ):
+        p = command(lab, name, handler, what)
+        db_option(p)
+        p.add_argument("name", help="the labeler's name")

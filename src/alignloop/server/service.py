@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
@@ -40,6 +40,7 @@ from alignloop.server.models import (
     Project,
     PromptRow,
     RankingRow,
+    WebSession,
     utcnow,
 )
 from alignloop.server.security import hash_secret, new_token
@@ -49,12 +50,15 @@ __all__ = [
     "add_labeler",
     "create_project",
     "current_guidelines",
+    "deactivate_labeler",
     "export_project",
     "get_project",
-    "list_labelers",
     "guidelines_version",
+    "list_labelers",
     "list_projects",
     "project_status",
+    "reactivate_labeler",
+    "rotate_token",
     "set_guidelines",
 ]
 
@@ -378,7 +382,7 @@ def set_guidelines(db: Database, name: str, markdown: str) -> tuple[str, bool]:
 
 def add_labeler(db: Database, name: str, *, admin: bool = False) -> str:
     """A new labeler; returns their login token. Only its hash is stored: the token
-    cannot be shown again (add the labeler under a new name to issue another)."""
+    cannot be shown again (`rotate_token` issues a new one)."""
     name = name.strip()
     if not name:
         raise Invalid("--name: a labeler needs a name", "name")
@@ -400,17 +404,72 @@ def add_labeler(db: Database, name: str, *, admin: bool = False) -> str:
     return token
 
 
+def _labeler_named(session: Session, name: str) -> Labeler:
+    fits = text_problem(name, max_len=NAME_MAX) is None
+    labeler = session.scalar(select(Labeler).where(Labeler.name == name)) if fits else None
+    if labeler is None:
+        raise NotFound(f"no labeler named {shown(name)}")
+    return labeler
+
+
+def _end_sessions(session: Session, labeler: Labeler) -> None:
+    session.execute(delete(WebSession).where(WebSession.labeler_id == labeler.id))
+
+
+def deactivate_labeler(db: Database, name: str, *, by: str | None = None) -> dict[str, Any]:
+    """Stop a labeler: their token stops working, their browser sessions end at once,
+    and their pending tasks go back to the pool (what they ranked stays). `by` is
+    the admin asking, who may not deactivate themselves (and lock the door behind
+    them). Returns the labeler as `list_labelers` shows them."""
+    if by is not None and by == name:
+        raise Conflict("you cannot deactivate yourself; ask another admin")
+    with db.write() as session:
+        labeler = _labeler_named(session, name)
+        labeler.active = False
+        _end_sessions(session, labeler)
+        for a in session.scalars(
+            select(Assignment).where(
+                Assignment.labeler_id == labeler.id, Assignment.status == PENDING
+            )
+        ):
+            a.status = EXPIRED
+        return _labeler_out(labeler)
+
+
+def reactivate_labeler(db: Database, name: str) -> dict[str, Any]:
+    """Let a deactivated labeler back in with the token they had (`rotate_token`
+    for a new one)."""
+    with db.write() as session:
+        labeler = _labeler_named(session, name)
+        labeler.active = True
+        return _labeler_out(labeler)
+
+
+def rotate_token(db: Database, name: str) -> str:
+    """A new login token for the labeler (shown once, stored hashed): the old one
+    stops working and their browser sessions end at once. Their rankings, tasks and
+    acknowledgements stay theirs."""
+    token = new_token()
+    with db.write() as session:
+        labeler = _labeler_named(session, name)
+        labeler.token_hash = hash_secret(token)
+        _end_sessions(session, labeler)
+    return token
+
+
+def _labeler_out(lab: Labeler) -> dict[str, Any]:
+    return {
+        "name": lab.name,
+        "is_admin": lab.is_admin,
+        "active": lab.active,
+        "created_at": lab.created_at.isoformat(timespec="seconds"),
+    }
+
+
 def list_labelers(db: Database) -> list[dict[str, Any]]:
+    """Every labeler: {"name", "is_admin", "active", "created_at"}, oldest first."""
     with db.read() as session:
-        return [
-            {
-                "name": lab.name,
-                "is_admin": lab.is_admin,
-                "active": lab.active,
-                "created_at": lab.created_at.isoformat(timespec="seconds"),
-            }
-            for lab in session.scalars(select(Labeler).order_by(Labeler.id))
-        ]
+        return [_labeler_out(lab) for lab in session.scalars(select(Labeler).order_by(Labeler.id))]
 
 
 def labeler_by_token(session: Session, token: str) -> Labeler | None:
