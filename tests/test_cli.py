@@ -241,3 +241,27 @@ def test_demo_flags_are_its_config():
     assert config_from_args(DemoConfig, args) == DemoConfig(threads=None)
     with pytest.raises(SystemExit):  # the sizes of the README's figures are not flags
         make_parser().parse_args(["demo", "--n-train", "10"])
+
+
+def test_score_writes_the_reward_of_every_completion(tiny_rm, tmp_path, capsys):
+    from alignloop.loop import stand_in_completions
+    from alignloop.models import RewardModel
+    from alignloop.world import make_prompts
+
+    prompts = make_prompts(2, 0, id_prefix="t")
+    completions = stand_in_completions(prompts, k=2, seed=0)
+    paths = {k: tmp_path / f"{k}.jsonl" for k in ("prompts", "completions")}
+    write_records(paths["prompts"], prompts)
+    write_records(paths["completions"], completions)
+    out = tmp_path / "rewards.jsonl"
+    assert main(["score", "--model", str(tiny_rm), "--data", str(paths["completions"]),
+                 "--prompts", str(paths["prompts"]), "--out", str(out),
+                 "--max-length", "64"]) == 0  # fmt: skip
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    by_id = {p.id: p for p in prompts}
+    expected = RewardModel.from_pretrained(tiny_rm).score(
+        [by_id[c.prompt_id].prompt for c in completions], [c.completion for c in completions],
+        max_length=64,
+    )  # fmt: skip
+    assert [(r["id"], r["prompt_id"]) for r in rows] == [(c.id, c.prompt_id) for c in completions]
+    assert [r["reward"] for r in rows] == pytest.approx(expected)
