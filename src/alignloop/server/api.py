@@ -11,6 +11,7 @@
     GET  /api/v1/admin/projects                   (admins)
     GET  /api/v1/admin/projects/{project}/status
     GET  /api/v1/admin/projects/{project}/export?what=rankings|pairs|consensus
+                                 [&criterion=NAME]  (needed for pairs/consensus of several)
     GET  /api/v1/admin/labelers
     POST /api/v1/admin/labelers                   201 with the new token (shown once)
     POST /api/v1/admin/labelers/{name}/deactivate  token and sessions end at once
@@ -261,17 +262,36 @@ def admin_status(request: Request, project: str, who: Admin) -> dict[str, Any]:
 
 @router.get(
     "/admin/projects/{project}/export",
-    responses={**ADMIN_ERRORS, 200: {"content": {"application/x-ndjson": {}}}},
+    responses={
+        **ADMIN_ERRORS,
+        200: {"content": {"application/x-ndjson": {}}},
+        422: {"description": "pairs or consensus of several criteria without `criterion`"},
+    },
 )
 def admin_export(
     request: Request,
     project: str,
     who: Admin,
     what: Literal["rankings", "pairs", "consensus"] = "rankings",
+    criterion: Annotated[
+        str | None,
+        Query(
+            max_length=service.CRITERION_MAX,
+            description="one of the project's criteria; needed for pairs and consensus "
+            "when it has several (one file per criterion)",
+        ),
+    ] = None,
     include_gold: bool = False,
 ) -> Response:
-    records = service.export_project(db_of(request), project, what, include_gold=include_gold)
-    return jsonl_response(records, f"{project}-{what}.jsonl")
+    records = service.export_project(
+        db_of(request), project, what, include_gold=include_gold, criterion=criterion
+    )
+    return jsonl_response(records, export_filename(project, what, criterion))
+
+
+def export_filename(project: str, what: str, criterion: str | None = None) -> str:
+    """`demo-pairs-helpfulness.jsonl`: what an export is called when downloaded."""
+    return f"{project}-{what}{'' if criterion is None else '-' + criterion}.jsonl"
 
 
 def jsonl_response(records: list, filename: str) -> Response:

@@ -360,7 +360,11 @@ def add_server_commands(sub, command, group) -> None:
         default="rankings",
         help="rankings as given, preference pairs (for train-rm), or consensus",
     )
-    p.add_argument("--criterion", help="only this criterion (default: all)")
+    p.add_argument(
+        "--criterion",
+        help="only this criterion; needed for pairs and consensus when the project has "
+        "several (one file per criterion: pairs of two criteria may contradict each other)",
+    )
     p.add_argument(
         "--include-gold", action="store_true", help="also the labelers' rankings of gold prompts"
     )

@@ -560,15 +560,29 @@ def export_project(
     for `alignloop.io.write_records` and then `alignloop train-rm`.
 
     Rankings of gold prompts are left out unless `include_gold`: every labeler ranks
-    each gold prompt, which would weigh those prompts far more than the others."""
+    each gold prompt, which would weigh those prompts far more than the others.
+
+    Pairs and consensus are per criterion: a project with several needs `criterion`
+    for them (one file each), since the same two responses may be ordered one way by
+    helpfulness and the other by harmlessness, and a reward model trained on both
+    orders learns nothing. Rankings carry their criterion and may be exported
+    together."""
     if what not in EXPORTS:
-        raise Invalid(f"--what must be one of {', '.join(EXPORTS)}, got {what!r}", "what")
+        raise Invalid(f"--what must be one of {', '.join(EXPORTS)}, got {shown(what)}", "what")
     with db.read() as session:
         project = get_project(session, name)
         if criterion is not None and criterion not in project.criteria:
             raise Invalid(
-                f"--criterion {criterion!r} is not one of the project's criteria "
+                f"--criterion {shown(criterion)} is not one of the project's criteria "
                 f"({', '.join(project.criteria)})",
+                "criterion",
+            )
+        if criterion is None and what != "rankings" and len(project.criteria) > 1:
+            raise Invalid(
+                f"project {project.name!r} has {len(project.criteria)} criteria "
+                f"({', '.join(project.criteria)}): {what} are exported one criterion at a "
+                f"time (pairs of two criteria may contradict each other); give --criterion "
+                f"{project.criteria[0]}",
                 "criterion",
             )
         records = project_records(session, project)
