@@ -664,7 +664,9 @@ def within(page, selector: str) -> list[str]:
     return page.evaluate(
         """(sel) => [...document.querySelectorAll(sel)].filter((e) => {
             const r = e.getBoundingClientRect();
-            return r.top < 0 || r.left < 0 || r.bottom > innerHeight || r.right > innerWidth;
+            // a pixel of slack: layout positions are fractional
+            return r.top < -1 || r.left < -1 || r.bottom > innerHeight + 1
+                || r.right > innerWidth + 1;
         }).map((e) => e.dataset.rank || e.dataset.id || e.id)""",
         selector,
     )
@@ -731,3 +733,129 @@ def test_the_whole_task_fits_1280x900_and_a_drag_to_the_worst_slot_stays_in_view
     assert page.is_hidden("#guidelines-panel")
     assert badges(page) == ["rank 3", "rank 1", "rank 2", "rank 4"]
     assert page.is_enabled("#submit")
+
+
+# --- the second criterion, skipping, drafts, progress -----------------------------------------
+
+
+def in_view(page, selector: str) -> bool:
+    return within(page, selector) == [] and page.locator(selector).count() > 0
+
+
+def test_the_second_criterion_is_announced_in_view_and_skipping_after_the_first_is_explained(
+    make_page, server
+):
+    page = make_page(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    project = "second-criterion"
+    who = _fresh_project(server, project, criteria=["helpfulness", "honesty"], n_prompts=2, k=3)
+    sign_in(page, server, who)
+    page.goto(server["url"] + f"/projects/{project}/label")
+    page.wait_for_selector("#task:not([hidden])")
+    first = _pending_task(server, who, project)
+    assert page.inner_text("#skip-note") == ""
+    for letter, rank in zip("ABC", "213", strict=True):
+        card(page, letter).locator(f'.rank-button[data-rank="{rank}"]').tap()
+    page.locator("#submit").scroll_into_view_if_needed()
+    assert not in_view(page, "#criterion-heading")  # on a phone the heading is far above
+    page.locator("#submit").tap()
+    page.wait_for_selector("#message:has-text('Now rank the same responses by honesty')")
+    assert page.inner_text("#message") == (
+        "Saved your helpfulness ranking. Now rank the same responses by honesty (criterion 2 "
+        "of 2): the board above is fresh for it."
+    )
+    assert page.inner_text("#criterion") == "honesty"
+    assert page.inner_text("#criterion-step") == "(criterion 2 of 2)"
+    assert in_view(page, "#criterion-heading") and in_view(page, "#message")
+    assert badges(page) == ["not ranked"] * 3
+
+    # Skipping now is allowed, and the page says beforehand what it means.
+    assert page.inner_text("#skip-note") == (
+        "You have ranked this prompt by helpfulness: skipping it now drops that ranking too, "
+        "and the prompt goes to another labeler."
+    )
+    page.locator("#skip").tap()
+    page.wait_for_selector("#message:has-text('Skipped')")
+    assert page.inner_text("#prompt").strip() != first["prompt"]
+    assert page.inner_text("#skip-note") == "" and page.inner_text("#criterion") == "helpfulness"
+    assert service.export_project(server["db"], project, "rankings") == []  # never exported
+
+
+def drafts(page) -> dict:
+    return page.evaluate(
+        """() => Object.fromEntries(Object.keys(localStorage)
+            .filter((k) => k.startsWith('alignloop.draft.')).map((k) => [k, localStorage[k]]))"""
+    )
+
+
+def test_a_half_done_ranking_survives_a_reload_per_criterion(page, server):
+    project = "drafts"
+    who = _fresh_project(server, project, criteria=["helpfulness", "honesty"], n_prompts=2, k=3)
+    sign_in(page, server, who)
+    page.goto(server["url"] + f"/projects/{project}/label")
+    page.wait_for_selector("#task:not([hidden])")
+    aid = _pending_task(server, who, project)["assignment_id"]
+    page.keyboard.press("2")
+    page.keyboard.press("Tab")
+    page.keyboard.press("1")
+    page.check("#unsafe")
+    page.fill("#rationale", "half way")
+    assert list(drafts(page)) == [f"alignloop.draft.{who}.{aid}.helpfulness"]
+
+    page.reload()
+    page.wait_for_selector("#task:not([hidden])")
+    assert badges(page) == ["rank 2", "rank 1", "not ranked"]
+    assert page.locator('#ranks [data-rank="1"] .chip').all_inner_texts() == ["B"]
+    assert page.is_checked("#unsafe") and page.input_value("#rationale") == "half way"
+    assert "unfinished ranking of this task was restored" in page.inner_text("#message")
+
+    card(page, "C").focus()
+    page.keyboard.press("3")
+    page.click("#submit")
+    page.wait_for_selector("#message:has-text('Now rank the same responses by honesty')")
+    assert drafts(page) == {}  # cleared on submit
+    assert badges(page) == ["not ranked"] * 3 and not page.is_checked("#unsafe")
+    card(page, "A").focus()
+    page.keyboard.press("1")
+
+    page.reload()  # the second criterion's own draft comes back with it
+    page.wait_for_selector("#task:not([hidden])")
+    assert page.inner_text("#criterion") == "honesty"
+    assert badges(page) == ["rank 1", "not ranked", "not ranked"]
+    assert page.input_value("#rationale") == "" and not page.is_checked("#unsafe")
+    (stored,) = service.export_project(server["db"], project, "rankings", include_gold=True) or [
+        None
+    ]
+    assert stored is None  # the assignment is not done yet: nothing exported
+
+
+def test_one_progress_unit_on_every_page(make_page, server):
+    page = make_page()
+    project = "progress"
+    who = _fresh_project(server, project, criteria=["helpfulness"], n_prompts=3, k=2)
+    sign_in(page, server, who)
+    page.goto(server["url"] + f"/projects/{project}/label")
+    page.wait_for_selector("#task:not([hidden])")
+    assert page.inner_text("#progress") == (
+        "You have finished 0 tasks · the project has 0 of 3 tasks done"
+    )
+    page.keyboard.press("1")
+    page.keyboard.press("Tab")
+    page.keyboard.press("2")
+    prompt = page.inner_text("#prompt")
+    page.keyboard.press("Enter")
+    page.wait_for_function("(p) => document.querySelector('#prompt').textContent !== p", arg=prompt)
+    assert page.inner_text("#progress") == (
+        "You have finished 1 task · the project has 1 of 3 tasks done"
+    )
+    page.goto(server["url"] + "/")
+    home = page.locator("li.card", has_text=project).locator(".progress-text")
+    assert home.inner_text() == "1 of 3 tasks done"
+
+    admin = make_page()  # a browser of its own
+    sign_in(admin, server, "boss")
+    admin.goto(server["url"] + "/admin")
+    row = admin.locator("tr", has_text=project).locator(".progress-text")
+    assert row.inner_text() == "1 of 3 tasks done"
+    admin.goto(server["url"] + f"/admin/projects/{project}")
+    assert admin.locator(".progress-text").inner_text() == "1 of 3 tasks done"
+    assert "3 prompts × overlap 1" in admin.inner_text("main")

@@ -674,19 +674,13 @@ def _mark_expired(db: Database, labeler_id: int, assignment_id: int) -> None:
 
 def skip_assignment(db: Database, labeler_id: int, assignment_id: int) -> dict[str, Any]:
     """The labeler passes on this prompt: it goes back to the pool for others (never
-    to this labeler). A task already ranked under some criterion cannot be skipped."""
+    to this labeler). A task ranked by some of its criteria may be skipped too: those
+    rankings stay stored but are never exported, since an assignment's rankings count
+    only as a whole (a done assignment)."""
 
     def run(session: Session) -> dict[str, Any]:
         a = _own_assignment(db, session, labeler_id, assignment_id, lock=True)
         if a.status in (PENDING, EXPIRED):
-            ranked = session.scalars(
-                select(RankingRow.criterion).where(RankingRow.assignment_id == a.id)
-            ).all()
-            if ranked:
-                raise Conflict(
-                    f"assignment {a.id} is already ranked by {', '.join(ranked)}; "
-                    "finish it instead of skipping"
-                )
             a.status = SKIPPED
         elif a.status == DONE:
             raise Conflict(f"assignment {a.id} is done; there is nothing to skip")

@@ -298,8 +298,18 @@ def admin_home(request: Request, who: Page) -> HTMLResponse:
 @router.get("/admin/projects/{project}")
 def admin_project(request: Request, project: str, who: Page) -> HTMLResponse:
     _admin(who)
-    status = service.project_status(db_of(request), project, now=request.app.state.clock())
-    return render(request, "admin_project.html", who=who, s=status, quoted=quote(project, safe=""))
+    db = db_of(request)
+    status = service.project_status(db, project, now=request.app.state.clock())
+    (summary,) = [p for p in service.list_projects(db) if p["name"] == status["project"]]
+    return render(
+        request,
+        "admin_project.html",
+        who=who,
+        s=status,
+        quoted=quote(project, safe=""),
+        tasks_done=summary["assignments_done"],  # the pages' one progress unit
+        tasks_needed=summary["assignments_needed"],
+    )
 
 
 @router.get("/admin/projects/{project}/export/{what}")

@@ -572,6 +572,8 @@
           heading.classList.remove("flash");
           void heading.offsetWidth; // restart the animation
           heading.classList.add("flash");
+          // The message and the heading into view (a phone has scrolled down to Submit).
+          $("message").scrollIntoView({ block: "start" });
           heading.scrollIntoView({ block: "nearest" });
           cards.values().next().value.focus({ preventScroll: true });
         } else {
