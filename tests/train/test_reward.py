@@ -464,3 +464,49 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tiny_rm, easy_data, tmp_pa
     monkeypatch.setattr(reward, "pairwise_loss", real)
     final = train_reward_model(_config(tiny_rm, easy_data, out, save_every=2, resume=True))
     assert final["steps"] == 30 and final["accuracy"] >= 0.95
+
+
+# --- 10. one criterion per reward model -----------------------------------------------
+
+
+def _pairs_of_criteria(path: Path) -> Path:
+    """Four prompts' pairs: two of helpfulness, one of harmlessness, one of none."""
+    from alignloop.io import write_records
+
+    criteria = ["helpfulness", "harmlessness", "helpfulness", None]
+    write_records(path, [
+        Comparison(prompt=f"tl;dr {i} :", chosen="a good summary", rejected="a bad one",
+                   prompt_id=f"p{i}", criterion=c)
+        for i, c in enumerate(criteria)
+    ])  # fmt: skip
+    return path
+
+
+def test_a_file_of_several_criteria_is_refused_naming_them(tiny_rm, tmp_path, capsys):
+    """Pairs of helpfulness and harmlessness may contradict each other (the same two
+    responses in both orders): train-rm asks which to learn, before writing anything."""
+    from alignloop.cli import main
+
+    data = _pairs_of_criteria(tmp_path / "pairs.jsonl")
+    out = tmp_path / "rm"
+    assert main(["train-rm", "--model", str(tiny_rm), "--data", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert (f"{data}: holds pairs of several criteria (harmlessness, helpfulness, "
+            "unspecified); choose one with --criterion") in err  # fmt: skip
+    assert not out.exists()
+
+
+def test_the_chosen_criterion_selects_its_pairs(tmp_path):
+    from alignloop.schema import SchemaError
+    from alignloop.train.reward import _read_data, select_criterion
+
+    data = _pairs_of_criteria(tmp_path / "pairs.jsonl")
+    config = RewardConfig(model="unused", data=data, out=tmp_path / "rm", eval_fraction=0.0)
+    config.criterion = "helpfulness"  # until RewardConfig has the option (issue 13)
+    train, held = _read_data(config)
+    assert [g.prompt for g in train] == ["tl;dr 0 :", "tl;dr 2 :"] and held == []
+    pairs = load_pairs(data)
+    assert [p.prompt_id for p in select_criterion(pairs, "unspecified", data)] == ["p3"]
+    assert select_criterion(pairs[:1] + pairs[2:3], None, data) == pairs[:1] + pairs[2:3]
+    with pytest.raises(SchemaError, match="no pairs of criterion 'honesty'"):
+        select_criterion(pairs, "honesty", data)
