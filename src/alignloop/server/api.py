@@ -7,8 +7,11 @@
     GET  /api/v1/tasks/next[?project=NAME]        200 a task, 204 none left
     GET  /api/v1/assignments/{id}
     POST /api/v1/assignments/{id}/ranking         201 stored, 200 the same one again
+    PUT  /api/v1/assignments/{id}/ranking         a new version (your last ranked task)
+    GET  /api/v1/rankings/last[?project=NAME]     that task with its rankings; 204 none
     POST /api/v1/assignments/{id}/skip
     GET  /api/v1/admin/projects                   (admins)
+    POST /api/v1/admin/projects                   201: a project from records (JSON)
     GET  /api/v1/admin/projects/{project}/status
     GET  /api/v1/admin/projects/{project}/export?what=rankings|pairs|consensus
                                  [&criterion=NAME]  (needed for pairs/consensus of several)
@@ -29,17 +32,19 @@ names) and ids beyond a PostgreSQL INTEGER get the same 4xx on both databases.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
 
-from alignloop.schema import check_ranking_groups
+from alignloop.schema import SchemaError, check_ranking_groups, parse_record
 from alignloop.server import assign, service
 from alignloop.server.auth import Identity, api_admin, api_identity, db_of
+from alignloop.server.errors import Invalid
 
 __all__ = ["router"]
 
@@ -104,8 +109,25 @@ class RankingOut(BaseModel):
     unrankable: bool
     rationale: str
     flag_unsafe: bool
-    created: bool = Field(description="False: this ranking was already stored (a retry)")
+    version: int = Field(description="1 when first submitted; each change adds one")
+    created: bool = Field(
+        description="False: this ranking was already stored (a retry), nothing changed"
+    )
     assignment_complete: bool
+
+
+class StoredRanking(BaseModel):
+    assignment_id: int
+    criterion: str
+    ranking: list[list[str]]
+    unrankable: bool
+    rationale: str
+    flag_unsafe: bool
+    version: int
+
+
+class LastRankedOut(TaskOut):
+    rankings: list[StoredRanking] = Field(description="the current version of each criterion's")
 
 
 class SkipOut(BaseModel):
@@ -222,18 +244,62 @@ def submit(
         db_of(request),
         who.labeler_id,
         assignment_id,
-        assign.Submission(
-            criterion=body.criterion,
-            ranking=body.ranking,
-            unrankable=body.unrankable,
-            rationale=body.rationale,
-            flag_unsafe=body.flag_unsafe,
-        ),
+        _submission(body),
         now=request.app.state.clock(),
     )
     if not result["created"]:
         response.status_code = 200
     return result
+
+
+@router.put(
+    "/assignments/{assignment_id}/ranking",
+    response_model=RankingOut,
+    responses={
+        **ERRORS,
+        409: {
+            "description": "not your last ranked task, nothing to replace by this criterion, "
+            "or the task was skipped/expired"
+        },
+    },
+)
+def replace(request: Request, assignment_id: AssignmentId, body: RankingIn, who: Labeler) -> Any:
+    """Change a ranking of your last ranked task: a new version replaces it in the
+    exports (the earlier one is kept). The same ranking again changes nothing."""
+    return assign.replace_ranking(
+        db_of(request),
+        who.labeler_id,
+        assignment_id,
+        _submission(body),
+        now=request.app.state.clock(),
+    )
+
+
+@router.get(
+    "/rankings/last",
+    response_model=LastRankedOut,
+    responses={**ERRORS, 204: {"description": "you have ranked nothing yet (in the project)"}},
+)
+def last_ranked(
+    request: Request,
+    who: Labeler,
+    project: Annotated[str | None, Query(description="a project (default: any)")] = None,
+) -> Any:
+    """Your last ranked task with its rankings: what PUT .../ranking may change."""
+    task = assign.last_ranked_task(
+        db_of(request), who.labeler_id, project, now=request.app.state.clock()
+    )
+    return Response(status_code=204) if task is None else task
+
+
+def _submission(body: RankingIn) -> assign.Submission:
+    return assign.Submission(
+        criterion=body.criterion,
+        ranking=body.ranking,
+        unrankable=body.unrankable,
+        rationale=body.rationale,
+        flag_unsafe=body.flag_unsafe,
+    )
 
 
 @router.post(
@@ -253,6 +319,80 @@ ADMIN_ERRORS = {**ERRORS, 403: {"description": "not an admin"}}
 @router.get("/admin/projects", responses=ADMIN_ERRORS)
 def admin_projects(request: Request, who: Admin) -> list[dict[str, Any]]:
     return service.list_projects(db_of(request))
+
+
+class NewProjectIn(Strict):
+    name: str = Field(min_length=1, max_length=service.NAME_MAX, description="no '/'")
+    criteria: list[str] = Field(min_length=1, examples=[["helpfulness", "harmlessness"]])
+    guidelines: str = Field(min_length=1, description="the labelers' guidelines (Markdown)")
+    prompts: list[dict[str, Any]] = Field(
+        min_length=1, description='prompt records: {"id", "prompt", "reference"?, "metadata"?}'
+    )
+    completions: list[dict[str, Any]] = Field(
+        min_length=2, description='completion records: {"id", "prompt_id", "completion", ...}'
+    )
+    gold: list[dict[str, Any]] = Field(
+        default_factory=list, description="ranking records of gold prompts (known rankings)"
+    )
+    overlap: StrictInt = Field(3, ge=1, le=service.DB_INT_MAX)
+    gold_rate: float | None = Field(None, description="default 0.1 with gold, else 0")
+    assignment_ttl_s: StrictInt = Field(3600, ge=1, le=service.DB_INT_MAX)
+
+
+class ProjectOut(BaseModel):
+    name: str
+    prompts: int
+    gold_prompts: int
+    completions: int
+    criteria: list[str]
+    overlap: int
+    gold_rate: float
+    guidelines_version: str
+
+
+def _records(kind: str, field: str, objs: list[dict[str, Any]]) -> list[Any]:
+    """Schema records from a list in the body; one 422 naming the first bad items."""
+    records, problems = [], []
+    for i, obj in enumerate(objs):
+        try:
+            records.append(parse_record(kind, obj, where=f"{field}[{i}]"))
+        except SchemaError as e:
+            problems.extend(e.problems)
+            if len(problems) >= SchemaError.shown:
+                break
+    if problems:
+        raise Invalid(str(SchemaError(problems)), field)
+    return records
+
+
+@router.post(
+    "/admin/projects",
+    response_model=ProjectOut,
+    status_code=201,
+    responses={**ADMIN_ERRORS, 409: {"description": "a project of that name exists"}},
+)
+def admin_create_project(request: Request, body: NewProjectIn, who: Admin) -> Any:
+    """A project from records, as `alignloop project create` makes it from files (all of
+    it or nothing). Errors name the item: `prompts[3]: field 'id': ...`."""
+    prompts = _records("prompt", "prompts", body.prompts)
+    completions = _records("completion", "completions", body.completions)
+    gold = _records("ranking", "gold", body.gold)
+    try:
+        summary = service.create_project(
+            db_of(request),
+            name=body.name,
+            criteria=body.criteria,
+            guidelines=body.guidelines,
+            prompts=prompts,
+            completions=completions,
+            overlap=body.overlap,
+            gold=gold,
+            gold_rate=body.gold_rate,
+            assignment_ttl_s=body.assignment_ttl_s,
+        )
+    except SchemaError as e:
+        raise Invalid(str(e), "prompts") from None
+    return dataclasses.asdict(summary)
 
 
 @router.get("/admin/projects/{project}/status", responses=ADMIN_ERRORS)

@@ -21,6 +21,11 @@ first. A retry of the same ranking gets the stored one back (created=False); a
 different ranking for a criterion already ranked is a conflict; UNIQUE
 (assignment_id, criterion) stops a second row even if all of that were bypassed.
 
+Changing a ranking (`replace_ranking`, PUT): a labeler may change the rankings of
+their last ranked task. The row keeps its id and gets the next `version`; the
+version it replaces moves to `ranking_revisions`, so exports read the newest and
+the history stays.
+
 Several criteria: an assignment's rankings count as a whole. It is done when ranked
 by every criterion, and only done assignments are exported (`service.project_records`);
 a partly ranked one that expires and loses its slot to another labeler never counts,
@@ -65,6 +70,7 @@ from alignloop.server.models import (
     Labeler,
     Project,
     PromptRow,
+    RankingRevision,
     RankingRow,
     utcnow,
 )
@@ -83,7 +89,9 @@ __all__ = [
     "check_ranking",
     "get_task",
     "guidelines_for",
+    "last_ranked_task",
     "next_task",
+    "replace_ranking",
     "skip_assignment",
     "submit_ranking",
 ]
@@ -587,9 +595,20 @@ def _ranking_out(
         "unrankable": r.unrankable,
         "rationale": r.rationale or "",
         "flag_unsafe": r.flagged_unsafe,
+        "version": r.version or 1,
         "created": created,
         "assignment_complete": complete,
     }
+
+
+def _same(row: RankingRow, groups: list[list[str]], sub: Submission) -> bool:
+    """Whether a stored ranking says what `sub` (with `groups` in the files' ids) says."""
+    return (
+        _canonical(row.groups) == _canonical(groups)
+        and row.unrankable == sub.unrankable
+        and (row.rationale or "") == sub.rationale
+        and row.flagged_unsafe == sub.flag_unsafe
+    )
 
 
 def submit_ranking(
@@ -621,16 +640,10 @@ def submit_ranking(
         stored = session.scalars(select(RankingRow).where(RankingRow.assignment_id == a.id)).all()
         same = next((r for r in stored if r.criterion == criterion), None)
         if same is not None:
-            retry = (
-                _canonical(same.groups) == _canonical(groups)
-                and same.unrankable == sub.unrankable
-                and (same.rationale or "") == sub.rationale
-                and same.flagged_unsafe == sub.flag_unsafe
-            )
-            if not retry:
+            if not _same(same, groups, sub):
                 raise Conflict(
                     f"assignment {a.id} already has a different ranking by "
-                    f"{criterion!r}; a ranking cannot be changed once stored"
+                    f"{criterion!r}; to change your last ranking, send it with PUT"
                 )
             return _ranking_out(a, same, to_public, False, a.status == DONE)
         if a.status == SKIPPED:
@@ -687,3 +700,121 @@ def skip_assignment(db: Database, labeler_id: int, assignment_id: int) -> dict[s
         return {"assignment_id": a.id, "status": a.status}
 
     return _retrying(db, 3, run)
+
+
+# --- changing the last ranking ----------------------------------------------------------
+
+
+def _last_ranked(session: Session, labeler_id: int, project_id: int | None = None) -> int | None:
+    """The assignment of the labeler's most recently submitted ranking (row ids grow
+    with each submission; a new version keeps its row)."""
+    q = (
+        select(Assignment.id)
+        .join(RankingRow, RankingRow.assignment_id == Assignment.id)
+        .where(Assignment.labeler_id == labeler_id)
+        .order_by(RankingRow.id.desc())
+        .limit(1)
+    )
+    if project_id is not None:
+        q = q.where(Assignment.project_id == project_id)
+    return session.scalar(q)
+
+
+def replace_ranking(
+    db: Database,
+    labeler_id: int,
+    assignment_id: int,
+    sub: Submission,
+    *,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """A new version of one of the labeler's rankings of their last ranked assignment
+    (any of its criteria): the current version moves to `ranking_revisions`, exports
+    read the new one. The same ranking again changes nothing (`created` False).
+    Conflict when the assignment is not the labeler's last ranked one, has no ranking
+    by that criterion yet (submit it first), or was skipped or expired."""
+    now = now or utcnow()
+    if len(sub.rationale) > RATIONALE_MAX:
+        raise Invalid(
+            f"rationale: at most {RATIONALE_MAX} characters, got {len(sub.rationale)}", "rationale"
+        )
+    check_text(sub.rationale, "rationale")
+
+    def run(session: Session) -> dict[str, Any]:
+        a = _own_assignment(db, session, labeler_id, assignment_id, lock=True)
+        project = session.get(Project, a.project_id)
+        criterion = _criterion(project, sub.criterion)
+        rows = _completions(session, a)
+        to_external = {c.public_id: c.external_id for c in rows}
+        to_public = {c.external_id: c.public_id for c in rows}
+        check_ranking(sub.ranking, [c.public_id for c in rows], sub.unrankable)
+        groups = [[to_external[c] for c in g] for g in sub.ranking]
+        row = session.scalar(
+            select(RankingRow).where(
+                RankingRow.assignment_id == a.id, RankingRow.criterion == criterion
+            )
+        )
+        if row is None:
+            raise Conflict(
+                f"assignment {a.id} has no ranking by {criterion!r} to change; submit it first"
+            )
+        if a.status in (SKIPPED, EXPIRED):
+            raise Conflict(f"assignment {a.id} is {a.status}; its ranking cannot be changed")
+        if _last_ranked(session, labeler_id) != a.id:
+            raise Conflict(
+                f"only your last ranked task can be changed, and assignment {a.id} is not it"
+            )
+        if _same(row, groups, sub):
+            return _ranking_out(a, row, to_public, False, a.status == DONE)
+        session.add(
+            RankingRevision(
+                ranking_id=row.id,
+                version=row.version,
+                groups=row.groups,
+                unrankable=row.unrankable,
+                flagged_unsafe=row.flagged_unsafe,
+                rationale=row.rationale,
+                created_at=row.created_at,
+                replaced_at=now,
+            )
+        )
+        row.version += 1
+        row.groups, row.unrankable = groups, sub.unrankable
+        row.flagged_unsafe, row.rationale = sub.flag_unsafe, sub.rationale or None
+        row.created_at = now
+        session.flush()  # UNIQUE (ranking_id, version): a racing twin fails here
+        return _ranking_out(a, row, to_public, True, a.status == DONE)
+
+    return _retrying(db, 3, run)
+
+
+def last_ranked_task(
+    db: Database,
+    labeler_id: int,
+    project_name: str | None = None,
+    *,
+    now: dt.datetime | None = None,
+) -> dict[str, Any] | None:
+    """The labeler's last ranked task (the one `replace_ranking` may change), as
+    `get_task` shows it, with its current rankings under "rankings" (public ids,
+    one per criterion ranked); None when they have ranked nothing (in the project)."""
+    with db.read() as session:
+        project_id = get_project(session, project_name).id if project_name is not None else None
+        assignment_id = _last_ranked(session, labeler_id, project_id)
+        if assignment_id is None:
+            return None
+        a = session.get(Assignment, assignment_id)
+        project = session.get(Project, a.project_id)
+        task = _task_payload(
+            session, a, project, current_guidelines(session, project), now or utcnow()
+        )
+        to_public = {c.external_id: c.public_id for c in _completions(session, a)}
+        stored = session.scalars(
+            select(RankingRow).where(RankingRow.assignment_id == a.id).order_by(RankingRow.id)
+        ).all()
+        outs = [_ranking_out(a, r, to_public, False, a.status == DONE) for r in stored]
+        task["rankings"] = [
+            {k: v for k, v in out.items() if k not in ("created", "assignment_complete")}
+            for out in outs
+        ]
+        return task

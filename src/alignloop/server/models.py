@@ -3,6 +3,7 @@
     projects ─┬─ guidelines (one row per version: the SHA-256 of the Markdown)
               ├─ prompts ── completions          (gold prompts carry gold_rankings)
               └─ assignments (labeler x prompt) ── rankings (one per criterion)
+                                                     └─ ranking_revisions (replaced versions)
     labelers ─┬─ acknowledgements (labeler x guidelines version)
               └─ sessions (browser sign-ins)
 
@@ -46,6 +47,7 @@ __all__ = [
     "Labeler",
     "Project",
     "PromptRow",
+    "RankingRevision",
     "RankingRow",
     "WebSession",
     "utcnow",
@@ -211,8 +213,10 @@ class Assignment(Base):
 
 
 class RankingRow(Base):
-    """One submitted ranking: completion ids of the files (not the public ids), best
-    group first, ties inside a group."""
+    """One submitted ranking, in its current version: completion ids of the files
+    (not the public ids), best group first, ties inside a group. A labeler who
+    changes it makes a new version here; the earlier ones move to
+    `ranking_revisions` (so exports read the current version, and nothing is lost)."""
 
     __tablename__ = "rankings"
     __table_args__ = (UniqueConstraint("assignment_id", "criterion"),)
@@ -224,9 +228,32 @@ class RankingRow(Base):
     unrankable: Mapped[bool] = mapped_column(Boolean, default=False)
     flagged_unsafe: Mapped[bool] = mapped_column(Boolean, default=False)
     rationale: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)  # this version's
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # 1, 2, ...
 
     assignment: Mapped[Assignment] = relationship(back_populates="rankings")
+    revisions: Mapped[list[RankingRevision]] = relationship(
+        back_populates="ranking", order_by="RankingRevision.version"
+    )
+
+
+class RankingRevision(Base):
+    """An earlier version of a ranking, kept when its labeler replaced it."""
+
+    __tablename__ = "ranking_revisions"
+    __table_args__ = (UniqueConstraint("ranking_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ranking_id: Mapped[int] = mapped_column(ForeignKey("rankings.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    groups: Mapped[list[Any]]
+    unrankable: Mapped[bool] = mapped_column(Boolean)
+    flagged_unsafe: Mapped[bool] = mapped_column(Boolean)
+    rationale: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime)  # when this version was made
+    replaced_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+    ranking: Mapped[RankingRow] = relationship(back_populates="revisions")
 
 
 class WebSession(Base):

@@ -292,16 +292,43 @@ def create_project(
     if len(gold_prompts) == len({p.id for p in prompts}):
         raise Invalid("every prompt has a gold ranking: nothing is left to label", "gold")
 
+    project = Project(
+        name=name,
+        criteria=list(criteria),
+        overlap=overlap,
+        gold_rate=gold_rate,
+        assignment_ttl_s=assignment_ttl_s,
+    )
+    try:
+        _store_project(db, project, guidelines, prompts, completions, gold)
+    except IntegrityError as e:  # the same name, created at the same moment, most likely
+        first_line = str(e.orig).strip().splitlines()[0]
+        raise Conflict(f"project {name!r} could not be stored: {first_line}") from None
+    return ProjectSummary(
+        name=name,
+        prompts=len(prompts) - len(gold_prompts),
+        gold_prompts=len(gold_prompts),
+        completions=len(completions),
+        criteria=list(criteria),
+        overlap=overlap,
+        gold_rate=gold_rate,
+        guidelines_version=guidelines_version(guidelines),
+    )
+
+
+def _store_project(
+    db: Database,
+    project: Project,
+    guidelines: str,
+    prompts: Sequence[Prompt],
+    completions: Sequence[Completion],
+    gold: Sequence[Ranking],
+) -> None:
+    """The rows of a checked project, in one transaction (all of it or nothing)."""
+    gold_prompts = {r.prompt_id for r in gold}
     with db.write() as session:
-        if session.scalar(select(Project.id).where(Project.name == name)) is not None:
-            raise Conflict(f"a project named {name!r} already exists")
-        project = Project(
-            name=name,
-            criteria=list(criteria),
-            overlap=overlap,
-            gold_rate=gold_rate,
-            assignment_ttl_s=assignment_ttl_s,
-        )
+        if session.scalar(select(Project.id).where(Project.name == project.name)) is not None:
+            raise Conflict(f"a project named {project.name!r} already exists")
         session.add(project)
         session.flush()
         session.add(
@@ -341,16 +368,6 @@ def create_project(
             )
             for r in gold
         )
-    return ProjectSummary(
-        name=name,
-        prompts=len(prompts) - len(gold_prompts),
-        gold_prompts=len(gold_prompts),
-        completions=len(completions),
-        criteria=list(criteria),
-        overlap=overlap,
-        gold_rate=gold_rate,
-        guidelines_version=guidelines_version(guidelines),
-    )
 
 
 def set_guidelines(db: Database, name: str, markdown: str) -> tuple[str, bool]:
