@@ -201,6 +201,26 @@ def test_decode_matches_a_full_forward_pass(model, tokenizer):
     assert torch.allclose(full, cached, atol=1e-4)
 
 
+def test_decode_uses_the_supported_cache_argument(model, tokenizer):
+    """The cache goes in under the name transformers 5.24+ supports (`cache=`, not
+    the deprecated `past_key_values`): no deprecation warning, on the model alone and
+    inside peft's wrapper (PPO's LoRA policy), and the same tokens both ways."""
+    import warnings
+
+    from alignloop.models import add_lora
+
+    ids, mask = _ragged_prompts(tokenizer)
+    got = []
+    for policy in (model, add_lora(build_tiny_causal_lm(tokenizer, seed=0, **TINY), r=2)):
+        torch.manual_seed(0)
+        with warnings.catch_warnings(record=True) as caught, torch.inference_mode():
+            warnings.simplefilter("always")
+            got.append(decode(policy, ids, mask, max_new_tokens=6, stop_ids=[EOS], pad_id=PAD,
+                              pick=lambda logits: draw(logits, 1.0)).tolist())  # fmt: skip
+        assert not [w for w in caught if "past_key_values" in str(w.message)], caught
+    assert got[0] == got[1]  # LoRA's B starts at zero: the same model
+
+
 def test_draw_samples_the_temperature_distribution():
     """200,000 draws from softmax(logits / T) over five tokens, one of probability 0:
     the frequencies match the probabilities and the impossible token never comes."""

@@ -149,7 +149,10 @@ def decode(
     A static cache sized Q + max_new_tokens is written in place, where transformers'
     `generate` grows a dynamic one by concatenation at every step. With `draw`,
     `sample` took 334 ms for 16 prompts x 32 tokens of the benchmark's tiny Llama
-    where `generate` took 487 ms (`benchmarks/sampling.py`, 2 CPU threads)."""
+    where `generate` took 487 ms (`benchmarks/sampling.py`, 2 CPU threads).
+
+    The cache goes in as `cache=`, the name transformers 5.24 gave the argument
+    (`past_key_values` warns there and goes in 5.40); hence transformers>=5.24."""
     from transformers import StaticCache
 
     from alignloop.models import position_ids_from_mask
@@ -164,7 +167,7 @@ def decode(
     done = torch.zeros(N, dtype=torch.bool, device=query_ids.device)
     logits = policy(
         input_ids=query_ids, attention_mask=mask, position_ids=position,
-        past_key_values=cache, use_cache=True, logits_to_keep=1,
+        cache=cache, use_cache=True, logits_to_keep=1,
     ).logits[:, -1]  # fmt: skip
     position = position[:, -1:]  # (N, 1)
     for t in range(max_new_tokens):
@@ -177,7 +180,7 @@ def decode(
         position = position + 1
         logits = policy(
             input_ids=token, attention_mask=mask, position_ids=position,
-            past_key_values=cache, use_cache=True,
+            cache=cache, use_cache=True,
         ).logits[:, -1]  # fmt: skip
     return out
 
