@@ -10,6 +10,7 @@ them) when ALIGNLOOP_SCREENSHOTS=1.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -685,7 +686,7 @@ def test_the_whole_task_fits_1280x900_and_a_drag_to_the_worst_slot_stays_in_view
         prompt=lambda name, i: (
             "Summarize the **minutes** below in *two* sentences.\n\n"
             "- keep the decision\n- drop the small talk\n\n"
-            "`[link](javascript:alert(1))` <img src=x onerror=alert(1)>\n\n" + LONG * 2
+            "See [the notes](javascript:alert(1)). <img src=x onerror=alert(1)>\n\n" + LONG * 2
         ),
         completion=lambda name, i, j: f"**Not bold**: summary {j}. " + LONG * (j + 1),
     )
@@ -703,13 +704,14 @@ def test_the_whole_task_fits_1280x900_and_a_drag_to_the_worst_slot_stays_in_view
     ]
     assert "**" not in page.inner_text("#prompt") and "<img src=x" in page.inner_text("#prompt")
     assert page.locator("#prompt img, #prompt a").count() == 0
+    assert "See the notes (javascript:alert(1))." in page.inner_text("#prompt")
     assert page.locator("article.completion .text").first.inner_text().startswith("**Not bold**")
 
     # No scrolling: the prompt, every response, every slot and Submit are in the window.
     assert page.evaluate("document.documentElement.scrollHeight <= innerHeight")
     parts = "#prompt, article.completion, #pool, #ranks [data-rank], #submit, #skip, #rationale"
     assert within(page, parts) == []
-    page.screenshot(path=str(shots / "task.png"))
+    page.screenshot(path=str(shots / "desktop.png"))
 
     card(page, "A").drag_to(page.locator('#ranks [data-rank="4"]'))
     assert badges(page)[0] == "rank 4"
@@ -721,7 +723,7 @@ def test_the_whole_task_fits_1280x900_and_a_drag_to_the_worst_slot_stays_in_view
     for letter, rank in zip("BCD", "124", strict=True):
         card(page, letter).locator(f'.rank-button[data-rank="{rank}"]').click()
     assert badges(page) == ["rank 3", "rank 1", "rank 2", "rank 4"]
-    page.screenshot(path=str(shots / "ranked.png"))
+    page.screenshot(path=str(shots / "desktop-ranked.png"))
 
     # The guidelines open beside the task and close again; the work is as it was.
     page.click("#show-guidelines")
@@ -859,3 +861,155 @@ def test_one_progress_unit_on_every_page(make_page, server):
     admin.goto(server["url"] + f"/admin/projects/{project}")
     assert admin.locator(".progress-text").inner_text() == "1 of 3 tasks done"
     assert "3 prompts × overlap 1" in admin.inner_text("main")
+
+
+# --- a phone, the dark theme, Chinese -----------------------------------------------------
+
+
+def touch_drag(page, source, target) -> None:
+    """A finger drags from the middle of `source` to the middle of `target`: touch
+    events through the DevTools protocol, which Chromium turns into pointer events
+    of type "touch" (and a scroll, where the page lets the finger scroll)."""
+    cdp = page.context.new_cdp_session(page)
+
+    def touch(kind: str, *point: float) -> None:
+        points = [{"x": point[0], "y": point[1]}] if point else []
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+
+    a, b = source.bounding_box(), target.bounding_box()
+    x0, y0 = a["x"] + a["width"] / 2, a["y"] + a["height"] / 2
+    x1, y1 = b["x"] + b["width"] / 2, b["y"] + b["height"] / 2
+    touch("touchStart", x0, y0)
+    for i in range(1, 11):
+        touch("touchMove", x0 + (x1 - x0) * i / 10, y0 + (y1 - y0) * i / 10)
+    for _ in range(3):  # the finger rests before it lifts: no fling scrolling on after
+        time.sleep(0.05)
+        touch("touchMove", x1, y1)
+    touch("touchEnd")
+    cdp.detach()
+
+
+def test_a_phone_ranks_by_touch_dragging_and_tapping(make_page, server, shots):
+    page = make_page(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    project = "phone"
+    who = _fresh_project(
+        server,
+        project,
+        criteria=["helpfulness"],
+        n_prompts=1,
+        k=3,
+        prompt=lambda name, i: "Summarize the **minutes** in one sentence.\n\n" + LONG,
+        completion=lambda name, i, j: f"Summary {j}: " + LONG[: 60 * (j + 1)],
+    )
+    sign_in(page, server, who)
+    page.goto(server["url"] + f"/projects/{project}/label")
+    page.wait_for_selector("#task:not([hidden])")
+    assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")  # no sideways
+    xs = {round(c.bounding_box()["x"]) for c in page.locator("article.completion").all()}
+    assert len(xs) == 1  # one column
+
+    # A finger on a response's text scrolls the page; on its grip, it drags.
+    cards = page.locator("article.completion")
+    touch_drag(page, cards.nth(1).locator(".text"), page.locator('#ranks [data-rank="1"]'))
+    assert badges(page) == ["not ranked"] * 3
+    page.evaluate("scrollTo(0, 0)")
+    touch_drag(page, cards.nth(0).locator(".grip"), page.locator('#ranks [data-rank="3"]'))
+    assert badges(page) == ["rank 3", "not ranked", "not ranked"]
+    chip_b = page.locator('#pool .chip:has-text("B")')
+    touch_drag(page, chip_b, page.locator('#ranks [data-rank="1"]'))
+    assert badges(page) == ["rank 3", "rank 1", "not ranked"]
+    # Scrolled down to the last response, the slots are still there to drop on.
+    cards.nth(2).scroll_into_view_if_needed()
+    assert in_view(page, ".strip") and in_view(page, '#ranks [data-rank="2"]')
+    touch_drag(page, cards.nth(2).locator(".grip"), page.locator('#ranks [data-rank="2"]'))
+    assert badges(page) == ["rank 3", "rank 1", "rank 2"]
+    cards.nth(2).locator('.rank-button[data-rank="1"]').tap()  # a tap on a rank button
+    assert badges(page) == ["rank 3", "rank 1", "rank 1"]
+    page.evaluate("scrollTo(0, 0)")
+    page.screenshot(path=str(shots / "phone.png"))
+    page.screenshot(path=str(shots / "phone-full.png"), full_page=True)
+    page.locator("#submit").tap()
+    page.wait_for_selector("#done:not([hidden])")
+    (stored,) = service.export_project(server["db"], project, "rankings")
+    assert [len(g) for g in stored.ranking] == [2, 1]
+
+
+def _luminance(css_color: str) -> float:
+    r, g, b = (int(x) for x in re.findall(r"\d+", css_color)[:3])
+    return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
+
+
+def test_the_dark_theme_follows_the_system(make_page, server, shots):
+    project = "dark"
+    who = _fresh_project(server, project, criteria=["helpfulness"], n_prompts=1)
+    colours = {}
+    for scheme in ("light", "dark"):
+        page = make_page(viewport={"width": 1280, "height": 900}, color_scheme=scheme)
+        sign_in(page, server, who)
+        page.goto(server["url"] + f"/projects/{project}/label")
+        page.wait_for_selector("#task:not([hidden])")
+        colours[scheme] = page.evaluate(
+            """() => ['body', 'article.completion', '#rationale', '#skip'].map((s) => {
+                const c = getComputedStyle(document.querySelector(s));
+                return [c.backgroundColor, c.color];
+            })"""
+        )
+        if scheme == "dark":
+            page.keyboard.press("2")
+            page.keyboard.press("Tab")
+            page.keyboard.press("1")
+            page.screenshot(path=str(shots / "dark.png"))
+    for background, text in colours["light"]:
+        assert _luminance(background) > 0.8 and _luminance(text) < 0.3
+    for background, text in colours["dark"]:
+        assert _luminance(background) < 0.2 and _luminance(text) > 0.7
+
+
+def test_the_interface_in_chinese_with_a_switch_to_english(make_page, server, shots):
+    page = make_page(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+    project = "chinese"
+    who = _fresh_project(
+        server,
+        project,
+        criteria=["helpfulness", "harmlessness"],
+        n_prompts=2,
+        k=3,
+        prompt=lambda name, i: f"用一句话**总结**这段文字 {i}：委员会讨论了预算。",
+        completion=lambda name, i, j: f"回答 {j}：委员会推迟了图书馆的投票。",
+    )
+    sign_in(page, server, who)
+    assert page.locator("html").get_attribute("lang") == "zh-Hans"
+    assert page.inner_text("h1") == "项目"
+    page.goto(server["url"] + f"/projects/{project}/label")
+    page.wait_for_selector("#task:not([hidden])")
+    assert page.inner_text("#submit") == "提交排序" and page.inner_text("#skip") == "跳过这个提示"
+    assert badges(page) == ["未排序"] * 3
+    assert page.locator("article.completion header strong").all_inner_texts() == [
+        "回答 A",
+        "回答 B",
+        "回答 C",
+    ]
+    assert page.inner_text("#progress") == "你已完成 0 个任务 · 项目已完成 0 / 2 个任务"
+    assert page.inner_text("#criterion-step") == "（第 1 个标准，共 2 个）"
+    assert page.inner_text("#prompt strong") == "总结"
+    page.keyboard.press("1")
+    page.keyboard.press("Tab")
+    page.keyboard.press("2")
+    assert badges(page) == ["第 1 名", "第 2 名", "未排序"]
+    page.screenshot(path=str(shots / "chinese.png"))
+    page.keyboard.press("?")
+    assert "跳过这个提示" in page.inner_text("#help")
+    page.keyboard.press("Escape")
+    page.keyboard.press("Tab")
+    page.keyboard.press("3")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#message:has-text('现在请按“harmlessness”给同样的回答排序')")
+
+    # The switch: English from now on, for this browser, on every page; the work stays.
+    page.click("header.top .languages a[lang=en]")
+    page.wait_for_selector("#task:not([hidden])")
+    assert page.locator("html").get_attribute("lang") == "en"
+    assert page.inner_text("#submit") == "Submit ranking"
+    assert page.inner_text("#criterion") == "harmlessness"  # the same task, its second step
+    page.goto(server["url"] + "/")
+    assert page.inner_text("h1") == "Projects"
