@@ -4,6 +4,7 @@ admin-only pages, security headers, and no secrets in the logs."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
@@ -244,7 +245,7 @@ def test_every_string_the_pages_and_the_script_use_is_in_the_catalogue():
     server = files("alignloop.server")
     used = set()
     for template in (server / "templates").iterdir():
-        used |= set(re.findall(r"""\bt\(\s*["']([\w.]+\w)["']""", template.read_text()))
+        used |= set(re.findall(r"""\bt\(\s*["']([\w.]+)["']\s*[,)]""", template.read_text()))
     script = (server / "static" / "rank.js").read_text()
     used |= set(re.findall(r"""\bt\(\s*["'](js\.[\w.]+)["']""", script))
     kinds = [*pages._ERROR_KINDS.values(), "other"]
@@ -312,3 +313,58 @@ def test_error_pages_say_what_happened_and_where_to_go(site):
     client.cookies.clear()
     r = client.post("/logout", data={"csrf_token": "x"}, follow_redirects=False)
     assert r.status_code == 303  # no session: to the sign-in page, as before
+
+
+def test_the_admin_page_exports_pairs_and_consensus_one_criterion_at_a_time(sqlite_db):
+    from alignloop.server import assign
+    from alignloop.server.models import Labeler
+
+    db = sqlite_db
+    prompts = [Prompt(id="q0", prompt="Question?")]
+    completions = [
+        Completion(id=f"q0-{j}", prompt_id="q0", completion=f"answer {j}") for j in range(3)
+    ]
+    service.create_project(
+        db,
+        name="two",
+        criteria=["helpfulness", "harmlessness"],
+        guidelines="# Rank\n",
+        prompts=prompts,
+        completions=completions,
+        overlap=1,
+    )
+    boss = service.add_labeler(db, "boss", admin=True)
+    service.add_labeler(db, "ann")
+    with db.read() as session:
+        ann_id = session.query(Labeler.id).filter_by(name="ann").scalar()
+    assign.acknowledge(db, ann_id, "two", assign.guidelines_for(db, ann_id, "two")["version"])
+    task = assign.next_task(db, ann_id, "two")
+    ids = [[c["id"]] for c in task["completions"]]
+    for criterion, groups in (("helpfulness", ids), ("harmlessness", ids[::-1])):
+        assign.submit_ranking(
+            db, ann_id, task["assignment_id"], assign.Submission(criterion, groups)
+        )
+    with TestClient(create_app(db)) as client:
+        sign_in(client, boss)
+        page = client.get("/admin/projects/two").text
+        links = re.findall(r'href="(/admin/projects/two/export/[^"]+)"', page)
+        assert links == [
+            "/admin/projects/two/export/rankings",
+            "/admin/projects/two/export/pairs?criterion=helpfulness",
+            "/admin/projects/two/export/pairs?criterion=harmlessness",
+            "/admin/projects/two/export/consensus?criterion=helpfulness",
+            "/admin/projects/two/export/consensus?criterion=harmlessness",
+        ]
+        assert "one file per criterion" in page
+        for link in links[1:]:
+            r = client.get(link)
+            criterion = link.rsplit("=", 1)[1]
+            assert (
+                r.status_code == 200
+                and f"two-{link.split('/')[-1].split('?')[0]}-"
+                in (r.headers["content-disposition"])
+            )
+            assert {json.loads(line)["criterion"] for line in r.text.splitlines()} == {criterion}
+        r = client.get("/admin/projects/two/export/pairs")  # no criterion: refused, in words
+        assert r.status_code == 422 and "one criterion at a time" in r.text
+        assert "Something in the form is wrong" in r.text

@@ -21,7 +21,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markdown_it import MarkdownIt
 
 from alignloop.server import assign, i18n, service
-from alignloop.server.api import jsonl_response
+from alignloop.server.api import export_filename, jsonl_response
 from alignloop.server.auth import (
     SESSION_LIFETIME,
     Identity,
@@ -313,10 +313,14 @@ def admin_project(request: Request, project: str, who: Page) -> HTMLResponse:
 
 
 @router.get("/admin/projects/{project}/export/{what}")
-def admin_export(request: Request, project: str, what: str, who: Page) -> Response:
+def admin_export(
+    request: Request, project: str, what: str, who: Page, criterion: str | None = None
+) -> Response:
+    """A download; pairs and consensus of a project with several criteria come one
+    criterion at a time (the page offers a button per criterion)."""
     _admin(who)
-    records = service.export_project(db_of(request), project, what)
-    return jsonl_response(records, f"{project}-{what}.jsonl")
+    records = service.export_project(db_of(request), project, what, criterion=criterion)
+    return jsonl_response(records, export_filename(project, what, criterion))
 
 
 @router.get("/admin/labelers")
