@@ -178,3 +178,20 @@ def test_migration_0002_keeps_rankings_as_version_1(tmp_path):
     with db.read() as session:
         (row,) = session.scalars(select(RankingRow)).all()
         assert row.version == 1 and row.revisions == []
+
+
+def test_a_skipped_task_is_not_the_last_ranked_one(as_labeler, new_project):
+    new_project(n_prompts=2, overlap=1, criteria=("helpfulness", "harmlessness"))
+    ann = as_labeler("ann", acknowledge="demo")
+    first = ann.next().json()
+    for criterion in ("helpfulness", "harmlessness"):
+        assert rank(ann, first, [0, 1, 2], criterion=criterion).status_code == 201
+    second = ann.next().json()
+    assert rank(ann, second, [0, 1, 2], criterion="helpfulness").status_code == 201
+    assert ann.get("/api/v1/rankings/last").json()["assignment_id"] == second["assignment_id"]
+    assert ann.post(f"/api/v1/assignments/{second['assignment_id']}/skip").status_code == 200
+    last = ann.get("/api/v1/rankings/last").json()
+    assert last["assignment_id"] == first["assignment_id"] and len(last["rankings"]) == 2
+    url = f"/api/v1/assignments/{second['assignment_id']}/ranking"
+    body = {"criterion": "helpfulness", "ranking": [[c["id"]] for c in second["completions"]]}
+    assert ann.client.put(url, json=body, headers=ann.headers).status_code == 409

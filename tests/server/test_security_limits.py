@@ -280,3 +280,25 @@ def test_a_partly_ranked_expired_assignment_does_not_count_past_the_overlap(
     assert labelers == ["bob", "bob"]  # one labeler per prompt and criterion: the overlap
     status = boss.get("/api/v1/admin/projects/demo/status").json()
     assert status["progress"]["rankings"] == 2
+
+
+def test_a_large_body_from_an_admin_goes_through(client, as_labeler):
+    """Past the anonymous limit, a valid token (looked up before the body is read)
+    lifts the cap to the configured one: a project of 200 prompts is 201."""
+    boss = as_labeler("boss", admin=True)
+    body = {
+        "name": "big",
+        "criteria": ["helpfulness"],
+        "guidelines": "# Rules\n",
+        "prompts": [{"id": f"q{i}", "prompt": "Question " + "x" * 300} for i in range(200)],
+        "completions": [
+            {"id": f"q{i}-{j}", "prompt_id": f"q{i}", "completion": "y" * 100}
+            for i in range(200)
+            for j in range(2)
+        ],
+        "overlap": 1,
+    }
+    assert len(json.dumps(body)) > ANONYMOUS_MAX_BYTES
+    assert client.post("/api/v1/admin/projects", json=body).status_code == 413
+    r = boss.post("/api/v1/admin/projects", json=body)
+    assert r.status_code == 201 and r.json()["prompts"] == 200

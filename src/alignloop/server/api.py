@@ -305,7 +305,7 @@ def _submission(body: RankingIn) -> assign.Submission:
 @router.post(
     "/assignments/{assignment_id}/skip",
     response_model=SkipOut,
-    responses={**ERRORS, 409: {"description": "the task is done or partly ranked"}},
+    responses={**ERRORS, 409: {"description": "the task is done"}},
 )
 def skip(request: Request, assignment_id: AssignmentId, who: Labeler) -> dict[str, Any]:
     return assign.skip_assignment(db_of(request), who.labeler_id, assignment_id)

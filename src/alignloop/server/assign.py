@@ -706,12 +706,13 @@ def skip_assignment(db: Database, labeler_id: int, assignment_id: int) -> dict[s
 
 
 def _last_ranked(session: Session, labeler_id: int, project_id: int | None = None) -> int | None:
-    """The assignment of the labeler's most recently submitted ranking (row ids grow
-    with each submission; a new version keeps its row)."""
+    """The assignment of the labeler's most recently submitted ranking, skipped and
+    expired ones left out (row ids grow with each submission; a new version keeps
+    its row)."""
     q = (
         select(Assignment.id)
         .join(RankingRow, RankingRow.assignment_id == Assignment.id)
-        .where(Assignment.labeler_id == labeler_id)
+        .where(Assignment.labeler_id == labeler_id, Assignment.status.in_((DONE, PENDING)))
         .order_by(RankingRow.id.desc())
         .limit(1)
     )

@@ -14,10 +14,11 @@ import hashlib
 import secrets
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
@@ -220,12 +221,30 @@ def _text_problems(prompts: Sequence[Prompt], completions: Sequence[Completion])
         ),
     ]
     for record, field, max_len in fields:
-        problem = text_problem(getattr(record, field), max_len=max_len)
+        value = getattr(record, field)
+        if not isinstance(value, str):  # a conversation: its messages' texts
+            value = "".join(_strings(value))
+            max_len = None
+        problem = text_problem(value, max_len=max_len)
         if problem:
             problems.append(f"{record.where}: field {field!r} {problem}")
             if len(problems) >= SchemaError.shown:
                 break
     return problems
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string inside a record's value (a list of messages, say)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, BaseModel):
+        yield from _strings(value.model_dump())
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _strings(v)
 
 
 def _public_ids(n: int) -> list[str]:
