@@ -124,26 +124,32 @@ class Runs:
     processes (torchrun, gloo); killed with SIGKILL mid-way and resumed."""
 
     @staticmethod
-    def argv(args: list[str], processes: int = 1) -> list[str]:
+    def argv(args: list[str], processes: int = 1, script: Path | None = None) -> list[str]:
+        """The command line of `alignloop ARGS` (or of the Python file `script`)."""
+        program = [str(script)] if script else ["-m", "alignloop.cli"]
         if processes == 1:
-            return [str(BIN / "alignloop"), *args]
+            return [sys.executable, *program, *args]
         return [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(processes),
-                "-m", "alignloop.cli", *args]  # fmt: skip
+                *program, *args]  # fmt: skip
 
-    def run(self, args: list[str], *, processes: int = 1, timeout: int = 300) -> str:
-        """Run to the end and assert success; returns stderr. A run still going after
-        `timeout` seconds (a hang) is killed with all its processes and fails."""
-        proc = subprocess.Popen(self.argv(args, processes), env=ENV, text=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)  # fmt: skip
+    def run(
+        self, args: list[str], *, processes: int = 1, script: Path | None = None,
+        check: bool = True, timeout: int = 300,
+    ) -> subprocess.CompletedProcess:  # fmt: skip
+        """Run to the end (with `check`, asserting success); its stderr is captured. A
+        run still going after `timeout` seconds (a hang) is killed with all its
+        processes and fails the test."""
+        argv = self.argv(args, processes, script)
+        proc = subprocess.Popen(argv, env=ENV, text=True, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
         try:
             _, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too
             _, err = proc.communicate()
             pytest.fail(f"still running after {timeout} s (a hang?): {err[-3000:]}")
-        assert proc.returncode == 0, err[-3000:]
-        return err
+        assert not check or proc.returncode == 0, err[-3000:]
+        return subprocess.CompletedProcess(argv, proc.returncode, None, err)
 
     def kill_at_checkpoint(self, args: list[str], out: Path, step: int, *, timeout=120) -> list:
         """Start a run and SIGKILL it once a complete checkpoint of `step` or later is in
@@ -177,7 +183,7 @@ class Runs:
         kept = self.kill_at_checkpoint(args_for(killed), killed, step)
         assert kept and step <= kept[-1] < steps, kept  # really mid-way
         assert not (killed / "eval.json").exists()
-        assert "resumed from" in self.run([*args_for(killed), "--resume"])
+        assert "resumed from" in self.run([*args_for(killed), "--resume"]).stderr
         assert self.metrics(killed) == self.metrics(whole)
         model = "model.safetensors"
         assert (whole / model).read_bytes() == (killed / model).read_bytes()

@@ -1,8 +1,11 @@
-"""The trainers' shared data order (`epoch_batches`)."""
+"""The trainers' shared data order (`epoch_batches`) and NaN guard (`stop_unless_finite`)."""
 
 from __future__ import annotations
 
 import random
+
+import pytest
+import torch
 
 from alignloop.train.common import epoch_batches
 
@@ -45,3 +48,51 @@ def test_length_grouping_cuts_padding_and_keeps_the_order_random():
     ]
     assert len(shards[0]) == len(shards[1])
     assert sorted(i for s in shards for b in s for i in b) == list(range(480))
+
+
+# --- the NaN guard -----------------------------------------------------------------------
+
+GUARD = """
+import sys
+from pathlib import Path
+
+import torch
+
+from alignloop.train import TrainingError
+from alignloop.train.common import FirstNonFinite, make_accelerator, stop_unless_finite
+
+accelerator = make_accelerator(mixed_precision="no", out=Path(sys.argv[1]))
+rank = accelerator.process_index
+watch = FirstNonFinite(accelerator.device)
+for step in range(6):  # the last rank's loss is NaN from its 4th step on, the others' never
+    bad = rank == accelerator.num_processes - 1 and step >= 3
+    watch.see(torch.tensor(float("nan") if bad else 1.0), step)
+try:
+    stop_unless_finite(accelerator, watch.loss, watch.step, None, hint="Try a lower --lr.")
+except TrainingError as e:
+    print(f"rank {rank} of {accelerator.num_processes}: {e}", file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_every_process_stops_when_one_loss_is_nan(processes, tmp_path, runs):
+    """One process's NaN stops them all (one stopping alone would leave the others
+    waiting in their next collective), each naming the first bad step."""
+    script = tmp_path / "guard.py"
+    script.write_text(GUARD)
+    done = runs.run([str(tmp_path)], processes=processes, script=script, check=False)
+    assert done.returncode != 0
+    message = "the loss became nan at step 4; stopped. Try a lower --lr."
+    for rank in range(processes):
+        assert f"rank {rank} of {processes}: {message}" in done.stderr, done.stderr[-3000:]
+
+
+def test_the_first_non_finite_loss_is_kept_with_its_step():
+    from alignloop.train.common import FirstNonFinite
+
+    watch = FirstNonFinite("cpu")
+    for step, loss in enumerate([1.0, 2.0, float("inf"), float("nan"), 3.0]):
+        watch.see(torch.tensor(loss), step)
+    assert watch.loss.item() == float("inf") and watch.step.item() == 2

@@ -45,6 +45,7 @@ __all__ = [
     "make_scheduler",
     "start_run",
     "stop_unless_finite",
+    "to_device",
 ]
 
 
@@ -75,6 +76,15 @@ def make_accelerator(
         log_with=None if report_to == "none" else report_to,
         project_dir=str(out),
     )
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """`t` on `device` without waiting for the device: a CPU tensor goes to a GPU from
+    pinned memory, queued behind the running kernels (as nanoGPT's `get_batch` does);
+    a copy from ordinary memory would be a CPU-GPU sync point at every batch."""
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def adamw(params, **kwargs) -> torch.optim.AdamW:

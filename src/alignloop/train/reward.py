@@ -51,6 +51,7 @@ from alignloop.train.common import (
     make_accelerator,
     make_scheduler,
     start_run,
+    to_device,
 )
 from alignloop.train.reward_config import RewardConfig
 
@@ -217,7 +218,7 @@ class RewardBatch:
     def to(self, device) -> RewardBatch:
         return RewardBatch(
             **{
-                k: v.to(device) if isinstance(v, torch.Tensor) else v
+                k: to_device(v, device) if isinstance(v, torch.Tensor) else v
                 for k, v in self.__dict__.items()
             }  # fmt: skip
         )

@@ -41,6 +41,7 @@ from alignloop.train.common import (
     make_accelerator,
     make_scheduler,
     start_run,
+    to_device,
 )
 from alignloop.train.sft_config import SFTConfig
 
@@ -110,7 +111,8 @@ class SFTBatch:
     labels: torch.Tensor  # (B, L) target ids, IGNORE elsewhere
 
     def to(self, device) -> SFTBatch:
-        return SFTBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels)))
+        tensors = (self.input_ids, self.attention_mask, self.labels)
+        return SFTBatch(*(to_device(t, device) for t in tensors))
 
 
 def collate(rows: Sequence[tuple[list[int], int]], pad_id: int) -> SFTBatch:
