@@ -373,18 +373,22 @@ def add_server_commands(sub, command, group) -> None:
     db_option(p)
     p.add_argument("--name", required=True, help="project name")
 
-    lab = group(sub, "labeler", "Labelers of the labeling server.")
+    _add_labeler_commands(group(sub, "labeler", "Labelers of the labeling server."), command)
+
+
+def _add_labeler_commands(lab, command) -> None:
+    """`alignloop labeler add | list | deactivate | reactivate | rotate-token`."""
     p = command(lab, "add", _labeler_add, "Add a labeler; prints their login token once.")
-    db_option(p)
+    p.add_argument("--db", default=None, help=DB_HELP)
     p.add_argument("--name", required=True, help="labeler name (unique)")
     p.add_argument("--admin", action="store_true", help="may see the admin pages and export")
     p = command(lab, "list", _labeler_list, "Every labeler: name, role, active or not.")
-    db_option(p)
+    p.add_argument("--db", default=None, help=DB_HELP)
     for name, handler, what in (
         ("deactivate", _labeler_deactivate, "Stop a labeler: token and sessions end at once."),
         ("reactivate", _labeler_reactivate, "Let a deactivated labeler back in (same token)."),
         ("rotate-token", _labeler_rotate_token, "A new token (printed once); the old one ends."),
     ):
         p = command(lab, name, handler, what)
-        db_option(p)
+        p.add_argument("--db", default=None, help=DB_HELP)
         p.add_argument("name", help="the labeler's name")
