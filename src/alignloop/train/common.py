@@ -10,6 +10,11 @@
   resumes from the last complete checkpoint.
 - `MetricsLog`: one JSON object per line; on resume it drops lines past the
   checkpoint, so the log of a resumed run equals that of an uninterrupted one.
+- `stop_unless_finite`: every process stops together when any one's loss is NaN or
+  infinite, naming the step and the last good checkpoint.
+- `TrainLoop`: the optimizer-step loop of the SFT and reward trainers (accumulate,
+  clip, step, log, evaluate, checkpoint); it waits for the device only where it
+  logs a figure, evaluates or saves.
 """
 
 from __future__ import annotations

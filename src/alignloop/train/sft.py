@@ -13,9 +13,10 @@ the prompt (`join_text`), so a BPE tokenizer's leading-space tokens match what t
 policy will sample later. Prompts longer than `max_length` lose their start; targets
 are never cut (an example whose target alone is too long is an error).
 
-The training loop shares its machinery with the reward trainer (`train.common`):
-accelerate for multi-process runs, a seeded resumable data order, atomic
-checkpoints, a metrics log and a progress bar.
+The training loop is the reward trainer's (`train.common.TrainLoop`): accelerate
+for multi-process runs, a seeded resumable data order, atomic checkpoints, a
+metrics log and a progress bar; this module gives its micro-step (`_step`) and its
+logged figures (`_record`: the token-weighted mean loss).
 """
 
 from __future__ import annotations
@@ -188,6 +189,8 @@ def train_sft(config: SFTConfig) -> dict:
     train_rows = [tokenize_example(tokenizer, e.prompt, e.target, config.max_length) for e in train]
     held_rows = [tokenize_example(tokenizer, e.prompt, e.target, config.max_length) for e in held]
     console.print(f"SFT of {config.model}: {len(train)} examples, {len(held)} held out")
+    # torch's AdamW, not the fused `common.adamw` of the other trainers: its rounding
+    # differs, and this refactor keeps SFT's figures as they were.
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=config.lr,
