@@ -368,3 +368,46 @@ def test_the_admin_page_exports_pairs_and_consensus_one_criterion_at_a_time(sqli
         r = client.get("/admin/projects/two/export/pairs")  # no criterion: refused, in words
         assert r.status_code == 422 and "one criterion at a time" in r.text
         assert "Something in the form is wrong" in r.text
+
+
+def test_admins_deactivate_reactivate_and_renew_tokens_from_the_labelers_page(site):
+    from alignloop.server.app import create_app as make_app
+
+    client, db, tokens = site
+    with TestClient(make_app(db)) as ann:  # ann signed in, in a browser of her own
+        assert sign_in(ann, tokens["ann"]).status_code == 303
+        assert ann.get("/", follow_redirects=False).status_code == 200
+
+        sign_in(client, tokens["boss"])
+        page = client.get("/admin/labelers").text
+        assert 'action="/admin/labelers/ann/deactivate"' in page
+        assert 'action="/admin/labelers/boss/deactivate"' not in page  # not oneself
+        r = client.post("/admin/labelers/ann/deactivate", follow_redirects=False)
+        assert r.status_code == 403  # no CSRF token
+        r = client.post("/admin/labelers/ann/deactivate", data={"csrf_token": csrf_of(page)})
+        assert r.status_code == 200 and "ann is deactivated" in r.text
+        assert re.search(r'data-labeler="ann" class="inactive">.*?deactivated', r.text, re.S)
+        assert ann.get("/", follow_redirects=False).status_code == 303  # her session ended
+        assert sign_in(ann, tokens["ann"]).status_code == 401  # and her token
+
+        r = client.post("/admin/labelers/ann/reactivate", data={"csrf_token": csrf_of(page)})
+        assert r.status_code == 200 and "ann can sign in again" in r.text
+        assert sign_in(ann, tokens["ann"]).status_code == 303
+
+        r = client.post("/admin/labelers/ann/token", data={"csrf_token": csrf_of(page)})
+        assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+        assert "ann has a new token" in r.text and "old token no longer works" in r.text
+        new = re.search(r'id="new-token" class="token">([^<]+)<', r.text).group(1)
+        assert ann.get("/", follow_redirects=False).status_code == 303
+        assert sign_in(ann, tokens["ann"]).status_code == 401
+        assert sign_in(ann, new).status_code == 303
+
+        r = client.post("/admin/labelers/boss/deactivate", data={"csrf_token": csrf_of(page)})
+        assert r.status_code == 409 and "cannot deactivate yourself" in r.text
+        assert "This cannot be done now" in r.text
+        r = client.post("/admin/labelers/nobody/token", data={"csrf_token": csrf_of(page)})
+        assert r.status_code == 404 and "no labeler named" in r.text
+        # a labeler cannot do any of it
+        form = ann.get("/").text
+        r = ann.post("/admin/labelers/boss/token", data={"csrf_token": csrf_of(form)})
+        assert r.status_code == 403

@@ -323,17 +323,30 @@ def admin_export(
     return jsonl_response(records, export_filename(project, what, criterion))
 
 
-@router.get("/admin/labelers")
-def admin_labelers(request: Request, who: Page) -> HTMLResponse:
-    _admin(who)
-    return render(
+def _labelers_page(
+    request: Request, who: Identity, *, status: int = 200, new=None, notice=None
+) -> HTMLResponse:
+    """The labelers' page; `new` shows a token once (then no cache may keep the page),
+    `notice` says what the last action did."""
+    response = render(
         request,
         "admin_labelers.html",
+        status=status,
         who=who,
         csrf=who.csrf_token,
         labelers=service.list_labelers(db_of(request)),
-        new=None,
+        new=new,
+        notice=notice,
     )
+    if new is not None:
+        response.headers["Cache-Control"] = "no-store"  # the token must not linger in a cache
+    return response
+
+
+@router.get("/admin/labelers")
+def admin_labelers(request: Request, who: Page) -> HTMLResponse:
+    _admin(who)
+    return _labelers_page(request, who)
 
 
 @router.post("/admin/labelers")
@@ -344,16 +357,32 @@ def admin_add_labeler(
     admin: Annotated[bool, Form()] = False,
 ) -> HTMLResponse:
     _admin(who)
-    db = db_of(request)
-    token = service.add_labeler(db, name, admin=admin)
-    response = render(
-        request,
-        "admin_labelers.html",
-        status=201,
-        who=who,
-        csrf=who.csrf_token,
-        labelers=service.list_labelers(db),
-        new={"name": name.strip(), "token": token, "admin": admin},
-    )
-    response.headers["Cache-Control"] = "no-store"  # the token must not linger in a cache
-    return response
+    token = service.add_labeler(db_of(request), name, admin=admin)
+    new = {"name": name.strip(), "token": token, "admin": admin, "rotated": False}
+    return _labelers_page(request, who, status=201, new=new)
+
+
+@router.post("/admin/labelers/{name}/deactivate")
+def admin_deactivate_labeler(request: Request, name: str, who: FormPage) -> HTMLResponse:
+    """Their token stops working and their sessions end at once."""
+    _admin(who)
+    service.deactivate_labeler(db_of(request), name, by=who.name)
+    return _labelers_page(request, who, notice=("admin.deactivated", name))
+
+
+@router.post("/admin/labelers/{name}/reactivate")
+def admin_reactivate_labeler(request: Request, name: str, who: FormPage) -> HTMLResponse:
+    _admin(who)
+    service.reactivate_labeler(db_of(request), name)
+    return _labelers_page(request, who, notice=("admin.reactivated", name))
+
+
+@router.post("/admin/labelers/{name}/token")
+def admin_rotate_token(request: Request, name: str, who: FormPage) -> Response:
+    """A new token, shown once; the old one and the labeler's sessions end (an admin
+    renewing their own token is signed out after this page)."""
+    _admin(who)
+    token = service.rotate_token(db_of(request), name)
+    (labeler,) = [lab for lab in service.list_labelers(db_of(request)) if lab["name"] == name]
+    new = {"name": name, "token": token, "admin": labeler["is_admin"], "rotated": True}
+    return _labelers_page(request, who, new=new)
