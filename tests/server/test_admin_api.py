@@ -195,3 +195,30 @@ def test_a_skipped_task_is_not_the_last_ranked_one(as_labeler, new_project):
     url = f"/api/v1/assignments/{second['assignment_id']}/ranking"
     body = {"criterion": "helpfulness", "ranking": [[c["id"]] for c in second["completions"]]}
     assert ann.client.put(url, json=body, headers=ann.headers).status_code == 409
+
+
+def test_per_item_review_shows_every_labelers_ranking_and_the_disagreement(as_labeler, new_project):
+    new_project(n_prompts=1, overlap=2)
+    boss = as_labeler("boss", admin=True)
+    for name, order, flag in (("ann", [0, 1, 2], False), ("bob", [1, 0, 2], True)):
+        api = as_labeler(name, acknowledge="demo")
+        task = api.next().json()
+        by_text = sorted(task["completions"], key=lambda c: c["text"])  # p0-0, p0-1, p0-2
+        ranking = [[by_text[i]["id"]] for i in order]
+        r = api.rank(task["assignment_id"], ranking, rationale=f"{name} says", flag_unsafe=flag)
+        assert r.status_code == 201
+    (item,) = boss.get("/api/v1/admin/projects/demo/items").json()
+    assert item["prompt_id"] == "p0" and item["prompt"] == "Summarize document 0."
+    assert [c["id"] for c in item["completions"]] == ["p0-0", "p0-1", "p0-2"]
+    assert item["flagged"] is True
+    per = item["criteria"]["helpfulness"]
+    assert [(r["labeler"], r["ranking"], r["rationale"]) for r in per["rankings"]] == [
+        ("ann", [["p0-0"], ["p0-1"], ["p0-2"]], "ann says"),
+        ("bob", [["p0-1"], ["p0-0"], ["p0-2"]], "bob says"),
+    ]
+    assert per["contested"] == [["p0-0", "p0-1"]]
+    assert per["agreement"] == round(2 / 3, 4)
+    status = boss.get("/api/v1/admin/projects/demo/status").json()
+    assert status["flagged_unsafe"][0]["prompt"] == "Summarize document 0."
+    assert boss.get("/api/v1/admin/projects/demo/items?prompt_id=nope").json() == []
+    assert as_labeler("eve").get("/api/v1/admin/projects/demo/items").status_code == 403

@@ -13,6 +13,7 @@
     GET  /api/v1/admin/projects                   (admins)
     POST /api/v1/admin/projects                   201: a project from records (JSON)
     GET  /api/v1/admin/projects/{project}/status
+    GET  /api/v1/admin/projects/{project}/items[?criterion=&prompt_id=]   per-item review
     GET  /api/v1/admin/projects/{project}/export?what=rankings|pairs|consensus
                                  [&criterion=NAME]  (needed for pairs/consensus of several)
     GET  /api/v1/admin/labelers
@@ -398,6 +399,19 @@ def admin_create_project(request: Request, body: NewProjectIn, who: Admin) -> An
 @router.get("/admin/projects/{project}/status", responses=ADMIN_ERRORS)
 def admin_status(request: Request, project: str, who: Admin) -> dict[str, Any]:
     return service.project_status(db_of(request), project, now=request.app.state.clock())
+
+
+@router.get("/admin/projects/{project}/items", responses=ADMIN_ERRORS)
+def admin_items(
+    request: Request,
+    project: str,
+    who: Admin,
+    criterion: Annotated[str | None, Query(max_length=service.CRITERION_MAX)] = None,
+    prompt_id: Annotated[str | None, Query(max_length=service.NAME_MAX)] = None,
+) -> list[dict[str, Any]]:
+    """Per-item review: each prompt's completions and every labeler's ranking and
+    rationale side by side, with the pairs they disagree on (`service.review_items`)."""
+    return service.review_items(db_of(request), project, criterion=criterion, prompt_id=prompt_id)
 
 
 @router.get(

@@ -59,6 +59,7 @@ __all__ = [
     "list_projects",
     "project_status",
     "reactivate_labeler",
+    "review_items",
     "rotate_token",
     "set_guidelines",
 ]
@@ -711,13 +712,14 @@ def project_status(db: Database, name: str, *, now: dt.datetime | None = None) -
         flagged = [
             {
                 "prompt_id": prompt_id,
+                "prompt": prompt_text,
                 "labeler": labeler,
                 "criterion": r.criterion,
                 "rationale": r.rationale or "",
                 "at": r.created_at.isoformat(timespec="seconds"),
             }
-            for r, prompt_id, labeler in session.execute(
-                select(RankingRow, PromptRow.external_id, Labeler.name)
+            for r, prompt_id, prompt_text, labeler in session.execute(
+                select(RankingRow, PromptRow.external_id, PromptRow.text, Labeler.name)
                 .join(Assignment, RankingRow.assignment_id == Assignment.id)
                 .join(PromptRow, Assignment.prompt_id == PromptRow.id)
                 .join(Labeler, Assignment.labeler_id == Labeler.id)
@@ -768,6 +770,116 @@ def project_status(db: Database, name: str, *, now: dt.datetime | None = None) -
         "agreement": {k: v for k, v in agreement.items() if k != "labelers"},
         "flagged_unsafe": flagged,
     }
+
+
+def _contested(rankings: Sequence[Ranking]) -> list[list[str]]:
+    """Completion id pairs [a, b] that one labeler put strictly above the other and
+    another labeler strictly below (ties disagree with nobody)."""
+    orders: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for r in rankings:
+        pos = r.positions()
+        for a in pos:
+            for b in pos:
+                if a < b and pos[a] != pos[b]:
+                    orders[(a, b)].add(1 if pos[a] < pos[b] else -1)
+    return [[a, b] for (a, b), signs in sorted(orders.items()) if len(signs) == 2]
+
+
+def review_items(
+    db: Database, name: str, *, criterion: str | None = None, prompt_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Per-item review for the admin: every regular prompt with a done ranking (or the
+    one `prompt_id`), with its completions and every labeler's current ranking side
+    by side, per criterion:
+
+        {"prompt_id", "prompt", "completions": [{"id", "text", "policy"}],
+         "criteria": {criterion: {"rankings": [{"labeler", "ranking", "unrankable",
+                                                "rationale", "flag_unsafe", "version"}],
+                                  "agreement": share or None, "contested": [[a, b]]}},
+         "flagged": whether any labeler flagged it unsafe}
+
+    Ids are the files' completion ids. `agreement` is `feedback.pairwise_agreement`
+    over the item's labelers; `contested` lists the completion pairs they ordered
+    both ways (what the page highlights). Items come in the prompts' order."""
+    with db.read() as session:
+        project = get_project(session, name)
+        if criterion is not None and criterion not in project.criteria:
+            raise Invalid(f"criterion {shown(criterion)} is not one of the project's", "criterion")
+        q = (
+            select(RankingRow, Assignment.prompt_id, Labeler.name)
+            .join(Assignment, RankingRow.assignment_id == Assignment.id)
+            .join(Labeler, Assignment.labeler_id == Labeler.id)
+            .join(PromptRow, Assignment.prompt_id == PromptRow.id)
+            .where(
+                Assignment.project_id == project.id,
+                Assignment.status == DONE,
+                PromptRow.is_gold.is_(False),
+            )
+            .order_by(PromptRow.id, RankingRow.id)
+        )
+        if criterion is not None:
+            q = q.where(RankingRow.criterion == criterion)
+        if prompt_id is not None:
+            q = q.where(PromptRow.external_id == prompt_id[:NAME_MAX])
+        rows = session.execute(q).all()
+        prompts = {
+            p.id: p
+            for p in session.scalars(
+                select(PromptRow).where(PromptRow.id.in_({pk for _, pk, _ in rows}))
+            )
+        }
+        completions: dict[int, list[CompletionRow]] = defaultdict(list)
+        for c in session.scalars(
+            select(CompletionRow)
+            .where(CompletionRow.prompt_id.in_(prompts))
+            .order_by(CompletionRow.id)
+        ):
+            completions[c.prompt_id].append(c)
+    items: dict[int, dict[str, Any]] = {}
+    records: dict[tuple[int, str], list[Ranking]] = defaultdict(list)
+    for r, prompt_pk, labeler in rows:
+        p = prompts[prompt_pk]
+        item = items.setdefault(
+            prompt_pk,
+            {
+                "prompt_id": p.external_id,
+                "prompt": p.text,
+                "completions": [
+                    {"id": c.external_id, "text": c.text, "policy": c.policy}
+                    for c in completions[prompt_pk]
+                ],
+                "criteria": {},
+                "flagged": False,
+            },
+        )
+        item["flagged"] |= r.flagged_unsafe
+        per = item["criteria"].setdefault(r.criterion, {"rankings": []})
+        per["rankings"].append(
+            {
+                "labeler": labeler,
+                "ranking": r.groups,
+                "unrankable": r.unrankable,
+                "rationale": r.rationale or "",
+                "flag_unsafe": r.flagged_unsafe,
+                "version": r.version,
+            }
+        )
+        if not r.unrankable:
+            records[(prompt_pk, r.criterion)].append(
+                Ranking(
+                    prompt_id=p.external_id,
+                    labeler=labeler,
+                    criterion=r.criterion,
+                    ranking=r.groups,
+                )
+            )
+    for prompt_pk, item in items.items():
+        for crit, per in item["criteria"].items():
+            ranked = records[(prompt_pk, crit)]
+            share, _ = pairwise_agreement(ranked)
+            per["agreement"] = None if share is None else round(share, 4)
+            per["contested"] = _contested(ranked)
+    return list(items.values())
 
 
 def list_projects(db: Database) -> list[dict[str, Any]]:
