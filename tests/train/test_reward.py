@@ -494,6 +494,11 @@ def test_a_file_of_several_criteria_is_refused_naming_them(tiny_rm, tmp_path, ca
     assert (f"{data}: holds pairs of several criteria (harmlessness, helpfulness, "
             "unspecified); choose one with --criterion") in err  # fmt: skip
     assert not out.exists()
+    # --criterion is the way out the message names
+    args = ["train-rm", "--model", str(tiny_rm), "--data", str(data), "--out", str(out),
+            "--criterion", "honesty"]  # fmt: skip
+    assert main(args) == 2
+    assert "no pairs of criterion 'honesty'" in capsys.readouterr().err
 
 
 def test_the_chosen_criterion_selects_its_pairs(tmp_path):
@@ -501,8 +506,8 @@ def test_the_chosen_criterion_selects_its_pairs(tmp_path):
     from alignloop.train.reward import _read_data, select_criterion
 
     data = _pairs_of_criteria(tmp_path / "pairs.jsonl")
-    config = RewardConfig(model="unused", data=data, out=tmp_path / "rm", eval_fraction=0.0)
-    config.criterion = "helpfulness"  # until RewardConfig has the option (issue 13)
+    config = RewardConfig(model="unused", data=data, out=tmp_path / "rm", eval_fraction=0.0,
+                          criterion="helpfulness")  # fmt: skip
     train, held = _read_data(config)
     assert [g.prompt for g in train] == ["tl;dr 0 :", "tl;dr 2 :"] and held == []
     pairs = load_pairs(data)

@@ -37,10 +37,11 @@ from pathlib import Path
 
 import torch
 
+from alignloop.chat import encode, render_text, require_template
 from alignloop.io import read_comparisons
 from alignloop.losses import centering_loss, pairwise_loss
 from alignloop.models import pad_right, tokenize_keep_end
-from alignloop.schema import Comparison, SchemaError, join_text
+from alignloop.schema import Comparison, Conversation, SchemaError
 from alignloop.train.common import (
     RunningMean,
     StepResult,
@@ -76,10 +77,11 @@ UNSPECIFIED = "unspecified"  # the criterion of pairs that name none
 class PromptGroup:
     """All pairs of one prompt, each distinct completion text once."""
 
-    prompt: str
-    texts: list[str]  # distinct completions of this prompt
+    prompt: str | Conversation  # a text, or messages for the chat template
+    texts: list[str | Conversation]  # distinct completions of this prompt
     pairs: list[tuple[int, int, float]] = field(default_factory=list)  # (chosen, rejected, margin)
     input_ids: list[list[int]] = field(default_factory=list)  # one per text, once tokenized
+    where: str = "<memory>"  # file and line of the prompt's first pair
 
 
 def group_pairs(pairs: Sequence[Comparison]) -> list[PromptGroup]:
@@ -88,7 +90,7 @@ def group_pairs(pairs: Sequence[Comparison]) -> list[PromptGroup]:
     index: dict[str, dict[str, int]] = {}
     for p in pairs:
         key = p.prompt_id if p.prompt_id is not None else p.prompt
-        group = groups.setdefault(key, PromptGroup(prompt=p.prompt, texts=[]))
+        group = groups.setdefault(key, PromptGroup(prompt=p.prompt, texts=[], where=p.where))
         where = index.setdefault(key, {})
         for text in (p.chosen, p.rejected):
             if text not in where:
@@ -140,18 +142,21 @@ def tokenize_groups(
     prompt loses the same prompt tokens (the longest then has `max_length` tokens,
     the others fewer), so all completions are read in the same context and share
     their prompt tokens exactly (what `collate(pack=True)` runs once). Without it,
-    each sequence is cut to `max_length` on its own.
+    each sequence is cut to `max_length` on its own. Conversations are rendered with
+    the tokenizer's chat template (`chat.render_text`), whose absence is an error
+    naming the pair's file and line.
     Returns how many sequences were cut."""
     if not groups:
         return 0
-    texts = [join_text(g.prompt, t) for g in groups for t in g.texts]
+    require_template(tokenizer, groups, "the reward model")
+    texts = [render_text(tokenizer, g.prompt, t) for g in groups for t in g.texts]
     if not same_cut:
         rows, cut = tokenize_keep_end(tokenizer, texts, max_length, append_eos=append_eos)
         it = iter(rows)
         for g in groups:
             g.input_ids = [next(it) for _ in g.texts]
         return cut
-    rows = tokenizer(texts, add_special_tokens=True)["input_ids"]
+    rows = encode(tokenizer, texts)
     if append_eos:
         rows = [[*r, tokenizer.eos_token_id] for r in rows]
     special = set(tokenizer.all_special_ids)
@@ -461,8 +466,7 @@ def select_criterion(pairs: list[Comparison], criterion: str | None, path: Path)
 def _read_data(config: RewardConfig) -> tuple[list, list]:
     """Read, validate, choose the criterion, group and split: every data error before
     the model is loaded and before anything is written."""
-    # TODO(H1): `criterion` belongs in RewardConfig (option(None, "...")).
-    criterion = getattr(config, "criterion", None)
+    criterion = config.criterion
     train = group_pairs(select_criterion(load_pairs(config.data), criterion, config.data))
     if config.eval_data is not None:
         held_pairs = load_pairs(config.eval_data, "--eval-data")
@@ -555,7 +559,7 @@ def _load_model(config: RewardConfig, train: list, held: list, console):
     from alignloop.models import RewardModel
 
     torch.manual_seed(config.seed)
-    reward_model = RewardModel.from_pretrained(config.model)
+    reward_model = RewardModel.from_pretrained(config.model, options=config, what="--model")
     _tokenize_data(config, train, held, reward_model, console.print)
     console.print(f"reward model: {config.model}; {len(train)} training prompts "
                   f"({sum(len(g.pairs) for g in train)} pairs), {len(held)} held out")  # fmt: skip

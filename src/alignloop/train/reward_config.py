@@ -19,6 +19,9 @@ class RewardConfig(EpochOptions):
     data: Path = option(REQUIRED, "training pairs: a comparisons file or an HH-RLHF file")
     out: Path = option(REQUIRED, "output directory: the reward model, metrics.jsonl, checkpoints/")
     eval_data: Path | None = option(None, "held-out pairs (default: --eval-fraction of --data)")
+    criterion: str | None = option(
+        None, "train on the pairs of this criterion; required when the file holds several"
+    )
     eval_fraction: float = override(
         help="share of the prompts of --data held out when no eval data"
     )
