@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlalchemy import select
 
 from alignloop.server.models import RankingRevision, RankingRow
@@ -222,3 +223,19 @@ def test_per_item_review_shows_every_labelers_ranking_and_the_disagreement(as_la
     assert status["flagged_unsafe"][0]["prompt"] == "Summarize document 0."
     assert boss.get("/api/v1/admin/projects/demo/items?prompt_id=nope").json() == []
     assert as_labeler("eve").get("/api/v1/admin/projects/demo/items").status_code == 403
+
+
+def test_a_conversation_prompt_is_refused_in_words(as_labeler):
+    from pydantic import ValidationError
+
+    from alignloop.schema import Prompt
+
+    try:
+        Prompt(id="c", prompt=[{"role": "user", "content": "hi"}])
+    except ValidationError:
+        pytest.skip("this schema has text prompts only")
+    boss = as_labeler("boss", admin=True)
+    body = project_body()
+    body["prompts"][0]["prompt"] = [{"role": "user", "content": "Question 0?"}]
+    r = boss.post("/api/v1/admin/projects", json=body)
+    assert r.status_code == 422 and "prompts[0]: field 'prompt': a conversation" in r.text

@@ -170,6 +170,12 @@ def _check_task(
     to rank, every gold ranking ranks a prompt's own completions under a criterion of
     the project. Raises one SchemaError naming every bad record's file and line."""
     problems = _text_problems(prompts, completions)
+    problems += [
+        f"{p.where}: field 'prompt': a conversation; the labeling server shows text prompts "
+        "only (join the turns into one text)"
+        for p in prompts
+        if not isinstance(p.prompt, str)
+    ]
     seen: dict[str, Prompt] = {}
     for p in prompts:
         if p.id in seen:
