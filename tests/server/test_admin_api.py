@@ -239,3 +239,16 @@ def test_a_conversation_prompt_is_refused_in_words(as_labeler):
     body["prompts"][0]["prompt"] = [{"role": "user", "content": "Question 0?"}]
     r = boss.post("/api/v1/admin/projects", json=body)
     assert r.status_code == 422 and "prompts[0]: field 'prompt': a conversation" in r.text
+
+
+def test_records_from_an_uploaded_jsonl_file_name_the_line(db):
+    from alignloop.schema import SchemaError
+    from alignloop.server import service
+
+    text = '{"id": "q0", "prompt": "Hi?"}\n\n{"id": "q1", "prompt": "Yo?", "typo": 1}\n'
+    with pytest.raises(SchemaError, match=r"prompts.jsonl:3: prompt: field 'typo'"):
+        service.parse_records("prompt", text, "prompts.jsonl")
+    with pytest.raises(SchemaError, match=r"prompts.jsonl:1: not valid JSON"):
+        service.parse_records("prompt", "{nope\n", "prompts.jsonl")
+    (ok,) = service.parse_records("prompt", '{"id": "q0", "prompt": "Hi?"}\n', "prompts.jsonl")
+    assert ok.id == "q0" and ok.where == "prompts.jsonl:1"

@@ -42,7 +42,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
 
-from alignloop.schema import SchemaError, check_ranking_groups, parse_record
+from alignloop.schema import SchemaError, check_ranking_groups
 from alignloop.server import assign, service
 from alignloop.server.auth import Identity, api_admin, api_identity, db_of
 from alignloop.server.errors import Invalid
@@ -351,21 +351,6 @@ class ProjectOut(BaseModel):
     guidelines_version: str
 
 
-def _records(kind: str, field: str, objs: list[dict[str, Any]]) -> list[Any]:
-    """Schema records from a list in the body; one 422 naming the first bad items."""
-    records, problems = [], []
-    for i, obj in enumerate(objs):
-        try:
-            records.append(parse_record(kind, obj, where=f"{field}[{i}]"))
-        except SchemaError as e:
-            problems.extend(e.problems)
-            if len(problems) >= SchemaError.shown:
-                break
-    if problems:
-        raise Invalid(str(SchemaError(problems)), field)
-    return records
-
-
 @router.post(
     "/admin/projects",
     response_model=ProjectOut,
@@ -375,10 +360,10 @@ def _records(kind: str, field: str, objs: list[dict[str, Any]]) -> list[Any]:
 def admin_create_project(request: Request, body: NewProjectIn, who: Admin) -> Any:
     """A project from records, as `alignloop project create` makes it from files (all of
     it or nothing). Errors name the item: `prompts[3]: field 'id': ...`."""
-    prompts = _records("prompt", "prompts", body.prompts)
-    completions = _records("completion", "completions", body.completions)
-    gold = _records("ranking", "gold", body.gold)
     try:
+        prompts = service.parse_records("prompt", body.prompts, "prompts")
+        completions = service.parse_records("completion", body.completions, "completions")
+        gold = service.parse_records("ranking", body.gold, "gold")
         summary = service.create_project(
             db_of(request),
             name=body.name,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import secrets
 import statistics
 from collections import Counter, defaultdict
@@ -25,7 +26,15 @@ from sqlalchemy.orm import Session, defer
 
 from alignloop.feedback import agreement_report, consensus, pairwise_agreement, rankings_to_pairs
 from alignloop.feedback.consensus import CONSENSUS_LABELER
-from alignloop.schema import Completion, Prompt, Ranking, Record, SchemaError, check_rankings
+from alignloop.schema import (
+    Completion,
+    Prompt,
+    Ranking,
+    Record,
+    SchemaError,
+    check_rankings,
+    parse_record,
+)
 from alignloop.server.db import Database
 from alignloop.server.errors import Conflict, Invalid, NotFound
 from alignloop.server.models import (
@@ -57,6 +66,7 @@ __all__ = [
     "guidelines_version",
     "list_labelers",
     "list_projects",
+    "parse_records",
     "project_status",
     "reactivate_labeler",
     "review_items",
@@ -261,6 +271,33 @@ def _public_ids(n: int) -> list[str]:
     while len(ids) < n:
         ids.add(secrets.token_hex(8))
     return list(ids)
+
+
+def parse_records(kind: str, items: str | Sequence[Any], source: str) -> list[Record]:
+    """Records of `kind` from JSONL text (an uploaded file: errors say `source:LINE`)
+    or from a list of objects (a JSON body: `source[i]`), for `create_project`.
+    One SchemaError names the first bad items."""
+    if isinstance(items, str):
+        rows: list[tuple[str, Any]] = []
+        for lineno, line in enumerate(items.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append((f"{source}:{lineno}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise SchemaError(f"{source}:{lineno}: not valid JSON: {e.msg}") from None
+    else:
+        rows = [(f"{source}[{i}]", obj) for i, obj in enumerate(items)]
+    records, problems = [], []
+    for where, obj in rows:
+        try:
+            records.append(parse_record(kind, obj, where))
+        except SchemaError as e:
+            problems.extend(e.problems)
+            if len(problems) >= SchemaError.shown:
+                break
+    if problems:
+        raise SchemaError(problems)
+    return records
 
 
 @dataclass
