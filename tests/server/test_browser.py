@@ -1013,3 +1013,75 @@ def test_the_interface_in_chinese_with_a_switch_to_english(make_page, server, sh
     assert page.inner_text("#criterion") == "harmlessness"  # the same task, its second step
     page.goto(server["url"] + "/")
     assert page.inner_text("h1") == "Projects"
+
+
+# --- changing the last ranking -------------------------------------------------------------
+
+
+def test_a_labeler_changes_their_last_ranking_and_gets_back_to_the_task(page, server):
+    from alignloop.server.models import RankingRevision
+
+    project = "change-last"
+    who = _fresh_project(server, project, criteria=["helpfulness"], n_prompts=2, k=3)
+    sign_in(page, server, who)
+    page.goto(server["url"] + f"/projects/{project}/label")
+    page.wait_for_selector("#task:not([hidden])")
+    assert page.is_hidden("#edit-last")  # nothing ranked yet
+    first_prompt = page.inner_text("#prompt")
+    texts = page.locator("article.completion .text").all_inner_texts()
+    for digit in "123":
+        page.keyboard.press(digit)
+        page.keyboard.press("Tab")
+    page.fill("#rationale", "A first")
+    page.click("#submit")
+    page.wait_for_function(
+        "(p) => document.querySelector('#prompt').textContent !== p", arg=first_prompt
+    )
+    second_prompt = page.inner_text("#prompt")
+    page.keyboard.press("2")  # half-way through the second task
+
+    # "Change my last ranking": the first task again, as it was stored.
+    page.click("#edit-last")
+    page.wait_for_selector("#edit-banner:not([hidden])")
+    assert page.inner_text("#prompt") == first_prompt
+    assert page.locator("article.completion .text").all_inner_texts() == texts
+    assert badges(page) == ["rank 1", "rank 2", "rank 3"]
+    assert page.input_value("#rationale") == "A first"
+    assert "changing your last submitted ranking (helpfulness)" in page.inner_text("#edit-banner")
+    assert page.is_hidden("#skip")
+    page.keyboard.press("3")  # A is now worst ...
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("1")  # ... and C best
+    page.fill("#rationale", "C after all")
+    page.click("#submit")
+    page.wait_for_selector("#message:has-text('Your change is saved')")
+
+    # Back on the second task, with its half-done ranking.
+    assert page.inner_text("#prompt") == second_prompt
+    assert page.is_hidden("#edit-banner") and page.is_visible("#skip")
+    assert badges(page) == ["rank 2", "not ranked", "not ranked"]
+    (stored,) = service.export_project(server["db"], project, "rankings")
+    text_of = {c.id: c.completion for c in _project_completions(server["db"], project)}
+    assert [text_of[g[0]] for g in stored.ranking] == [texts[2], texts[1], texts[0]]
+    assert stored.rationale == "C after all"
+    with server["db"].read() as session:  # the first version is kept
+        (old,) = session.scalars(select(RankingRevision)).all()
+        assert old.rationale == "A first" and old.version == 1
+
+    # Cancel leaves the stored ranking alone.
+    page.keyboard.press("e")
+    page.wait_for_selector("#edit-banner:not([hidden])")
+    assert badges(page) == ["rank 3", "rank 2", "rank 1"]
+    page.click("#edit-cancel")
+    page.wait_for_function(
+        "(p) => document.querySelector('#prompt').textContent === p", arg=second_prompt
+    )
+    assert page.is_hidden("#edit-banner")
+    assert badges(page) == ["rank 2", "not ranked", "not ranked"]
+
+
+def _project_completions(db, name: str):
+    with db.read() as session:
+        project = service.get_project(session, name)
+        return service.project_records(session, project).completions

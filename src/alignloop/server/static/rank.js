@@ -51,6 +51,9 @@
   let letterOf = new Map(); // completion id -> "A", "B", ...
   let busy = false;
   let lastCard = null; // the card that last had the focus (Escape goes back to it)
+  // Changing the last ranked task: GET /api/v1/rankings/last's answer, or null. Its
+  // criteria are stepped through like a task's, each one sent with PUT.
+  let editing = null;
 
   function say(text, kind) {
     const box = $("message");
@@ -202,6 +205,9 @@
   }
 
   function showTask(next) {
+    editing = null;
+    $("edit-banner").hidden = true;
+    $("skip").hidden = false;
     task = next;
     todo = task.criteria.filter((c) => !task.ranked_criteria.includes(c));
     step = 0;
@@ -283,6 +289,7 @@
   }
 
   function saveDraft() {
+    if (editing) return; // a change of a stored ranking is not kept over a reload
     const draft = {
       ranks: Object.fromEntries(rankOf),
       unrankable: $("unrankable").checked,
@@ -301,6 +308,7 @@
   }
 
   function loadDraft() {
+    if (editing) return false;
     try {
       const draft = JSON.parse(localStorage.getItem(draftKey()) || "null");
       if (!draft) return false;
@@ -354,13 +362,60 @@
     $("unrankable").checked = false;
     $("unsafe").checked = false;
     $("rationale").value = "";
+    if (editing) fillFromStored(editing.rankings[step]);
     const restored = loadDraft();
     const ranked = task.criteria.filter((c) => !todo.slice(step).includes(c));
-    $("skip-note").textContent = ranked.length
+    $("skip-note").textContent = ranked.length && !editing
       ? t("js.skip_after_first", { ranked: ranked.join(", ") })
       : "";
     place();
     if (restored) say(t("js.draft_restored"), "info");
+  }
+
+  function fillFromStored(stored) {
+    stored.ranking.forEach((group, i) => group.forEach((id) => rankOf.set(id, i + 1)));
+    $("unrankable").checked = stored.unrankable;
+    $("unsafe").checked = stored.flag_unsafe;
+    $("rationale").value = stored.rationale;
+  }
+
+  // --- changing the last ranked task ------------------------------------------------------
+
+  async function startEdit() {
+    if (busy) return;
+    const response = await api("GET", "/api/v1/rankings/last?project=" + encodeURIComponent(project));
+    if (response.status === 204) {
+      say(t("js.nothing_to_change"), "info");
+      return;
+    }
+    if (!response.ok) {
+      say(problems(await response.json().catch(() => null)), "error");
+      return;
+    }
+    const last = await response.json();
+    editing = last;
+    task = last;
+    todo = last.rankings.map((r) => r.criterion);
+    step = 0;
+    $("done").hidden = true;
+    markdown($("prompt"), task.prompt);
+    buildBoard();
+    startCriterion();
+    $("edit-text").textContent = t("js.editing", { criteria: todo.join(", ") });
+    $("edit-banner").hidden = false;
+    $("skip").hidden = true;
+    $("task").hidden = false;
+    say("");
+    cards.values().next().value.focus();
+  }
+
+  async function stopEdit(message) {
+    editing = null;
+    $("edit-banner").hidden = true;
+    $("skip").hidden = false;
+    say("");
+    await loadNext();
+    if (message) say(message, "ok");
   }
 
   // Every letter in the slot of its rank (in letter order), every card's badge and
@@ -504,9 +559,12 @@
       toggle("guidelines-panel");
     } else if (!task || $("task").hidden) {
       return;
-    } else if (e.key === "s") {
+    } else if (e.key === "s" && !editing) {
       e.preventDefault();
       skip();
+    } else if (e.key === "e" && !$("edit-last").hidden && !editing) {
+      e.preventDefault();
+      startEdit();
     } else if (e.key === "u") {
       e.preventDefault();
       $("unrankable").checked = !$("unrankable").checked;
@@ -554,10 +612,23 @@
       flag_unsafe: $("unsafe").checked,
     };
     try {
-      const response = await postWithRetry(
-        "/api/v1/assignments/" + task.assignment_id + "/ranking", body);
+      const path = "/api/v1/assignments/" + task.assignment_id + "/ranking";
+      const response = editing
+        ? await api("PUT", path, body)
+        : await postWithRetry(path, body);
       const payload = await response.json().catch(() => null);
-      if (response.status === 200 || response.status === 201) {
+      if (editing && response.ok) {
+        step += 1;
+        if (step < todo.length) {
+          startCriterion();
+          say(t("js.changed_next", { done: criterion, next: todo[step] }), "ok");
+          cards.values().next().value.focus({ preventScroll: true });
+        } else {
+          busy = false;
+          await stopEdit(t("js.changed"));
+        }
+      } else if (response.status === 200 || response.status === 201) {
+        $("edit-last").hidden = false;
         dropDraft(key);
         step += 1;
         if (step < todo.length) {
@@ -633,8 +704,14 @@
   $("rationale").addEventListener("input", saveDraft);
   $("show-guidelines").addEventListener("click", () => toggle("guidelines-panel"));
   $("show-help").addEventListener("click", () => toggle("help"));
+  $("edit-last").addEventListener("click", startEdit);
+  $("edit-cancel").addEventListener("click", () => stopEdit(""));
   document.querySelectorAll("#labeling .close").forEach((b) =>
     b.addEventListener("click", () => toggle(b.closest("[id]").id, false)));
   dropOldDrafts();
   loadNext().catch(() => say(t("js.offline_load"), "error"));
+  // "Change my last ranking" shows once there is one to change.
+  api("GET", "/api/v1/rankings/last?project=" + encodeURIComponent(project))
+    .then((r) => ($("edit-last").hidden = r.status !== 200))
+    .catch(() => {});
 })();
