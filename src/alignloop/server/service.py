@@ -1,10 +1,19 @@
-"""Administration: projects, guidelines, labelers, status and export.
+"""Administration: projects, guidelines, labelers, status, review and export.
 
-What `alignloop project ...` / `alignloop labeler add` and the admin pages do, as
-library functions over a `Database`. The feedback math (pairs, consensus, agreement)
-is `alignloop.feedback`'s: rankings leave the database as `alignloop.schema.Ranking`
-records and go through the very functions the file-based commands use, so an export
-is exactly what `alignloop feedback pairs` would have written.
+What `alignloop project ...` / `alignloop labeler ...`, the admin API and the admin
+pages do, as library functions over a `Database`:
+
+    projects    create_project (parse_records for uploads), set_guidelines,
+                list_projects, project_status, review_items, export_project
+    labelers    add_labeler, list_labelers, deactivate_labeler, reactivate_labeler,
+                rotate_token
+
+The feedback math (pairs, consensus, agreement) is `alignloop.feedback`'s: rankings
+leave the database as `alignloop.schema.Ranking` records and go through the very
+functions the file-based commands use, so an export is exactly what `alignloop
+feedback pairs` would have written. Only done assignments' rankings leave (see
+`project_records`), in their current version, and pairs and consensus one criterion
+at a time.
 """
 
 from __future__ import annotations
