@@ -252,3 +252,17 @@ def test_records_from_an_uploaded_jsonl_file_name_the_line(db):
         service.parse_records("prompt", "{nope\n", "prompts.jsonl")
     (ok,) = service.parse_records("prompt", '{"id": "q0", "prompt": "Hi?"}\n', "prompts.jsonl")
     assert ok.id == "q0" and ok.where == "prompts.jsonl:1"
+
+
+def test_an_admin_replaces_the_guidelines_through_the_api(as_labeler, new_project):
+    new_project()
+    boss, ann = as_labeler("boss", admin=True), as_labeler("ann", acknowledge="demo")
+    url = "/api/v1/admin/projects/demo/guidelines"
+    assert ann.client.put(url, json={"markdown": "# New"}, headers=ann.headers).status_code == 403
+    r = boss.client.put(url, json={"markdown": "# New rules\n"}, headers=boss.headers)
+    assert r.status_code == 200 and r.json()["changed"] is True
+    again = boss.client.put(url, json={"markdown": "# New rules\n"}, headers=boss.headers)
+    assert again.json() == {**r.json(), "changed": False}
+    assert ann.next().status_code == 409  # acknowledge the new version first
+    bad = boss.client.put(url, json={"markdown": "a\x00"}, headers=boss.headers)
+    assert bad.status_code == 422

@@ -12,6 +12,7 @@
     POST /api/v1/assignments/{id}/skip
     GET  /api/v1/admin/projects                   (admins)
     POST /api/v1/admin/projects                   201: a project from records (JSON)
+    PUT  /api/v1/admin/projects/{project}/guidelines   new guidelines (a new version)
     GET  /api/v1/admin/projects/{project}/status
     GET  /api/v1/admin/projects/{project}/items[?criterion=&prompt_id=]   per-item review
     GET  /api/v1/admin/projects/{project}/export?what=rankings|pairs|consensus
@@ -379,6 +380,30 @@ def admin_create_project(request: Request, body: NewProjectIn, who: Admin) -> An
     except SchemaError as e:
         raise Invalid(str(e), "prompts") from None
     return dataclasses.asdict(summary)
+
+
+class GuidelinesIn(Strict):
+    markdown: str = Field(min_length=1, description="the new guidelines (Markdown)")
+
+
+class GuidelinesSetOut(BaseModel):
+    project: str
+    version: str
+    changed: bool = Field(description="False: the text was already the current version")
+
+
+@router.put(
+    "/admin/projects/{project}/guidelines",
+    response_model=GuidelinesSetOut,
+    responses={**ADMIN_ERRORS, **CONFLICT},
+)
+def admin_set_guidelines(
+    request: Request, project: str, body: GuidelinesIn, who: Admin
+) -> dict[str, Any]:
+    """New guidelines (`alignloop project guidelines`): labelers acknowledge the new
+    version before their next task."""
+    version, changed = service.set_guidelines(db_of(request), project, body.markdown)
+    return {"project": project, "version": version, "changed": changed}
 
 
 @router.get("/admin/projects/{project}/status", responses=ADMIN_ERRORS)

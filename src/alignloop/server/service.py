@@ -447,6 +447,7 @@ def set_guidelines(db: Database, name: str, markdown: str) -> tuple[str, bool]:
     Labelers must acknowledge a new version before their next task."""
     if not markdown.strip():
         raise Invalid("the guidelines are empty", "guidelines")
+    check_text(markdown, "guidelines")
     version = guidelines_version(markdown)
     with db.write() as session:
         project = get_project(session, name)
