@@ -9,6 +9,23 @@ half a file behind.
 
 Importers turn other tools' files into records: `import_hh` reads Anthropic's
 HH-RLHF rows (`{"chosen": dialogue, "rejected": dialogue}`).
+
+Pairs files (`read_comparisons`, what train-rm and eval-rm read) come in the three
+preference formats of TRL and the `datasets` hub, told apart row by row:
+
+    standard        {"prompt": text, "chosen": text, "rejected": text, ...}  (the schema's)
+    conversational  {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
+    implicit prompt {"chosen": full text, "rejected": full text} (or two conversations):
+                    the prompt is their longest shared start, as TRL's `extract_prompt`
+                    cuts it (a space before the cut goes to the completions); HH-RLHF
+                    files are cut at the last shared "\n\nAssistant:" instead
+
+A row whose prompt is a text while its chosen and rejected are conversations (as in
+HuggingFaceH4/ultrafeedback_binarized, where the conversations repeat the prompt) is
+read as implicit, as TRL's `maybe_extract_prompt` does. The hub's extra columns that
+alignloop does not use (`IGNORED_PAIR_COLUMNS`: ratings such as `score_chosen`, row
+ids, UltraFeedback's `messages`) are dropped, and named in the result; any other
+unknown column is still an error, so a typo fails.
 """
 
 from __future__ import annotations
@@ -22,14 +39,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from alignloop.schema import RECORD_TYPES, Comparison, Record, SchemaError, parse_record
+from alignloop.schema import (
+    RECORD_TYPES,
+    Comparison,
+    Record,
+    SchemaError,
+    is_conversation,
+    parse_record,
+)
 
 __all__ = [
     "HHImport",
+    "IGNORED_PAIR_COLUMNS",
     "atomic_write",
+    "extract_prompt",
     "from_dataset",
     "import_hh",
     "is_hh_file",
+    "preference_row",
     "read_comparisons",
     "read_records",
     "to_dataset",
@@ -152,7 +179,13 @@ def write_records(path: str | os.PathLike, records: Iterable[Record]) -> int:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist([_table_row(r) for r in records])
+        try:
+            table = pa.Table.from_pylist([_table_row(r) for r in records])
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise SchemaError(
+                f"{path}: a Parquet column holds one type, and these records mix texts and "
+                f"conversations ({e}); write them to .jsonl, or one file of each"
+            ) from e
         with atomic_write(path, "wb") as f:
             pq.write_table(table, f)
     else:
@@ -173,11 +206,14 @@ def to_dataset(records: Sequence[Record]):  # -> datasets.Dataset
 def from_dataset(dataset, kind: str | type[R]) -> list[R]:
     """Validate the rows of a `datasets.Dataset` (or any sequence of dicts) as
     records; errors name the row. Columns that are None in a row are dropped first,
-    since a table gives every row every column; `metadata` may be JSON text."""
+    since a table gives every row every column; `metadata` may be JSON text.
+    Comparisons may come in any of the three preference formats (`preference_row`)."""
     cls = RECORD_TYPES[kind] if isinstance(kind, str) else kind
     rows = (
         (f"<dataset>:row {i}", _from_table_row(dict(row))) for i, row in enumerate(dataset, start=1)
     )
+    if cls is Comparison:
+        rows = ((where, preference_row(obj)) for where, obj in rows)
     return _collect(rows, cls, "<dataset>")  # type: ignore[arg-type]
 
 
@@ -188,10 +224,12 @@ HH_ASSISTANT = "\n\nAssistant:"
 
 @dataclass
 class HHImport:
-    """What `import_hh` made of a file: the comparisons and the rows it skipped."""
+    """What `import_hh` or `read_comparisons` made of a file: the comparisons, the
+    rows it skipped (HH files only) and the hub columns it dropped."""
 
     comparisons: list[Comparison]
     skipped: list[str] = field(default_factory=list)  # "file:line: why", one per row
+    ignored_columns: list[str] = field(default_factory=list)  # of IGNORED_PAIR_COLUMNS
 
 
 def _split_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
@@ -253,10 +291,55 @@ def is_hh_file(path: str | os.PathLike) -> bool:
     return False
 
 
+# Columns of the hub's preference data sets that a pair does not need, dropped on
+# reading (TRL's RewardTrainer does not read them either): UltraFeedback's ratings and
+# its `messages` (the chosen conversation again), row ids.
+IGNORED_PAIR_COLUMNS = frozenset({"id", "score_chosen", "score_rejected", "messages"})
+
+
+def extract_prompt(chosen, rejected):
+    """(prompt, chosen, rejected) of an implicit-prompt pair: two texts, or two lists
+    of messages, split where they first differ, exactly as TRL's `extract_prompt`
+    does (a space just before the cut starts the completions; when one is a prefix
+    of the other, the last shared element starts them, so neither is empty)."""
+    n = min(len(chosen), len(rejected))
+    idx = max(n - 1, 0)
+    for i in range(n):
+        if chosen[i] != rejected[i]:
+            idx = i - 1 if i > 0 and chosen[i - 1] == " " else i
+            break
+    return chosen[:idx], chosen[idx:], rejected[idx:]
+
+
+def preference_row(obj: Any, ignored: set[str] | None = None) -> Any:
+    """One row of a pairs file in any of the three preference formats, as the
+    schema's comparison object: implicit prompts extracted, the hub's unused columns
+    (`IGNORED_PAIR_COLUMNS`) dropped and added to `ignored`. Other rows unchanged."""
+    if not isinstance(obj, dict):
+        return obj
+    dropped = IGNORED_PAIR_COLUMNS.intersection(obj)
+    if dropped:
+        if ignored is not None:
+            ignored.update(dropped)
+        obj = {k: v for k, v in obj.items() if k not in dropped}
+    chosen, rejected = obj.get("chosen"), obj.get("rejected")
+    if chosen is None or rejected is None or type(chosen) is not type(rejected):
+        return obj
+    if "prompt" in obj and not (isinstance(obj["prompt"], str) and is_conversation(chosen)):
+        return obj  # standard or conversational, with an explicit prompt
+    prompt, chosen, rejected = extract_prompt(chosen, rejected)
+    return {**{k: v for k, v in obj.items() if k != "prompt"}, "prompt": prompt,
+            "chosen": chosen, "rejected": rejected}  # fmt: skip
+
+
 def read_comparisons(path: str | os.PathLike, *, strict_hh: bool = False) -> HHImport:
-    """Comparisons from a pairs file in the schema's format or from an HH-RLHF
-    file, told apart by their first row. Every row of a schema file must be valid;
-    an HH file skips (and reports) rows that make no valid pair."""
+    """Comparisons from a pairs file in any of the three preference formats
+    (standard, implicit prompt, conversational; see the module's docstring) or from
+    an HH-RLHF file, told apart by the first row. Every row must be valid, except
+    that an HH file skips (and reports) rows that make no valid pair."""
     if is_hh_file(path):
         return import_hh(path, strict=strict_hh)
-    return HHImport(comparisons=read_records(path, Comparison))
+    path, ignored = Path(path), set()
+    rows = ((where, preference_row(obj, ignored)) for where, obj in _raw_rows(path))
+    comparisons = _collect(rows, Comparison, str(path))
+    return HHImport(comparisons=comparisons, ignored_columns=sorted(ignored))

@@ -5,6 +5,13 @@
     ranking     {"prompt_id", "labeler", "criterion", "ranking": [[id, ...], ...],
                  "unrankable"?, "rationale"?, "confidence"?}
     comparison  {"prompt", "chosen", "rejected", "margin"?, ...provenance}
+    message     {"role": "system" | "user" | "assistant" | "tool", "content"}
+
+A prompt is a text or a conversation: a list of messages, as chat models and TRL's
+conversational data sets write it (`alignloop.chat` turns either into model input).
+A completion is always a text: the assistant's turn. A comparison of a conversation
+holds its chosen and rejected turns as lists of assistant messages (a text given for
+them is wrapped as one), TRL's conversational preference format.
 
 A ranking is kept exactly as the labeler gave it: groups of completion ids, best group
 first; the ids inside one group are tied. Comparisons (pairs) are derived from rankings
@@ -22,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -39,6 +46,8 @@ from pydantic import (
 __all__ = [
     "Comparison",
     "Completion",
+    "Conversation",
+    "Message",
     "Prompt",
     "RECORD_TYPES",
     "Ranking",
@@ -46,6 +55,7 @@ __all__ = [
     "SchemaError",
     "check_ranking_groups",
     "check_rankings",
+    "is_conversation",
     "join_text",
     "parse_record",
     "ranking_problems",
@@ -100,21 +110,82 @@ def _non_empty_text(value: str, field: str) -> str:
     return value
 
 
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class Message(BaseModel):
+    """One turn of a conversation: {"role", "content"}, the shape chat templates and
+    TRL's conversational data sets use. Unknown fields are an error, as in records."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+# A conversation is a tuple, so frozen records that hold one stay hashable; files hold
+# it as a JSON list.
+Conversation = tuple[Message, ...]
+
+
+def _as_conversation(value: Any, field: str) -> Any:
+    """A list of message dicts -> a Conversation, with one clear message per problem
+    (pydantic's union errors would name both branches); anything else unchanged."""
+    if not isinstance(value, list | tuple):
+        if not isinstance(value, str):
+            raise ValueError("must be a text or a list of {role, content} messages")
+        return value
+    if not value:
+        raise ValueError(f"{field} is an empty list of messages")
+    messages = []
+    for i, m in enumerate(value, start=1):
+        if isinstance(m, Message):
+            messages.append(m)
+            continue
+        if not isinstance(m, dict):
+            raise ValueError(f"message {i}: expected {{role, content}}, got {type(m).__name__}")
+        if set(m) != {"role", "content"}:
+            raise ValueError(
+                f"message {i}: expected exactly the keys 'role' and 'content', got {sorted(m)}"
+            )
+        if m["role"] not in ROLES:
+            raise ValueError(f"message {i}: role {m['role']!r} is not one of {', '.join(ROLES)}")
+        if not isinstance(m["content"], str):
+            raise ValueError(f"message {i}: content must be a text")
+        messages.append(Message(role=m["role"], content=m["content"]))
+    return tuple(messages)
+
+
+def is_conversation(value: Any) -> bool:
+    """Whether a prompt (or a comparison's side) is a list of messages, not a text."""
+    return isinstance(value, tuple | list)
+
+
 class Prompt(Record):
-    """A prompt to complete. `reference` is an optional reference completion (a
-    human-written summary, say); `metadata` holds anything else a task needs
-    (the demo world keeps the document's facts there)."""
+    """A prompt to complete: a text, or a conversation (a list of messages that a
+    chat template renders). `reference` is an optional reference completion (a
+    human-written summary, say; the assistant's turn of a conversation); `metadata`
+    holds anything else a task needs (the demo world keeps the document's facts
+    there)."""
 
     kind: ClassVar[str] = "prompt"
     id: Id
-    prompt: str
+    prompt: str | Conversation
     reference: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt_messages(cls, v: Any) -> Any:
+        return _as_conversation(v, "prompt")
+
     @field_validator("prompt")
     @classmethod
-    def _prompt_not_empty(cls, v: str) -> str:
-        return _non_empty_text(v, "prompt")
+    def _prompt_not_empty(cls, v: str | Conversation) -> str | Conversation:
+        if isinstance(v, str):
+            return _non_empty_text(v, "prompt")
+        if not any(m.content.strip() for m in v):
+            raise ValueError("prompt is empty: every message's content is blank")
+        return v
 
 
 class Completion(Record):
@@ -253,9 +324,9 @@ class Comparison(Record):
     back to the labeler and the ranking it came from."""
 
     kind: ClassVar[str] = "comparison"
-    prompt: str
-    chosen: str
-    rejected: str
+    prompt: str | Conversation
+    chosen: str | Conversation
+    rejected: str | Conversation
     margin: float | None = None
     prompt_id: str | None = None
     chosen_id: str | None = None
@@ -264,10 +335,29 @@ class Comparison(Record):
     criterion: str | None = None
     source: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _assistant_turns(cls, data: Any) -> Any:
+        """A conversation's chosen and rejected texts become assistant messages, so a
+        file of them is in TRL's conversational format (one format per row)."""
+        if isinstance(data, dict) and is_conversation(data.get("prompt")):
+            turn = lambda v: [{"role": "assistant", "content": v}] if isinstance(v, str) else v  # noqa: E731
+            data = {**data, **{k: turn(data[k]) for k in ("chosen", "rejected") if k in data}}
+        return data
+
+    @field_validator("prompt", "chosen", "rejected", mode="before")
+    @classmethod
+    def _messages(cls, v: Any, info: Any) -> Any:
+        return _as_conversation(v, info.field_name)
+
     @field_validator("chosen", "rejected")
     @classmethod
-    def _text_not_empty(cls, v: str, info: Any) -> str:
-        return _non_empty_text(v, info.field_name)
+    def _text_not_empty(cls, v: str | Conversation, info: Any) -> str | Conversation:
+        if isinstance(v, str):
+            return _non_empty_text(v, info.field_name)
+        if v[-1].role != "assistant":
+            raise ValueError(f"{info.field_name} must end with an assistant message")
+        return _non_empty_text(v[-1].content, info.field_name) and v
 
     @field_validator("margin")
     @classmethod
@@ -280,6 +370,13 @@ class Comparison(Record):
     def _different(self) -> Comparison:
         if self.chosen == self.rejected:
             raise ValueError("chosen is identical to rejected")
+        if isinstance(self.prompt, str) and not (
+            isinstance(self.chosen, str) and isinstance(self.rejected, str)
+        ):
+            raise ValueError(
+                "a text prompt takes text completions: chosen and rejected are lists of "
+                "messages only when the prompt is one"
+            )
         return self
 
 
