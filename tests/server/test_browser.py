@@ -364,6 +364,22 @@ def test_admin_sees_progress_labelers_agreement_and_flags(page, server, shots):
     assert page.locator("td", has_text="markup in a response").count() == 1
     page.screenshot(path=str(shots / "admin.png"), full_page=True)
 
+    # Per item: every labeler's ranking side by side, the disagreements marked.
+    page.click("#review")
+    page.wait_for_selector("#count")
+    assert page.locator("article.item").count() == 3
+    assert page.locator("article.item.flagged").count() == 1
+    flagged = page.locator("article.item.flagged")
+    assert "<script>window.__pwned = 1</script>" in flagged.inner_text()  # as text
+    assert flagged.locator("tbody tr").count() == 3  # overlap 3: three labelers
+    assert page.locator(".letter.contested").count() > 0
+    assert page.evaluate("window.__pwned") is None
+    page.screenshot(path=str(shots / "admin-review.png"), full_page=True)
+    page.select_option("select[name=only]", "flagged")
+    page.click(".filters button")
+    page.wait_for_url("**only=flagged**")
+    assert page.locator("article.item").count() == 1
+
 
 def test_a_labeler_cannot_open_admin_pages(page, server):
     sign_in(page, server, "ann")

@@ -411,3 +411,54 @@ def test_admins_deactivate_reactivate_and_renew_tokens_from_the_labelers_page(si
         form = ann.get("/").text
         r = ann.post("/admin/labelers/boss/token", data={"csrf_token": csrf_of(form)})
         assert r.status_code == 403
+
+
+def test_the_review_page_shows_each_items_rankings_side_by_side_with_the_disagreement(site):
+    from alignloop.server import assign
+    from alignloop.server.models import Labeler
+
+    client, db, tokens = site
+    service.add_labeler(db, "bea")
+    ranked = {}
+    for name, flip in (("ann", False), ("bea", True)):
+        with db.read() as session:
+            labeler_id = session.query(Labeler.id).filter_by(name=name).scalar()
+        version = assign.guidelines_for(db, labeler_id, "demo")["version"]
+        assign.acknowledge(db, labeler_id, "demo", version)
+        task = assign.next_task(db, labeler_id, "demo")
+        ids = sorted(c["id"] for c in task["completions"])  # public ids, fixed order
+        groups = [[i] for i in ids]
+        if flip:
+            groups[0], groups[1] = groups[1], groups[0]
+        assign.submit_ranking(
+            db,
+            labeler_id,
+            task["assignment_id"],
+            assign.Submission(None, groups, rationale=f"{name} says {XSS}", flag_unsafe=flip),
+        )
+        ranked[name] = task["prompt"]
+    assert ranked["ann"] == ranked["bea"]  # both got the same prompt (overlap 2)
+    pid, other = ("p0", "p1") if ranked["ann"] == f"Prompt {XSS}" else ("p1", "p0")
+
+    sign_in(client, tokens["boss"])
+    project_page = client.get("/admin/projects/demo").text
+    assert 'href="/admin/projects/demo/review"' in project_page
+    assert f'href="/admin/projects/demo/review?prompt_id={pid}"' in project_page  # flagged
+    page = client.get("/admin/projects/demo/review").text
+    assert page.count('class="card item flagged"') == 1 and "1 of 1 items shown." in page
+    assert "ann says &lt;script&gt;" in page and "<script>window" not in page
+    assert "bea says" in page and "flagged unsafe" in page
+    assert "ordered both ways: " in page and page.count('class="letter contested"') == 4
+    assert "pairwise agreement 67%" in page  # 2 of the 3 pairs agree
+    # the prompt's Markdown is rendered safely, the completions are text
+    assert "&lt;script&gt;window.__pwned" in page and "<img src=x" not in page
+    assert (
+        client.get("/admin/projects/demo/review?only=flagged").text.count('class="card item') == 1
+    )
+    assert f'data-prompt-id="{pid}"' in page
+    none = client.get(f"/admin/projects/demo/review?prompt_id={other}").text
+    assert "0 of 0 items shown." in none and "No item matches" in none
+    assert client.get("/admin/projects/nope/review").status_code == 404
+    client.cookies.clear()
+    sign_in(client, tokens["ann"])
+    assert client.get("/admin/projects/demo/review").status_code == 403

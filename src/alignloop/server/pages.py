@@ -312,6 +312,78 @@ def admin_project(request: Request, project: str, who: Page) -> HTMLResponse:
     )
 
 
+REVIEW_SHOWN = 100  # items on one review page; the filters narrow it down
+
+
+@router.get("/admin/projects/{project}/review")
+def admin_review(
+    request: Request,
+    project: str,
+    who: Page,
+    criterion: str | None = None,
+    prompt_id: str | None = None,
+    only: str = "",
+) -> HTMLResponse:
+    """Per-item review: each prompt, its completions and every labeler's ranking and
+    rationale side by side, the pairs they ordered both ways highlighted. `only`:
+    "contested" (some pair ordered both ways) or "flagged" (flagged unsafe)."""
+    _admin(who)
+    db = db_of(request)
+    (summary,) = [p for p in service.list_projects(db) if p["name"] == project] or [None]
+    if summary is None:
+        raise NotFound(f"no project named {project!r}")
+    items = service.review_items(
+        db, project, criterion=criterion or None, prompt_id=prompt_id or None
+    )
+    if only == "contested":
+        items = [i for i in items if any(c["contested"] for c in i["criteria"].values())]
+    elif only == "flagged":
+        items = [i for i in items if i["flagged"]]
+    return render(
+        request,
+        "admin_review.html",
+        who=who,
+        project=summary,
+        quoted=quote(project, safe=""),
+        items=[_review_view(item) for item in items[:REVIEW_SHOWN]],
+        total=len(items),
+        shown=min(len(items), REVIEW_SHOWN),
+        filters={"criterion": criterion or "", "prompt_id": prompt_id or "", "only": only},
+    )
+
+
+def _review_view(item: dict[str, Any]) -> dict[str, Any]:
+    """An item as the review page shows it: completions lettered A, B, ... in the
+    files' order; each ranking as groups of letters, a letter of a contested pair
+    marked."""
+    letter = {
+        c["id"]: chr(65 + i) if i < 26 else str(i + 1) for i, c in enumerate(item["completions"])
+    }
+    criteria = {}
+    for name, per in item["criteria"].items():
+        contested = {c for pair in per["contested"] for c in pair}
+        criteria[name] = {
+            "agreement": per["agreement"],
+            "contested": [f"{letter[a]} / {letter[b]}" for a, b in per["contested"]],
+            "rankings": [
+                {
+                    **r,
+                    "groups": [
+                        [{"letter": letter[c], "contested": c in contested} for c in group]
+                        for group in r["ranking"]
+                    ],
+                }
+                for r in per["rankings"]
+            ],
+        }
+    return {
+        **item,
+        "prompt_html": _markdown.render(item["prompt"]),
+        "completions": [{**c, "letter": letter[c["id"]]} for c in item["completions"]],
+        "criteria": criteria,
+    }
+
+
 @router.get("/admin/projects/{project}/export/{what}")
 def admin_export(
     request: Request, project: str, what: str, who: Page, criterion: str | None = None
