@@ -266,3 +266,36 @@ def test_an_admin_replaces_the_guidelines_through_the_api(as_labeler, new_projec
     assert ann.next().status_code == 409  # acknowledge the new version first
     bad = boss.client.put(url, json={"markdown": "a\x00"}, headers=boss.headers)
     assert bad.status_code == 422
+
+
+def test_changes_sent_at_once_each_make_one_version(db, new_project):
+    """Eight different changes at the same moment: versions 2..9, one row, eight
+    revisions, no error (the assignment row is locked while a change is made)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from alignloop.server import assign, service
+    from alignloop.server.models import Labeler
+
+    new_project(n_prompts=1, overlap=1)
+    service.add_labeler(db, "ann")
+    with db.read() as session:
+        ann = session.scalar(select(Labeler.id).where(Labeler.name == "ann"))
+    assign.acknowledge(db, ann, "demo", assign.guidelines_for(db, ann, "demo")["version"])
+    task = assign.next_task(db, ann, "demo")
+    order = [[c["id"]] for c in task["completions"]]
+    assign.submit_ranking(db, ann, task["assignment_id"], assign.Submission(None, order))
+    barrier = threading.Barrier(8)
+
+    def change(i: int) -> int:
+        barrier.wait()
+        sub = assign.Submission(None, order[::-1], rationale=f"change {i}")
+        return assign.replace_ranking(db, ann, task["assignment_id"], sub)["version"]
+
+    with ThreadPoolExecutor(8) as pool:
+        versions = sorted(pool.map(change, range(8)))
+    assert versions == list(range(2, 10))
+    with db.read() as session:
+        assert len(session.scalars(select(RankingRow)).all()) == 1
+        revisions = session.scalars(select(RankingRevision.version)).all()
+        assert sorted(revisions) == list(range(1, 9))
