@@ -462,3 +462,67 @@ def test_the_review_page_shows_each_items_rankings_side_by_side_with_the_disagre
     client.cookies.clear()
     sign_in(client, tokens["ann"])
     assert client.get("/admin/projects/demo/review").status_code == 403
+
+
+def test_admins_create_a_project_from_files_on_the_page(site):
+    client, db, tokens = site
+    prompts = "\n".join(json.dumps({"id": f"n{i}", "prompt": f"Question {i}?"}) for i in range(2))
+    completions = "\n".join(
+        json.dumps({"id": f"n{i}-{j}", "prompt_id": f"n{i}", "completion": f"answer {j}"})
+        for i in range(2)
+        for j in range(3)
+    )
+    fields = {
+        "name": "from-the-page",
+        "criteria": "helpfulness, honesty",
+        "overlap": "2",
+        "assignment_ttl_min": "30",
+        "gold_rate": "",
+        "guidelines": "# Rank\n\nThe **best** first.",
+    }
+
+    def post(data, files, **extra):
+        form = client.get("/admin/projects/new").text
+        return client.post(
+            "/admin/projects/new",
+            data={**data, "csrf_token": csrf_of(form)},
+            files=files,
+            follow_redirects=False,
+            **extra,
+        )
+
+    sign_in(client, tokens["ann"])
+    assert client.get("/admin/projects/new").status_code == 403
+    client.cookies.clear()
+    sign_in(client, tokens["boss"])
+    assert 'href="/admin/projects/new"' in client.get("/admin").text
+    page = client.get("/admin/projects/new")
+    assert page.status_code == 200 and 'enctype="multipart/form-data"' in page.text
+
+    # A bad line: the form comes back, filled in, saying which file and line.
+    bad = prompts + '\n{"id": "n9", "prompt": 3}\n'
+    r = post(fields, {"prompts": ("p.jsonl", bad), "completions": ("c.jsonl", completions)})
+    assert r.status_code == 422 and "The project was not created" in r.text
+    assert "p.jsonl:3" in r.text and 'value="from-the-page"' in r.text
+    assert "The **best** first." in r.text  # the guidelines typed are kept
+    r = post(
+        {**fields, "overlap": "two"},
+        {"prompts": ("p.jsonl", prompts), "completions": ("c.jsonl", completions)},
+    )
+    assert r.status_code == 422 and "not a number" in r.text
+    r = post(fields, {"prompts": ("p.jsonl", b"\xff\xfe"), "completions": ("c.jsonl", completions)})
+    assert r.status_code == 422 and "p.jsonl is not UTF-8 text" in r.text
+    r = post(fields, {"completions": ("c.jsonl", completions)})
+    assert r.status_code == 422 and "the prompt file is missing" in r.text
+    assert [p["name"] for p in service.list_projects(db)] == ["demo"]  # nothing half made
+
+    r = post(fields, {"prompts": ("p.jsonl", prompts), "completions": ("c.jsonl", completions)})
+    assert r.status_code == 303 and r.headers["location"] == "/admin/projects/from-the-page"
+    (made,) = [p for p in service.list_projects(db) if p["name"] == "from-the-page"]
+    assert made["criteria"] == ["helpfulness", "honesty"] and made["prompts"] == 2
+    assert made["overlap"] == 2 and made["assignments_needed"] == 4
+    assert "0 of 4 tasks done" in client.get(r.headers["location"]).text
+    r = post(fields, {"prompts": ("p.jsonl", prompts), "completions": ("c.jsonl", completions)})
+    assert r.status_code == 409 and "already exists" in r.text
+    r = client.post("/admin/projects/new", data=fields, follow_redirects=False)
+    assert r.status_code == 403  # no CSRF token

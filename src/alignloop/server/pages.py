@@ -15,11 +15,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markdown_it import MarkdownIt
+from starlette.concurrency import run_in_threadpool
 
+from alignloop.schema import SchemaError
 from alignloop.server import assign, i18n, service
 from alignloop.server.api import export_filename, jsonl_response
 from alignloop.server.auth import (
@@ -31,7 +33,7 @@ from alignloop.server.auth import (
     session_identity,
     start_session,
 )
-from alignloop.server.errors import NotFound, ServerError
+from alignloop.server.errors import Conflict, Invalid, NotFound, ServerError
 from alignloop.server.security import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
@@ -293,6 +295,102 @@ def admin_home(request: Request, who: Page) -> HTMLResponse:
     return render(
         request, "admin_index.html", who=who, projects=service.list_projects(db_of(request))
     )
+
+
+# Before /admin/projects/{project}, which would take "new" for a project name.
+@router.get("/admin/projects/new")
+def admin_new_project_form(request: Request, who: Page) -> HTMLResponse:
+    _admin(who)
+    return render(request, "admin_new_project.html", who=who, csrf=who.csrf_token, form={})
+
+
+@router.post("/admin/projects/new")
+async def admin_new_project(
+    request: Request,
+    who: FormPage,
+    name: Annotated[str, Form()] = "",
+    criteria: Annotated[str, Form()] = "",
+    overlap: Annotated[str, Form()] = "3",
+    assignment_ttl_min: Annotated[str, Form()] = "60",
+    gold_rate: Annotated[str, Form()] = "",
+    guidelines: Annotated[str, Form()] = "",
+    prompts: Annotated[UploadFile | None, File()] = None,
+    completions: Annotated[UploadFile | None, File()] = None,
+    gold: Annotated[UploadFile | None, File()] = None,
+) -> Response:
+    """A project from uploaded JSONL files (prompts, completions, optional gold
+    rankings), as `alignloop project create` makes it: all of it or nothing. A
+    mistake shows the form again, filled in, with what is wrong (the file and line)."""
+    _admin(who)
+    form = {
+        "name": name,
+        "criteria": criteria,
+        "overlap": overlap,
+        "assignment_ttl_min": assignment_ttl_min,
+        "gold_rate": gold_rate,
+        "guidelines": guidelines,
+    }
+    t = i18n.translator(language(request))
+    try:
+        files = {}
+        for kind, upload, needed in (
+            ("prompt", prompts, True),
+            ("completion", completions, True),
+            ("ranking", gold, False),
+        ):
+            if upload is None or not upload.filename:
+                if needed:
+                    raise Invalid(t("new.file_missing", kind=kind), kind)
+                files[kind] = []
+                continue
+            raw = await upload.read()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise Invalid(t("new.not_utf8", file=upload.filename), kind) from None
+            files[kind] = service.parse_records(kind, text, upload.filename)
+        summary = await run_in_threadpool(
+            service.create_project,
+            db_of(request),
+            name=name.strip(),
+            criteria=[c.strip() for c in criteria.split(",") if c.strip()],
+            guidelines=guidelines,
+            prompts=files["prompt"],
+            completions=files["completion"],
+            overlap=_form_int(overlap, "overlap", t),
+            gold=files["ranking"],
+            gold_rate=_form_float(gold_rate, "gold_rate", t) if gold_rate.strip() else None,
+            assignment_ttl_s=60 * _form_int(assignment_ttl_min, "assignment_ttl_min", t),
+        )
+    except (SchemaError, ServerError) as e:
+        problems = getattr(e, "problems", None) or [str(e)]
+        return render(
+            request,
+            "admin_new_project.html",
+            status=409 if isinstance(e, Conflict) else 422,
+            who=who,
+            csrf=who.csrf_token,
+            form=form,
+            problems=problems,
+        )
+    return RedirectResponse(f"/admin/projects/{quote(summary.name, safe='')}", status_code=303)
+
+
+def _form_int(value: str, field: str, t) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise Invalid(t("new.not_a_number", field=t(f"new.{field}")), field) from None
+
+
+def _form_float(value: str, field: str, t) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        number = float("nan")
+    if number != number:  # NaN, or not a number at all
+        raise Invalid(t("new.not_a_number", field=t(f"new.{field}")), field)
+    return number
 
 
 @router.get("/admin/projects/{project}")
