@@ -66,3 +66,68 @@ def tiny_rm(tmp_path_factory) -> Path:
         torch.manual_seed(0)
         model = LlamaForSequenceClassification(config)
     return save_pretrained(model, tokenizer, tmp_path_factory.mktemp("tiny-rm"))
+
+
+# --- a tiny chat model (issue 15): a byte-level BPE that adds BOS, with a template ---
+
+STORIES = REPO.parent / "shared" / "models" / "stories260k"
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)  # starts with the BOS text, as Llama's templates do
+CHAT_CORPUS = (
+    "The sky is blue. The sky is green. What color is the sky? It is blue. It is green. "
+    "The cat sat on the mat. Say something kind. You are a helpful assistant."
+)
+
+
+def build_chat_tokenizer(template: str | None = CHAT_TEMPLATE):
+    """A byte-level BPE (any text tokenizes) trained here on one short corpus, with
+    <s> added before every text (as Llama's tokenizers do), </s>, <pad>, role tokens
+    and `template` as its chat template (None: a tokenizer without one)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>",
+                "<|tool|>"]  # fmt: skip
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )  # fmt: skip
+    core.train_from_iterator([CHAT_CORPUS] * 4, trainer)
+    bos = [("<s>", core.token_to_id("<s>"))]
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=bos)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        unk_token="<unk>", padding_side="left", additional_special_tokens=specials[4:],
+    )  # fmt: skip
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def chat_models(tmp_path_factory) -> dict[str, Path]:
+    """A tiny chat policy and reward model (same tokenizer and template), and the
+    same policy whose tokenizer has no template ("plain"), as model directories."""
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    from alignloop.models import build_tiny_causal_lm, save_pretrained
+
+    root = tmp_path_factory.mktemp("chat-models")
+    tokenizer = build_chat_tokenizer()
+    size = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "max_position_embeddings": 256}
+    policy = build_tiny_causal_lm(tokenizer, seed=0, **size)
+    save_pretrained(policy, tokenizer, root / "policy")
+    save_pretrained(policy, build_chat_tokenizer(None), root / "plain")
+    config = policy.config
+    config.num_labels = 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        rm = LlamaForSequenceClassification(config)
+    save_pretrained(rm, tokenizer, root / "rm")
+    return {"policy": root / "policy", "plain": root / "plain", "rm": root / "rm"}

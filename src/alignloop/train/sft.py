@@ -10,7 +10,8 @@ prompts' `reference` texts or a completions file joined to the prompts.
 
 The target is tokenized the way generation will produce it: as the continuation of
 the prompt (`join_text`), so a BPE tokenizer's leading-space tokens match what the
-policy will sample later. Prompts longer than `max_length` lose their start; targets
+policy will sample later; a conversation's target is the assistant's turn of the
+chat template (`chat.sft_ids`). Prompts longer than `max_length` lose their start; targets
 are never cut (an example whose target alone is too long is an error).
 
 The training loop is the reward trainer's (`train.common.TrainLoop`): accelerate
@@ -30,8 +31,9 @@ from pathlib import Path
 
 import torch
 
+from alignloop.chat import require_template
 from alignloop.config import ConfigError
-from alignloop.schema import Prompt, SchemaError
+from alignloop.schema import Conversation, Prompt, SchemaError
 from alignloop.train.common import (
     RunningMean,
     StepResult,
@@ -54,8 +56,9 @@ IGNORE = -100  # label of a token that is not learned (cross_entropy's ignore_in
 @dataclass(frozen=True)
 class Example:
     prompt_id: str
-    prompt: str
+    prompt: str | Conversation  # a text, or messages for the chat template
     target: str
+    where: str = "<memory>"  # the prompt's file and line
 
 
 def load_examples(prompts_path: Path, completions_path: Path | None = None) -> list[Example]:
@@ -73,27 +76,33 @@ def load_examples(prompts_path: Path, completions_path: Path | None = None) -> l
                 f"{len(missing)} prompts have no 'reference' to learn from (first: "
                 f"{missing[0]}); give the targets with --completions"
             )
-        return [Example(p.id, p.prompt, p.reference) for p in prompts]  # type: ignore[arg-type]
+        return [
+            Example(p.id, p.prompt, p.reference, p.where)  # type: ignore[arg-type]
+            for p in prompts
+        ]
     by_id: dict[str, Prompt] = {p.id: p for p in prompts}
     examples = []
     for c in read_records(completions_path, "completion"):
         if c.prompt_id not in by_id:
             raise SchemaError(f"{c.where}: prompt_id {c.prompt_id!r} is not in {prompts_path}")
         if c.completion.strip():
-            examples.append(Example(c.prompt_id, by_id[c.prompt_id].prompt, c.completion))
+            prompt = by_id[c.prompt_id]
+            examples.append(Example(c.prompt_id, prompt.prompt, c.completion, prompt.where))
     if not examples:
         raise SchemaError(f"{completions_path}: no non-empty completions")
     return examples
 
 
-def tokenize_example(tokenizer, prompt: str, target: str, max_length: int) -> tuple[list[int], int]:
+def tokenize_example(
+    tokenizer, prompt: str | Conversation, target: str, max_length: int
+) -> tuple[list[int], int]:
     """(input ids, number of prompt tokens): prompt (with the tokenizer's special
-    tokens, as generation sees it) + target as the prompt's continuation + EOS.
-    The prompt loses its start when the whole is longer than `max_length`."""
-    from alignloop.models import continuation_ids
+    tokens, as generation sees it, one BOS) + target as the prompt's continuation +
+    EOS (`chat.sft_ids`; a conversation through the chat template). The prompt loses
+    its start when the whole is longer than `max_length`."""
+    from alignloop.chat import sft_ids
 
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    target_ids = [*continuation_ids(tokenizer, prompt, target), tokenizer.eos_token_id]
+    prompt_ids, target_ids = sft_ids(tokenizer, prompt, target)
     room = max_length - len(target_ids)
     if room < 1:
         raise SchemaError(
@@ -186,6 +195,7 @@ def train_sft(config: SFTConfig) -> dict:
     console = Console(stderr=True, quiet=not accelerator.is_main_process)
     train, held = _read_data(config)
     model, tokenizer = _load_model(config)
+    require_template(tokenizer, [*train, *held], config.model)
     train_rows = [tokenize_example(tokenizer, e.prompt, e.target, config.max_length) for e in train]
     held_rows = [tokenize_example(tokenizer, e.prompt, e.target, config.max_length) for e in held]
     console.print(f"SFT of {config.model}: {len(train)} examples, {len(held)} held out")
@@ -253,7 +263,7 @@ def _load_model(config: SFTConfig):
     from alignloop.models import add_lora, load_policy
 
     torch.manual_seed(config.seed)
-    model, tokenizer = load_policy(config.model)
+    model, tokenizer = load_policy(config.model, options=config, what="--model")
     if tokenizer.eos_token_id is None:
         raise ConfigError(f"{config.model}: the tokenizer has no EOS token to end targets with")
     if config.gradient_checkpointing:
