@@ -490,16 +490,22 @@ def rank_all(page, how: str) -> None:
     """Rank every response, best first in letter order, by keyboard or by mouse."""
     cards = page.locator("article.completion")
     for i in range(cards.count()):
-        if how == "keyboard":
-            card(page, chr(65 + i)).focus()
+        if how == "keyboard":  # the board starts on Response A; Tab goes on
+            assert focused(page) == f"card {chr(65 + i)}"
             page.keyboard.press(str(i + 1))
+            page.keyboard.press("Tab")
         else:
             card(page, chr(65 + i)).drag_to(page.locator(f'#ranks [data-rank="{i + 1}"]'))
     assert page.is_enabled("#submit")
 
 
-def submit_and_wait(page, prompt_before: str | None = None) -> None:
-    page.click("#submit")
+def submit_and_wait(page, prompt_before: str | None = None, how: str = "mouse") -> None:
+    """Submit (Ctrl+Enter, or a click) and wait for the next criterion's board, or,
+    given the prompt before, for the next task's (or the end)."""
+    if how == "keyboard":
+        page.keyboard.press("Control+Enter")
+    else:
+        page.click("#submit")
     if prompt_before is None:
         page.wait_for_selector("#message:has-text('Now rank the same responses')")
     else:
@@ -518,40 +524,52 @@ def test_the_board_holds_only_the_current_task_after_every_action(page, server, 
     sign_in(page, server, who)
     page.goto(server["url"] + f"/projects/{project}/label")
 
+    def cannot_rank() -> None:
+        if how == "keyboard":
+            page.keyboard.press("u")
+            assert page.is_checked("#unrankable")
+        else:
+            page.check("#unrankable")
+
     # Task 1: ranked, then the second criterion: the same prompt, a fresh board.
     t = assert_board(page, server, who, project, "helpfulness")
     rank_all(page, how)
-    submit_and_wait(page)
+    submit_and_wait(page, how=how)
     assert_board(page, server, who, project, "harmlessness")
     assert _pending_task(server, who, project)["assignment_id"] == t["assignment_id"]
     # ... "I cannot rank these" on the second criterion: the next task.
-    page.check("#unrankable")
-    submit_and_wait(page, t["prompt"])
+    cannot_rank()
+    submit_and_wait(page, t["prompt"], how)
     t = assert_board(page, server, who, project, "helpfulness")
 
     # Task 2: skipped (its cards were never ranked: they must not stay behind).
-    page.click("#skip")
+    if how == "keyboard":
+        page.keyboard.press("s")
+    else:
+        page.click("#skip")
     page.wait_for_function(
         "(p) => document.querySelector('#prompt').textContent.trim() !== p", arg=t["prompt"]
     )
     t = assert_board(page, server, who, project, "helpfulness")
 
     # Task 3: cannot rank on the first criterion, half ranked on the second.
-    page.check("#unrankable")
-    submit_and_wait(page)
+    cannot_rank()
+    submit_and_wait(page, how=how)
     assert_board(page, server, who, project, "harmlessness")
-    card(page, "A").focus()
-    page.keyboard.press("1")
-    page.check("#unrankable")
-    submit_and_wait(page, t["prompt"])
+    if how == "keyboard":
+        page.keyboard.press("1")  # the focus is on Response A
+    else:
+        card(page, "A").locator('.rank-button[data-rank="1"]').click()
+    cannot_rank()
+    submit_and_wait(page, t["prompt"], how)
     t = assert_board(page, server, who, project, "helpfulness")
 
     # Task 4, the last: both criteria ranked; then nothing is left and no card shows.
     rank_all(page, how)
-    submit_and_wait(page)
+    submit_and_wait(page, how=how)
     assert_board(page, server, who, project, "harmlessness")
     rank_all(page, how)
-    submit_and_wait(page, t["prompt"])
+    submit_and_wait(page, t["prompt"], how)
     page.wait_for_selector("#done:not([hidden])")
     assert page.locator("article.completion:visible").count() == 0
     assert _pending_task(server, who, project) is None
