@@ -62,7 +62,7 @@ def _rl_config(spec: dict, **overrides):
         "temperature": spec["temperature"],
         "max_new_tokens": spec["response_length"],
         "max_prompt_length": spec["max_prompt_length"],
-        "missing_eos_penalty": None,
+        "missing_eos_score": None,
         "kl_coef": spec["kl_coef"],
         "kl_estimator": "k1",
         "batch_size": spec["batch_size"],

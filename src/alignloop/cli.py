@@ -120,7 +120,7 @@ def _generate(config: GenerateConfig) -> int:
     n = generate_file(
         config.policy, config.prompts, config.out, k=config.k, temperature=config.temperature,
         max_new_tokens=config.max_new_tokens, max_prompt_length=config.max_prompt_length,
-        batch_size=config.batch_size, seed=config.seed, policy_name=config.name,
+        batch_size=config.batch_size, seed=config.seed, policy_name=config.name, options=config,
     )  # fmt: skip
     print(f"wrote {n} completions to {config.out}")
     return 0
@@ -137,14 +137,20 @@ def _eval_rm(config: EvalRMConfig) -> int:
     from alignloop.models import RewardModel
     from alignloop.train.reward import evaluate_pairs, group_pairs, load_pairs, tokenize_groups
 
-    model = RewardModel.from_pretrained(config.model)
+    model = RewardModel.from_pretrained(config.model, options=config, what="--model",
+                                        new_head=config.new_head)  # fmt: skip
     groups = group_pairs(load_pairs(config.data))
     tokenize_groups(groups, model.tokenizer, config.max_length, append_eos=model.appends_eos)
-    _print_json(evaluate_pairs(model, groups, batch_size=config.batch_size))
+    result = evaluate_pairs(model, groups, batch_size=config.batch_size)
+    if result["mean_margin"] is not None:  # on the scale `score` gives (the bias cancels)
+        result["mean_margin"] *= model.normalization[0]
+    result["scale"] = "mean_margin: normalized rewards, as `alignloop score` gives them; loss: raw"
+    _print_json(result)
     return 0
 
 
 def _score(config: ScoreConfig) -> int:
+    from alignloop.chat import require_template
     from alignloop.io import atomic_write, read_records
     from alignloop.models import RewardModel
 
@@ -156,7 +162,9 @@ def _score(config: ScoreConfig) -> int:
             f"{missing[0].where}: field 'prompt_id': no prompt with id {missing[0].prompt_id!r} "
             f"in {config.prompts} ({len(missing)} completions affected)"
         )
-    model = RewardModel.from_pretrained(config.model)
+    model = RewardModel.from_pretrained(config.model, options=config, what="--model",
+                                        new_head=config.new_head)  # fmt: skip
+    require_template(model.tokenizer, prompts.values(), config.model)
     rewards = model.score(
         [prompts[c.prompt_id].prompt for c in completions],
         [c.completion for c in completions],

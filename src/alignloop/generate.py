@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from alignloop.chat import render_prompt, require_template
 from alignloop.models import pad_left, tokenize_keep_end
 from alignloop.schema import Completion, Prompt
 
@@ -287,15 +288,17 @@ def generate_completions(
     progress: Callable[[int], None] | None = None,
 ) -> list[Completion]:
     """`k` completion records per prompt (ids "<prompt id>-<j>"), `batch_size`
-    prompts per `sample` call. `progress(n)` is called after each batch with its
-    number of prompts (as `sequence_kl` does), to drive a progress bar."""
+    prompts per `sample` call; a conversation is rendered with the chat template and
+    its completion is the assistant's turn (`chat.render_prompt`). `progress(n)` is
+    called after each batch with its number of prompts (as `sequence_kl` does), to
+    drive a progress bar."""
     records: list[Completion] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         samples = sample(
             policy,
             tokenizer,
-            [p.prompt for p in chunk],
+            [render_prompt(tokenizer, p.prompt) for p in chunk],
             k=k,
             temperature=temperature,
             max_new_tokens=max_new_tokens,
@@ -329,10 +332,12 @@ def generate_file(
     seed: int = 0,
     policy_name: str | None = None,
     show_progress: bool = True,
+    options=None,
 ) -> int:
     """`alignloop generate`: sample `k` completions of every prompt of a file with a
     policy (local path or hub id) and write them as completion records (atomically).
-    Seeded: the same seed, policy and prompts give the same file. Returns the count."""
+    Seeded: the same seed, policy and prompts give the same file. Returns the count.
+    `options`: how the policy is loaded (`models.LoadOptions` or a config with them)."""
     from alignloop.io import read_records, write_records
     from alignloop.models import load_policy
     from alignloop.progress import progress
@@ -341,7 +346,8 @@ def generate_file(
     prompts = read_records(prompts_path, "prompt")
     if not prompts:
         raise SchemaError(f"{prompts_path}: no prompts to generate from")
-    policy, tokenizer = load_policy(policy_path)
+    policy, tokenizer = load_policy(policy_path, options=options, what="--policy")
+    require_template(tokenizer, prompts, str(policy_path))
     policy.eval()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     policy.to(device)

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignloop.config import REQUIRED, option
+from alignloop.train.base_config import ModelOptions
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(ModelOptions):
     policy: str = option(REQUIRED, "causal LM: a local path or a hub id")
     prompts: Path = option(REQUIRED, "prompts file (.jsonl or .parquet)")
     out: Path = option(REQUIRED, "completions file to write")

@@ -19,6 +19,7 @@ it would a real model; only its size makes it fit a laptop CPU.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from alignloop.chat import encode, render_text, set_chat_template
 from alignloop.losses import logprobs_from_logits
 from alignloop.schema import join_text
 
@@ -59,6 +61,9 @@ __all__ = [
 
 NORMALIZATION_KEY = "alignloop_reward_normalization"  # in a reward model's config.json
 APPEND_EOS_KEY = "alignloop_reward_appends_eos"  # in a reward model's config.json
+# The part of the normalization already in the head's weights (saved folders since issue
+# 15): the head outputs folded_gain * raw + folded_bias. Absent: (1, 0), nothing folded.
+FOLDED_KEY = "alignloop_reward_normalization_in_head"
 
 
 def build_tiny_causal_lm(
@@ -112,14 +117,180 @@ def save_pretrained(
     return out
 
 
+# --- loading: one helper for every model and tokenizer -------------------------------
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How models are read from the hub or a directory (`train.base_config.ModelOptions`
+    gives them as flags): the same for every loader."""
+
+    revision: str | None = None  # a hub branch, tag or commit
+    trust_remote_code: bool = False  # run a hub repository's own modelling code
+    dtype: str = "float32"  # a torch dtype's name, or "auto": the checkpoint's own
+    attn_implementation: str | None = None  # eager, sdpa, flash_attention_2, ...
+    chat_template: str | Path | None = None  # a Jinja file: the tokenizers' chat template
+
+    @classmethod
+    def of(cls, config: object | None) -> LoadOptions:
+        """The options of a config that has them (any `ModelOptions`), else the defaults."""
+        if config is None or isinstance(config, LoadOptions):
+            return config or cls()
+        return cls(**{f: getattr(config, f, getattr(cls, f)) for f in cls.__dataclass_fields__})
+
+    def torch_dtype(self) -> torch.dtype | str:
+        return "auto" if self.dtype == "auto" else getattr(torch, self.dtype)
+
+
+def model_reference(name_or_path: str | Path) -> str:
+    """How a saved file names a model so that it resolves from any working directory:
+    a local directory's absolute path, else the hub id as given."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else str(name_or_path)
+
+
+def _offline() -> bool:
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _looks_local(name: str) -> bool:
+    """A name that cannot be a hub id ("org/name" or "name") is meant as a path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith((".", "/", "~")) or "\\" in name:
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+_hub_reachable: dict[str, bool] = {}
+
+
+def _hub_is_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the hub's endpoint (HF_ENDPOINT), remembered: without a
+    network huggingface_hub retries each file for about a minute before it fails."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    if url.hostname not in _hub_reachable:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            socket.create_connection((url.hostname, port), timeout=timeout).close()
+            _hub_reachable[url.hostname] = True
+        except OSError:
+            _hub_reachable[url.hostname] = False
+    return _hub_reachable[url.hostname]
+
+
+def _cached(name: str, revision: str | None) -> bool:
+    """Whether the local Hugging Face cache holds `name`'s config.json."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(name, "config.json", revision=revision)
+    except Exception:  # a malformed cache entry: say it is not there
+        return False
+    return isinstance(found, str)
+
+
+def from_pretrained(loader, name_or_path: str | Path, what: str, options=None, **kwargs):
+    """`loader.from_pretrained(name_or_path, **kwargs)` with the load options, where
+    every way it can fail is one line (a `ConfigError`) saying what was looked for,
+    where, and what to do: a local directory that does not exist, a hub id without a
+    network (found fast, not after a minute of retries) or not in the offline cache,
+    a repository that needs --trust-remote-code. `what` names the model ("policy",
+    "reward model", ...). kwargs "dtype"/"attn_implementation" default to the options'."""
+    from alignloop.config import ConfigError
+
+    options = LoadOptions.of(options)
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    local = path.is_dir()
+    if not local and path.exists():
+        raise ConfigError(f"{what} {name!r}: {path.resolve()} is a file, not a model directory")
+    if not local and _looks_local(name):
+        raise ConfigError(
+            f"{what} {name!r}: no such directory ({path.resolve()}); give a model directory "
+            "(one with config.json) or a hub id such as 'gpt2'"
+        )
+    if not local and not _offline() and not _hub_is_reachable():
+        if not _cached(name, options.revision):
+            raise ConfigError(
+                f"{what} {name!r}: could not reach the Hugging Face hub for {name!r} (no "
+                "network?) and it is not in the local cache: use a local path, or set "
+                "HF_HUB_OFFLINE=1 to use the local cache"
+            )
+        kwargs["local_files_only"] = True  # in the cache: no minute of retries
+    if not local and _offline():
+        kwargs["local_files_only"] = True
+    if options.revision is not None:
+        kwargs.setdefault("revision", options.revision)
+    if options.trust_remote_code:
+        kwargs.setdefault("trust_remote_code", True)
+    try:
+        return loader.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as e:
+        if "trust_remote_code" in str(e):
+            raise ConfigError(
+                f"{what} {name!r} needs its repository's own code: pass --trust-remote-code "
+                "if you trust it"
+            ) from e
+        if not isinstance(e, OSError):
+            raise
+        if not local and kwargs.get("local_files_only"):
+            raise ConfigError(
+                f"{what} {name!r}: not a local directory and not in the local Hugging Face "
+                "cache (HF_HUB_OFFLINE is set, or the hub cannot be reached): download it "
+                "once with a network, or give a local path"
+            ) from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{what} {name!r}: {first}") from e
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' logging at errors only, for the duration."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def _model_kwargs(options: LoadOptions, **kwargs) -> dict:
+    """dtype and attention kernel for a model's `from_pretrained` (not a tokenizer's)."""
+    kwargs.setdefault("dtype", options.torch_dtype())
+    if options.attn_implementation is not None:
+        kwargs.setdefault("attn_implementation", options.attn_implementation)
+    return kwargs
+
+
 # --- tokenizers and small tensor helpers ---------------------------------------------
 
 
-def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    name_or_path: str | Path, *, options: LoadOptions | object | None = None, what="tokenizer"
+) -> PreTrainedTokenizerBase:
     """A tokenizer from a local directory or a hub id, with a pad token: many causal
     LMs ship none, and their EOS serves (positions are read from attention masks,
-    never from the pad id, so EOS doubling as pad changes nothing)."""
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    never from the pad id, so EOS doubling as pad changes nothing). `options`: the
+    revision and --trust-remote-code (`LoadOptions`, or a config that has them), and
+    --chat-template, which sets or replaces the tokenizer's chat template."""
+    tokenizer = from_pretrained(AutoTokenizer, name_or_path, what, options)
+    chat_template = LoadOptions.of(options).chat_template
+    if chat_template is not None:
+        set_chat_template(tokenizer, chat_template)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"{name_or_path}: the tokenizer has neither a pad nor an EOS token")
@@ -137,12 +308,12 @@ def tokenize_keep_end(
     """Token ids of each text, cut from the START to at most `max_length` tokens: the
     end of a prompt (where the response starts) and of a completion (where the reward
     is read) matter most. The tokenizer cuts, so special tokens (BOS, [CLS] ... [SEP])
-    stay. `append_eos` ends every row with the EOS token (within `max_length`).
-    Returns (ids, how many texts were cut)."""
+    stay, and never twice (`chat.encode`). `append_eos` ends every row with the EOS
+    token (within `max_length`). Returns (ids, how many texts were cut)."""
     if append_eos:
         rows, cut = tokenize_keep_end(tokenizer, texts, max_length - 1)
         return [[*ids, tokenizer.eos_token_id] for ids in rows], cut
-    rows = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    rows = encode(tokenizer, texts)
     long = [i for i, ids in enumerate(rows) if len(ids) > max_length]
     if long:
         side = tokenizer.truncation_side
@@ -222,6 +393,48 @@ def _should_append_eos(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     return not ids or ids[-1] != tokenizer.eos_token_id
 
 
+def _output_head(model: PreTrainedModel) -> nn.Linear | None:
+    """The one-output linear layer a sequence classifier ends in: a decoder's `score`,
+    an encoder's `classifier` (or its `out_proj`: RoBERTa); None if it has none."""
+    head = getattr(model, "score", None) or getattr(model, "classifier", None)
+    if head is not None and not isinstance(head, nn.Linear):
+        head = getattr(head, "out_proj", None)
+    return head if isinstance(head, nn.Linear) and head.out_features == 1 else None
+
+
+def _eos_appending(tokenizer: PreTrainedTokenizerBase, out: Path) -> PreTrainedTokenizerBase | None:
+    """Save into `out` a copy of `tokenizer` whose post-processor appends the EOS after
+    whatever it added before (BOS, say), and return it as reloaded from `out`; None,
+    with nothing written, when the reloaded copy does not give exactly the same ids
+    plus the EOS (a slow tokenizer, one that rebuilds its post-processor on load)."""
+    import copy
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    if not tokenizer.is_fast or tokenizer.eos_token_id is None:
+        return None
+    from tokenizers import processors
+
+    eos, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
+    append = processors.TemplateProcessing(
+        single=f"$A:0 {eos}:0", pair=f"$A:0 $B:1 {eos}:1", special_tokens=[(eos, eos_id)]
+    )
+    tok = copy.deepcopy(tokenizer)
+    backend = tok.backend_tokenizer
+    before = backend.post_processor
+    backend.post_processor = append if before is None else processors.Sequence([before, append])
+    samples = ["a", "the cat sat . tl;dr :", ""]
+    expected = [[*ids, eos_id] for ids in tokenizer(samples)["input_ids"]]
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        tok.save_pretrained(tmp)
+        reloaded = AutoTokenizer.from_pretrained(tmp)
+        if reloaded(samples)["input_ids"] != expected:
+            return None
+    tok.save_pretrained(out)
+    return AutoTokenizer.from_pretrained(out)
+
+
 def disable_dropout(model: nn.Module) -> None:
     """Dropout off everywhere: RLHF's models must score a text the same way twice."""
     for module in model.modules():
@@ -244,8 +457,14 @@ class RewardModel(nn.Module):
     Encoder backbones (BERT, MiniLM, DeBERTa) pool their first token in their own
     classification head; they are fed right-padded rows.
 
-    The normalization (gain, bias) learned after training lives in the config, so
-    the saved directory is an ordinary `from_pretrained` directory.
+    The normalization (gain, bias) learned after training is recorded in the config
+    and folded into the head's weights on save (`save_pretrained`), and the saved
+    tokenizer appends the EOS a decoder reads its score at: plain
+    `AutoModelForSequenceClassification` on the saved folder gives alignloop's scores.
+    A decoder's head has no bias in transformers (Llama, Qwen, GPT-2, ...), so there
+    only the gain is folded and plain transformers' score is alignloop's minus the
+    recorded bias (a constant); folders saved before keep gain and bias in the config
+    only, and load as they did.
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
@@ -254,13 +473,43 @@ class RewardModel(nn.Module):
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, *, dtype=None) -> RewardModel:
-        """Load a backbone (a new head is initialised if it has none) or a trained
-        reward model directory; dropout off."""
-        tokenizer = load_tokenizer(name_or_path)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(name_or_path), num_labels=1, dtype=dtype
-        )
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        dtype=None,
+        options=None,
+        what="reward model",
+        new_head: bool = True,
+    ) -> RewardModel:
+        """Load a backbone or a trained reward model directory; dropout off.
+        `options`: `LoadOptions` (or a config with them); `dtype` overrides theirs.
+
+        A checkpoint without a one-output head (a causal LM, a bare encoder) gets a
+        new, random one when `new_head` (training a reward model, starting a critic);
+        otherwise (scoring) that is a `ConfigError` naming `--new-head`, since its
+        scores would be noise."""
+        from alignloop.config import ConfigError
+
+        options = LoadOptions.of(options)
+        tokenizer = load_tokenizer(name_or_path, options=options, what=what)
+        kwargs = _model_kwargs(options, num_labels=1, output_loading_info=True)
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        with contextlib.nullcontext() if new_head else _quiet_transformers():
+            # scoring: a missing head is this function's one-line error, not a load report
+            model, info = from_pretrained(
+                AutoModelForSequenceClassification, name_or_path, what, options, **kwargs
+            )
+        fresh = sorted({*info.get("missing_keys", ()), *map(str, info.get("mismatched_keys", ()))})
+        if fresh and not new_head:
+            arch = ", ".join(getattr(model.config, "architectures", None) or ["a backbone"])
+            raise ConfigError(
+                f"{what} {str(name_or_path)!r} is not a reward model ({arch}; no trained "
+                f"one-output head: {', '.join(fresh[:2])} would start random, and so would "
+                "its scores): give a directory from `alignloop train-rm`, or pass --new-head "
+                "to score with a new random head (a baseline only)"
+            )
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         if getattr(model.config, APPEND_EOS_KEY, None) is None:
@@ -320,6 +569,19 @@ class RewardModel(nn.Module):
         texts, attention_mask (R, 1, L, L) bool saying which token sees which,
         position_ids (R, L), read_at (N,) flat indices into (R, L) of each text's
         last token -> (N,)."""
+        gain, bias = self.folded
+        out = self.head_output(input_ids, attention_mask, position_ids, read_at)
+        return out if (gain, bias) == (1.0, 0.0) else (out - bias) / gain
+
+    def head_output(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        read_at: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """What the head outputs where the reward is read, as plain transformers would
+        give it: `forward` before the normalization folded in is taken out. (N,)"""
         if read_at is not None:
             scores = self.token_scores(input_ids, attention_mask, position_ids)  # (R, L)
             return scores.flatten()[read_at]
@@ -344,6 +606,42 @@ class RewardModel(nn.Module):
     def set_normalization(self, gain: float, bias: float) -> None:
         setattr(self.hf_model.config, NORMALIZATION_KEY, {"gain": gain, "bias": bias})
 
+    @property
+    def folded(self) -> tuple[float, float]:
+        """(gain, bias) already in the head: head output = gain * raw + bias."""
+        folded = getattr(self.hf_model.config, FOLDED_KEY, None) or {}
+        return float(folded.get("gain", 1.0)), float(folded.get("bias", 0.0))
+
+    @property
+    def head_normalization(self) -> tuple[float, float]:
+        """(gain, bias) that map the head's output to the normalized reward: (1, 0)
+        for a fully folded head, the recorded normalization for an older folder."""
+        gain, bias = self.normalization
+        folded_gain, folded_bias = self.folded
+        scale = gain / folded_gain
+        return scale, bias - scale * folded_bias
+
+    def fold_normalization(self, model: PreTrainedModel | None = None) -> bool:
+        """Put the recorded normalization into the head's weights (of `model`, by
+        default this one's transformers model): the gain always, the bias where the
+        head has one. Returns whether anything was folded."""
+        model = model if model is not None else self.hf_model
+        head = _output_head(model)
+        if head is None or getattr(model.config, NORMALIZATION_KEY, None) is None:
+            return False
+        gain, bias = self.normalization
+        folded_gain, folded_bias = self.folded
+        if (gain, bias) == (folded_gain, folded_bias):
+            return False
+        scale = gain / folded_gain  # head output o = fg * raw + fb -> gain * raw + new bias
+        with torch.no_grad():
+            head.weight.mul_(scale)
+            if head.bias is not None:
+                head.bias.copy_(scale * (head.bias - folded_bias) + bias)
+        new_bias = bias if head.bias is not None else 0.0
+        setattr(model.config, FOLDED_KEY, {"gain": gain, "bias": new_bias})
+        return True
+
     # scoring text ------------------------------------------------------------------
 
     @torch.no_grad()
@@ -357,8 +655,10 @@ class RewardModel(nn.Module):
         normalized: bool = True,
     ) -> list[float]:
         """Rewards of prompt + completion texts (the prompt's start is cut when too
-        long). Batches are formed by length, so little compute goes to padding."""
-        texts = [join_text(p, c) for p, c in zip(prompts, completions, strict=True)]
+        long); a prompt may be a conversation, rendered with the chat template
+        (`chat.render_text`). Batches are formed by length, so little padding."""
+        pairs = zip(prompts, completions, strict=True)
+        texts = [render_text(self.tokenizer, p, c) for p, c in pairs]
         rows, _ = tokenize_keep_end(self.tokenizer, texts, max_length, append_eos=self.appends_eos)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         device = next(self.parameters()).device
@@ -369,8 +669,17 @@ class RewardModel(nn.Module):
             input_ids, attention_mask = pad_right(
                 [rows[i] for i in chunk], self.tokenizer.pad_token_id
             )
-            raw[chunk] = self(input_ids.to(device), attention_mask.to(device)).float().cpu()
-        gain, bias = self.normalization if normalized else (1.0, 0.0)
+            out = self.head_output(input_ids.to(device), attention_mask.to(device))
+            raw[chunk] = out.float().cpu()  # the head's output (N,)
+        if normalized:
+            gain, bias = self.head_normalization
+        else:  # back to the training scale
+            folded_gain, folded_bias = self.folded
+            gain, bias = 1.0 / folded_gain, -folded_bias / folded_gain
+        if (gain, bias) == (1.0, 0.0):
+            return raw.tolist()
+        if gain == 1.0:
+            return (raw + bias).tolist()
         return (gain * raw + bias).tolist()
 
     # training and saving -------------------------------------------------------------
@@ -396,27 +705,57 @@ class RewardModel(nn.Module):
                 self.hf_model.enable_input_require_grads()
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
-        """An ordinary HF directory (LoRA adapters merged in) with the tokenizer."""
+        """An ordinary HF directory (LoRA adapters merged in) with the tokenizer that
+        scores as alignloop does under plain transformers: the normalization folded
+        into the head (`fold_normalization`), and, where alignloop appends an EOS to
+        every text, a tokenizer that appends it itself (the config then says alignloop
+        need not). A tokenizer that cannot be made to is saved as it is, with the
+        config saying alignloop appends the EOS."""
         model = (
             self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
         )
-        return save_pretrained(model, self.tokenizer, out_dir)
+        self.fold_normalization(model)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        config = model.config
+        saved = {k: getattr(config, k, None) for k in (APPEND_EOS_KEY, "pad_token_id")}
+        tokenizer = _eos_appending(self.tokenizer, out) if self.appends_eos else None
+        if tokenizer is None:
+            self.tokenizer.save_pretrained(out)
+        else:
+            setattr(config, APPEND_EOS_KEY, False)  # the saved tokenizer appends it
+            if config.pad_token_id == tokenizer.eos_token_id:
+                # transformers reads a decoder's score at the last token that is not the
+                # pad id, which would be the token before the EOS: without a pad id it
+                # reads the last token (of one text at a time)
+                config.pad_token_id = None
+        try:
+            model.save_pretrained(out)
+        finally:
+            for k, v in saved.items():
+                setattr(config, k, v)
+        return out
 
 
 # --- policy, reference and value models ------------------------------------------------
 
 
 def load_policy(
-    name_or_path: str | Path, *, dtype: torch.dtype = torch.float32
+    name_or_path: str | Path, *, dtype: torch.dtype | None = None, options=None, what="policy"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM to tune and its tokenizer (with a pad token); dropout off.
+    `options`: `LoadOptions` (or a config with them); `dtype` overrides theirs.
 
     float32 by default: transformers 5 loads a checkpoint in its own dtype ("auto",
     bf16 for most hub models), and small AdamW updates of bf16 weights round away."""
     from transformers import AutoModelForCausalLM
 
-    tokenizer = load_tokenizer(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
+    options = LoadOptions.of(options)
+    tokenizer = load_tokenizer(name_or_path, options=options, what=what)
+    kwargs = _model_kwargs(options)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = from_pretrained(AutoModelForCausalLM, name_or_path, what, options, **kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     disable_dropout(model)
@@ -459,8 +798,9 @@ class ValueModel(nn.Module):
     token. Starting the critic from the reward model is what the TL;DR reproductions
     do (Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO").
 
-    The reward model's normalization (gain, bias) is folded into the head, so the
-    first values are on the scale of the normalized rewards PPO sees."""
+    The reward model's normalization (gain, bias) is folded into the head (where the
+    saved folder has not done so already), so the first values are on the scale of
+    the normalized rewards PPO sees."""
 
     def __init__(self, reward_model: RewardModel):
         super().__init__()
@@ -470,7 +810,7 @@ class ValueModel(nn.Module):
                 "per-token `score` head); use --critic policy-head or --value-model"
             )
         hf = reward_model.hf_model
-        gain, bias = reward_model.normalization
+        gain, bias = reward_model.head_normalization  # (1, 0) where already in the head
         old = hf.score
         head = nn.Linear(
             old.in_features, 1, bias=True, dtype=old.weight.dtype, device=old.weight.device
@@ -481,12 +821,17 @@ class ValueModel(nn.Module):
             head.bias.copy_(gain * old_bias.to(head.bias) + bias)
         hf.score = head
         reward_model.set_normalization(1.0, 0.0)
+        setattr(hf.config, FOLDED_KEY, None)
         self.reward_model = reward_model
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, *, dtype=torch.float32) -> ValueModel:
-        """From a reward model directory, or from any decoder checkpoint (a new head)."""
-        return cls(RewardModel.from_pretrained(name_or_path, dtype=dtype))
+    def from_pretrained(
+        cls, name_or_path: str | Path, *, dtype=None, options=None, what="value model"
+    ) -> ValueModel:
+        """From a reward model directory, or from any decoder checkpoint (a new head).
+        float32 unless `options` or `dtype` say otherwise."""
+        return cls(RewardModel.from_pretrained(name_or_path, dtype=dtype, options=options,
+                                               what=what))  # fmt: skip
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Values at every position: (N, L) -> (N, L)."""
@@ -598,4 +943,12 @@ def response_logprobs(model: nn.Module, batch: ResponseBatch, temperature: float
     return logprobs_from_logits(logits, batch.response_ids)  # (B, T)
 
 
-__all__ += ["PolicyWithValueHead", "ValueModel", "frozen_copy", "load_policy"]
+__all__ += [
+    "LoadOptions",
+    "PolicyWithValueHead",
+    "ValueModel",
+    "from_pretrained",
+    "frozen_copy",
+    "load_policy",
+    "model_reference",
+]

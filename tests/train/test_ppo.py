@@ -85,12 +85,36 @@ def test_kl_estimates_are_masked():
 def test_no_eos_penalty_replaces_the_score_then_clipping(tmp_path, world):
     raw = torch.tensor([3.0, -0.5, 0.2])
     has_eos = torch.tensor([True, False, True])
-    config = make_config(world, tmp_path, missing_eos_penalty=-1.0)
+    config = make_config(world, tmp_path, missing_eos_score=-1.0)
     assert finish_scores(raw, has_eos, config).tolist() == [3.0, -1.0, pytest.approx(0.2)]
-    config = make_config(world, tmp_path, missing_eos_penalty=-1.0, reward_clip=2.0)
+    config = make_config(world, tmp_path, missing_eos_score=-1.0, reward_clip=2.0)
     assert finish_scores(raw, has_eos, config).tolist() == [2.0, -1.0, pytest.approx(0.2)]
-    config = make_config(world, tmp_path, missing_eos_penalty=None)
+    config = make_config(world, tmp_path, missing_eos_score=None)
     assert finish_scores(raw, has_eos, config).tolist() == [3.0, -0.5, pytest.approx(0.2)]
+
+
+def test_missing_eos_penalty_is_trls_subtracted_positive_value(tmp_path, world):
+    """--missing-eos-penalty means what it means in TRL: a positive value subtracted
+    from the score of a response without EOS (the replacement is then off); a value
+    that would reward such responses is refused with the other option's name."""
+    raw = torch.tensor([3.0, -0.5, 0.2])
+    has_eos = torch.tensor([True, False, True])
+    config = make_config(world, tmp_path, missing_eos_penalty=1.0)
+    assert finish_scores(raw, has_eos, config).tolist() == [3.0, -1.5, pytest.approx(0.2)]
+    for bad in (-1.0, 0.0):
+        with pytest.raises(ConfigError, match="must be positive.*--missing-eos-score"):
+            make_config(world, tmp_path, missing_eos_penalty=bad)
+
+
+def test_missing_eos_help_names_each_convention():
+    from alignloop.config import ArgumentParser, add_config_arguments
+    from alignloop.train.ppo_config import PPOConfig
+
+    parser = ArgumentParser()
+    add_config_arguments(parser, PPOConfig)
+    text = " ".join(parser.format_help().split())
+    assert "--missing-eos-score" in text and "REPLACES the score" in text
+    assert "TRL's convention: SUBTRACTED" in text
 
 
 def test_adaptive_kl_controller_by_hand():
@@ -211,7 +235,7 @@ def test_rloo_has_no_critic_and_a_leave_one_out_baseline(tmp_path, world):
     reward.write_text("def length(prompts, completions):\n    return [len(c) for c in completions]")
     config = make_config(
         world, tmp_path, advantage="rloo", samples_per_prompt=2, batch_size=4,
-        whiten_advantages=False, reward_fn=f"{reward}:length", missing_eos_penalty=None,
+        whiten_advantages=False, reward_fn=f"{reward}:length", missing_eos_score=None,
     )  # fmt: skip
     policy, critic, reference, tokenizer, rows, texts, score_fn = _pieces(config)
     assert critic is None and not hasattr(policy, "value_head")

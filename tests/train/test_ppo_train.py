@@ -48,7 +48,7 @@ def cli_args(world, out: Path, **options) -> list[str]:
         "minibatch_size": 4,
         "ppo_epochs": 2,
         "lr": 3e-3,
-        "missing_eos_penalty": "none",
+        "missing_eos_score": "none",
         "sample_every": 2,
         "mixed_precision": "no",
     }
@@ -117,7 +117,7 @@ def test_ppo_learns_a_simple_reward_with_bounded_kl(tmp_path, world, one_thread)
         kl_coef=0.1,
         temperature=1.0,
         scheduler="constant",
-        missing_eos_penalty=None,
+        missing_eos_score=None,
         save_every=0,
         sample_every=0,
         mixed_precision="no",
@@ -235,7 +235,7 @@ def test_reward_model_plus_reward_fn_and_critic_from_the_reward_model(
             kl_target=1.0,
             kl_horizon=100,
             save_every=0,
-            missing_eos_penalty=None,
+            missing_eos_score=None,
             sample_every=1,
             mixed_precision="no",
         )
@@ -274,6 +274,32 @@ def test_lora_policy_head_saves_adapter_and_stops_on_reward_target(tmp_path, wor
     )
     assert final["steps"] == 2 and final["stop_reason"].startswith("reward_target")
     assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
+
+
+def test_a_saved_adapter_names_its_base_model_from_anywhere(tmp_path, world, one_thread,
+                                                            monkeypatch):  # fmt: skip
+    """--save-adapter with the policy given as a relative path: adapter_config.json
+    names the base by its absolute path, so the adapter loads from another working
+    directory (a hub id would be kept as it is)."""
+    from peft import AutoPeftModelForCausalLM
+
+    monkeypatch.chdir(Path(world["policy"]).parent)
+    out = tmp_path / "out"
+    train_ppo(
+        PPOConfig(
+            policy=Path(world["policy"]).name, prompts=world["prompts"], out=out,
+            reward_fn=world["fn"], max_new_tokens=4, batch_size=8, minibatch_size=4,
+            max_steps=1, lora_r=2, critic="policy-head", save_adapter=True, save_every=0,
+            sample_every=0, mixed_precision="no",
+        )
+    )  # fmt: skip
+    base = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == str(Path(world["policy"]).resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    model = AutoPeftModelForCausalLM.from_pretrained(out)
+    assert model.peft_config["default"].r == 2
 
 
 @pytest.mark.slow
@@ -319,7 +345,7 @@ def test_reward_model_with_another_tokenizer(tmp_path, world, minilm_path, one_t
             minibatch_size=4,
             max_steps=1,
             save_every=0,
-            missing_eos_penalty=None,
+            missing_eos_score=None,
             sample_every=1,
             mixed_precision="no",
         )

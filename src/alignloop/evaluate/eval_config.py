@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from alignloop.config import REQUIRED, ConfigError, option, override
-from alignloop.train.base_config import SamplingOptions
+from alignloop.train.base_config import DType, SamplingOptions
 
 
 @dataclass
@@ -60,7 +59,8 @@ class EvalConfig(SamplingOptions):
     )
     seed: int = option(0, "seed of the sampling (each policy samples from the same seed)")
     device: str = option("auto", "torch device: auto (cuda if there is one, else cpu), cpu, cuda")
-    dtype: Literal["float32", "bfloat16", "float16"] = option("float32", "dtype of the policies")
+    dtype: DType = override(help="dtype of the policies and the reward model (auto: the "
+                            "checkpoint's)")  # fmt: skip
     # report
     examples: int = option(20, "prompts shown side by side in the report")
     report: bool = option(True, "write report.html beside eval.json")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignloop.chat import prompt_display, render_prompt, require_template
 from alignloop.config import ConfigError
 from alignloop.evaluate.eval_config import EvalConfig
 from alignloop.evaluate.metrics import length_stats, summary_stats, win_rate
@@ -143,7 +144,7 @@ class Evaluation:
                 by_prompt.setdefault(c.prompt_id, (c, row))
         table = []
         for p in prompts[:n]:
-            entry: dict[str, Any] = {"prompt": p.prompt}
+            entry: dict[str, Any] = {"prompt": prompt_display(p.prompt)}
             scores: dict[str, dict[str, float]] = {}
             for name, by_prompt in first.items():
                 if p.id not in by_prompt:
@@ -401,11 +402,11 @@ def _device(name: str):
     return torch.device(name)
 
 
-def _load_policy(name_or_path: str, flag: str, dtype):
+def _load_policy(name_or_path: str, flag: str, dtype, options=None):
     from alignloop.models import load_policy
 
     try:
-        return load_policy(name_or_path, dtype=dtype)
+        return load_policy(name_or_path, dtype=dtype, options=options, what=flag)
     except OSError as e:  # no such directory, no weights, a hub id without network
         raise FileNotFoundError(f"{flag} {name_or_path}: cannot load a causal LM: {e}") from e
 
@@ -447,7 +448,7 @@ def evaluate(config: EvalConfig, *, judge: Judge | None = None) -> dict[str, Any
     if judge is None and config.judge is not None:
         judge = load_judge(config.judge)
     device = _device(config.device)
-    dtype = getattr(torch, config.dtype)
+    dtype = "auto" if config.dtype == "auto" else getattr(torch, config.dtype)
     toxicity = load_toxicity(
         config.toxicity,
         threshold=config.toxicity_threshold,
@@ -484,7 +485,8 @@ def _sample_policies(config: EvalConfig, prompts: Sequence[Prompt], device, dtyp
     from alignloop.models import prompt_token_limit
 
     out = Path(config.out)
-    policy, tokenizer = _load_policy(config.policy, "--policy", dtype)
+    policy, tokenizer = _load_policy(config.policy, "--policy", dtype, config)
+    require_template(tokenizer, prompts, config.policy)
     policy.to(device).eval()
     prompt_limit = prompt_token_limit(policy, config.max_prompt_length, config.max_new_tokens)
     ours = _sample_all(policy, tokenizer, prompts, config, config.policy_name, prompt_limit)
@@ -492,7 +494,7 @@ def _sample_policies(config: EvalConfig, prompts: Sequence[Prompt], device, dtyp
     completions = {config.policy_name: ours}
     kl = None
     if config.reference is not None:
-        reference, ref_tokenizer = _load_policy(config.reference, "--reference", dtype)
+        reference, ref_tokenizer = _load_policy(config.reference, "--reference", dtype, config)
         if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise ConfigError(
                 f"--reference {config.reference} and --policy {config.policy} have different "
@@ -511,7 +513,7 @@ def _sample_policies(config: EvalConfig, prompts: Sequence[Prompt], device, dtyp
                 policy,
                 reference,
                 tokenizer,
-                [by_id[c.prompt_id].prompt for c in ours],
+                [render_prompt(tokenizer, by_id[c.prompt_id].prompt) for c in ours],
                 [c.completion for c in ours],
                 temperature=config.temperature,
                 batch_size=config.batch_size,
@@ -533,7 +535,9 @@ def _load_reward_model(config: EvalConfig, device):
 
     if config.reward_model is None:
         return None
-    reward_model = RewardModel.from_pretrained(config.reward_model)
+    reward_model = RewardModel.from_pretrained(
+        config.reward_model, options=config, what="--reward-model", new_head=config.new_head
+    )
     reward_model.requires_grad_(False)
     return reward_model.to(device).eval()
 

@@ -1,5 +1,7 @@
 """The options the trainers and evaluation share, each declared once.
 
+    ModelOptions        how models are loaded (revision, remote code, dtype, attention):
+                        every command that loads one
     TrainingOptions     optimizer, schedule, checkpoints, precision, LoRA: every trainer
     EpochOptions        epochs over a fixed data set, a held-out split: SFT, reward model
     SamplingOptions     how responses are sampled and scored: PPO and `alignloop eval`
@@ -12,6 +14,7 @@ differs; every other option, with its help and its bounds, is the base's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from alignloop.config import ConfigError, Options, option
@@ -19,10 +22,32 @@ from alignloop.config import ConfigError, Options, option
 Scheduler = Literal["linear", "cosine", "constant"]
 Precision = Literal["auto", "no", "bf16", "fp16"]
 Backend = Literal["none", "tensorboard", "wandb"]
+DType = Literal["float32", "bfloat16", "float16", "auto"]
 
 
 @dataclass
-class TrainingOptions(Options):
+class ModelOptions(Options):
+    """Given to the one loading helper (`models.from_pretrained`) for every model and
+    tokenizer a command loads."""
+
+    revision: str | None = option(
+        None, "hub revision (branch, tag or commit) of the models loaded from the hub"
+    )
+    trust_remote_code: bool = option(
+        False, "run a hub repository's own modelling code (off: transformers' own only)"
+    )
+    dtype: DType = option("float32", "dtype the models are loaded in (auto: the checkpoint's)")
+    attn_implementation: str | None = option(
+        None, "attention kernel: eager, sdpa, flash_attention_2, ... (default: transformers')"
+    )
+    chat_template: Path | None = option(
+        None, "Jinja file: sets or replaces the chat template of every tokenizer loaded "
+        "(prompts given as lists of messages are rendered with it; texts never are)"
+    )
+
+
+@dataclass
+class TrainingOptions(ModelOptions):
     lr: float = option(1e-5, "peak learning rate (AdamW)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     warmup_ratio: float = option(0.03, "share of the steps with a linear warm-up")
@@ -60,11 +85,16 @@ class EpochOptions(TrainingOptions):
 
 
 @dataclass
-class SamplingOptions(Options):
+class SamplingOptions(ModelOptions):
     """The defaults of the TL;DR reproductions (temperature 0.7, 53 new tokens), so
     that `alignloop eval` measures the KL that PPO's penalty and its `ppo/kl` log do."""
 
     reward_model: str | None = option(None, "reward model directory (from train-rm)")
+    new_head: bool = option(
+        False,
+        "accept a --reward-model without a trained reward head (a causal LM, a bare "
+        "encoder): a new random head, a baseline only",
+    )
     temperature: float = option(0.7, "sampling temperature")
     max_new_tokens: int = option(53, "longest completion in tokens", at_least=1)
     max_prompt_length: int = option(512, "longer prompts lose their start", at_least=1)

@@ -11,6 +11,15 @@ Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO"):
     advantages, returns = gae(rewards, values)      # gamma 1, lambda 0.95, whitened
     ppo_update: epochs x shuffled minibatches of clipped policy + value losses
 
+Where the score sits is a choice: here at the last response token (the EOS, or the
+last token of a response cut at --max-new-tokens), the action that earns it; TRL and
+Huang et al.'s final code put it one step later, at the first position after the EOS
+(a padding slot whose value the critic also learns). With gamma = 1 every token's
+return is the same either way; GAE's lambda-weighting and the critic's extra slot
+differ. A response that never ended
+gets --missing-eos-score in place of its score (or, TRL's way, --missing-eos-penalty
+subtracted from it: `finish_scores`).
+
 With `advantage="rloo"` there is no critic: K responses per prompt, each one's
 advantage is its return (score - beta * KL) minus the mean return of the others
 (REINFORCE leave-one-out, Ahmadian et al. 2024), and the update has no value loss.
@@ -45,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from alignloop.chat import render_prompt, require_template
 from alignloop.config import ConfigError
 from alignloop.losses import (
     entropy_from_logits,
@@ -191,11 +201,18 @@ def kl_estimate(logprobs, ref_logprobs, mask, estimator: str) -> torch.Tensor:
 
 
 def finish_scores(raw: torch.Tensor, has_eos: torch.Tensor, config: PPOConfig) -> torch.Tensor:
-    """The no-EOS penalty (the score a response gets when it never ended: the TL;DR
-    reproductions' "EOS trick"), then optional clipping."""
+    """The score of a response that never ended (the TL;DR reproductions' "EOS
+    trick"), then optional clipping: raw (B,), has_eos (B,) bool -> (B,).
+
+    Two conventions, each under its own name: --missing-eos-score replaces the score
+    (Huang et al.'s reference code: -1), --missing-eos-penalty subtracts a positive
+    value from it (TRL's `missing_eos_penalty`); given the penalty, the replacement
+    is off."""
     scores = raw
     if config.missing_eos_penalty is not None:
-        scores = torch.where(has_eos, scores, torch.full_like(scores, config.missing_eos_penalty))
+        scores = torch.where(has_eos, scores, scores - config.missing_eos_penalty)
+    elif config.missing_eos_score is not None:
+        scores = torch.where(has_eos, scores, torch.full_like(scores, config.missing_eos_score))
     if config.reward_clip is not None:
         scores = scores.clamp(-config.reward_clip, config.reward_clip)
     return scores
@@ -242,7 +259,7 @@ def make_rollout(
         policy, critic, reference, tokens, config, autocast
     )
 
-    prompts = [prompt_texts[i] for i in s.prompt_index.tolist()]
+    prompts = [prompt_texts[i] for i in s.prompt_index.tolist()]  # texts or conversations
     raw = score_fn(prompts, s.completions)  # {"reward_model": (B,), "reward_fn": (B,)}
     total = sum(raw.values())
     scores = finish_scores(total.to(mask.device), s.has_eos, config)  # (B,)
@@ -267,7 +284,7 @@ def make_rollout(
         advantages=advantages,
         returns=returns,
         has_eos=s.has_eos,
-        prompts=prompts,
+        prompts=[render_prompt(tokenizer, p) for p in prompts],  # as the policy read them
         completions=s.completions,
     )
     return rollout, raw
@@ -456,11 +473,14 @@ def load_reward_fn(spec: str) -> RewardFn:
     return load_callable(spec, "--reward-fn")
 
 
-def make_score_fn(reward_model, reward_fn: RewardFn | None, config: PPOConfig):
+def make_score_fn(reward_model, reward_fn: RewardFn | None, config: PPOConfig, tokenizer=None):
     """f(prompts, completions) -> {"reward_model": (B,), "reward_fn": (B,)} raw scores.
-    The reward model reads the decoded texts, re-encoded with its own tokenizer."""
+    The reward model reads the decoded texts, re-encoded with its own tokenizer (a
+    conversation rendered with its chat template, the completion as the assistant's
+    turn); the reward fn gets each prompt as the policy read it (`tokenizer`'s
+    `chat.render_prompt`: a text prompt as it is)."""
 
-    def score(prompts: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
+    def score(prompts: list, completions: list[str]) -> dict[str, torch.Tensor]:
         parts = {}
         if reward_model is not None:
             with torch.inference_mode():
@@ -473,7 +493,8 @@ def make_score_fn(reward_model, reward_fn: RewardFn | None, config: PPOConfig):
                     )
                 )
         if reward_fn is not None:
-            values = reward_fn(list(prompts), list(completions))
+            texts = prompts if tokenizer is None else [render_prompt(tokenizer, p) for p in prompts]
+            values = reward_fn(list(texts), list(completions))
             try:
                 values = [float(v) for v in values]
             except (TypeError, ValueError) as e:
@@ -494,13 +515,19 @@ def make_score_fn(reward_model, reward_fn: RewardFn | None, config: PPOConfig):
 # --- building the run ----------------------------------------------------------------
 
 
-def load_prompt_texts(path: Path) -> list[str]:
+def load_prompts(path: Path) -> list:
+    """The prompt records of --prompts (texts or conversations); none is an error."""
     from alignloop.io import read_records
 
     prompts = read_records(path, "prompt")
     if not prompts:
         raise SchemaError(f"{path}: --prompts holds no prompts")
-    return [p.prompt for p in prompts]
+    return prompts
+
+
+def load_prompt_texts(path: Path) -> list:
+    """The prompts of --prompts: each a text or a conversation."""
+    return [p.prompt for p in load_prompts(path)]
 
 
 def build_models(config: PPOConfig, console):
@@ -515,7 +542,7 @@ def build_models(config: PPOConfig, console):
         load_policy,
     )
 
-    policy, tokenizer = load_policy(config.policy)
+    policy, tokenizer = load_policy(config.policy, options=config, what="--policy")
     if tokenizer.pad_token == tokenizer.eos_token:
         console.print(
             "[yellow]the policy's tokenizer has no pad token: EOS serves as pad "
@@ -527,7 +554,9 @@ def build_models(config: PPOConfig, console):
         )
     reward_model = None
     if config.reward_model is not None:
-        reward_model = RewardModel.from_pretrained(config.reward_model)
+        reward_model = RewardModel.from_pretrained(
+            config.reward_model, options=config, what="--reward-model", new_head=config.new_head
+        )
         reward_model.requires_grad_(False)
         reward_model.eval()
     if config.lora_r > 0:
@@ -557,7 +586,7 @@ def _separate_critic(config: PPOConfig, tokenizer):
     from alignloop.models import ValueModel, disable_dropout
 
     source = config.value_model or config.reward_model or config.policy
-    critic = ValueModel.from_pretrained(source)
+    critic = ValueModel.from_pretrained(source, options=config, what="the critic's start")
     rm = critic.reward_model
     if rm.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ConfigError(
@@ -606,7 +635,7 @@ def _prompt_rows(config: PPOConfig, policy, tokenizer, texts) -> list[list[int]]
     from alignloop.models import prompt_token_limit, tokenize_keep_end
 
     limit = prompt_token_limit(policy, config.max_prompt_length, config.max_new_tokens)
-    rows, cut = tokenize_keep_end(tokenizer, texts, limit)
+    rows, cut = tokenize_keep_end(tokenizer, [render_prompt(tokenizer, t) for t in texts], limit)
     if cut:
         warnings.warn(
             f"{config.prompts}: {cut} of {len(rows)} prompts are longer than {limit} "
@@ -648,7 +677,7 @@ class PPORun:
     accelerator: Any  # accelerate.Accelerator
     console: Any  # rich Console, quiet on every process but the main one
     checkpoints: Checkpoints
-    texts: list[str]  # the prompt texts
+    texts: list  # the prompts: texts, or conversations (`chat.render_prompt`)
     rows: list[list[int]]  # their token ids, cut to fit the policy's context
     per_epoch: int  # full batches per pass over the prompts
     total_steps: int
@@ -717,7 +746,8 @@ def set_up_run(config: PPOConfig) -> PPORun:
     """The accelerator, models, optimizers and schedule of a run, and its state:
     fresh, or that of the last checkpoint with --resume."""
     accelerator, console, checkpoints = _start(config)
-    texts = load_prompt_texts(config.prompts)
+    prompts = load_prompts(config.prompts)
+    texts = [p.prompt for p in prompts]
     reward_fn = load_reward_fn(config.reward_fn) if config.reward_fn else None
     torch.manual_seed(config.seed)  # the same initial weights (LoRA, heads) everywhere
     policy, critic, reference, reward_model, tokenizer = build_models(config, console)
@@ -725,6 +755,7 @@ def set_up_run(config: PPOConfig) -> PPORun:
         reward_model.to(accelerator.device)
     if not reference.adapter_off:
         reference.model.to(accelerator.device)
+    require_template(tokenizer, prompts, config.policy)
     rows = _prompt_rows(config, policy, tokenizer, texts)
     world = accelerator.num_processes
     per_epoch, total_steps, limit_reason = _schedule(config, len(rows), world)
@@ -757,7 +788,7 @@ def set_up_run(config: PPOConfig) -> PPORun:
         optimizers=optimizers,
         schedulers=schedulers,
         kl_ctl=kl_ctl,
-        score_fn=make_score_fn(reward_model, reward_fn, config),
+        score_fn=make_score_fn(reward_model, reward_fn, config, tokenizer),
         log=MetricsLog(out / "metrics.jsonl", enabled=main),
         samples_log=MetricsLog(out / "samples.jsonl", enabled=main),
         rollouts_log=MetricsLog(out / "rollouts.jsonl", enabled=main and config.log_rollouts),
@@ -1071,8 +1102,10 @@ def _show_samples(console, samples_log, rollout: Rollout, step: int, n: int) -> 
 
 
 def _save_policy(accelerator, policy, has_value_head, tokenizer, config, out: Path) -> None:
-    """The tuned policy as an ordinary HF directory (LoRA merged), or the adapter."""
-    from alignloop.models import save_pretrained
+    """The tuned policy as an ordinary HF directory (LoRA merged), or the adapter,
+    whose adapter_config.json names the base model by a path that resolves from any
+    working directory (absolute), or by its hub id."""
+    from alignloop.models import model_reference, save_pretrained
 
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
@@ -1081,6 +1114,9 @@ def _save_policy(accelerator, policy, has_value_head, tokenizer, config, out: Pa
     model = model.policy if has_value_head else model
     if config.lora_r > 0 and not config.save_adapter:
         model = model.merge_and_unload()
+    elif config.lora_r > 0:
+        for adapter in model.peft_config.values():
+            adapter.base_model_name_or_path = model_reference(config.policy)
     save_pretrained(model, tokenizer, out)
 
 

@@ -3,7 +3,7 @@ training and sampling options are the bases' (`base_config.py`).
 
 Defaults follow the TL;DR reproductions (Huang et al. 2024, "The N+ Implementation
 Details of RLHF with PPO"; Stiennon et al. 2020): temperature 0.7, 53 new tokens, a
--1 score for responses without EOS, beta 0.05, gamma 1, lambda 0.95, 4 PPO epochs,
+-1 score replacing that of a response without EOS, beta 0.05, gamma 1, lambda 0.95, 4 PPO epochs,
 clip 0.2, the critic started from the reward model.
 """
 
@@ -37,8 +37,15 @@ class PPOConfig(TrainingOptions, SamplingOptions):
     temperature: float = override(help="sampling temperature; the training pass uses it too")
     max_new_tokens: int = override(help="longest response in tokens")
     max_prompt_length: int = override(help="longer prompts lose their start (with a warning)")
+    missing_eos_score: float | None = option(
+        -1.0,
+        "REPLACES the score of a response that does not end with EOS (Huang et al.'s "
+        "reference code; none: keep its score)",
+    )
     missing_eos_penalty: float | None = option(
-        -1.0, "score given to a response that does not end with EOS (none: keep its score)"
+        None,
+        "TRL's convention: SUBTRACTED from the score of a response that does not end "
+        "with EOS, a positive value; when given, --missing-eos-score is not applied",
     )
     reward_max_length: int = override(help="tokens of prompt + response the reward model reads")
     # reward shaping
@@ -128,6 +135,12 @@ class PPOConfig(TrainingOptions, SamplingOptions):
             raise ConfigError("--grad-accum must divide --minibatch-size")
         if self.temperature <= 0:
             raise ConfigError("--temperature must be positive (PPO needs sampling)")
+        if self.missing_eos_penalty is not None and self.missing_eos_penalty <= 0:
+            raise ConfigError(
+                f"--missing-eos-penalty {self.missing_eos_penalty}: the penalty is subtracted "
+                "(TRL's convention), so it must be positive; to set the score of a response "
+                "without EOS itself, use --missing-eos-score"
+            )
         if self.lr <= 0 or (self.value_lr is not None and self.value_lr <= 0):
             raise ConfigError("learning rates must be positive")
         if self.kl_target is not None and self.kl_target <= 0:

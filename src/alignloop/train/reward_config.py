@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignloop.config import REQUIRED, Options, option, override
-from alignloop.train.base_config import EpochOptions
+from alignloop.config import REQUIRED, option, override
+from alignloop.train.base_config import EpochOptions, ModelOptions
 
 
 @dataclass
@@ -43,13 +43,18 @@ class RewardConfig(EpochOptions):
 
 
 @dataclass
-class EvalRMConfig(Options):
+class EvalRMConfig(ModelOptions):
     """`alignloop eval-rm`: a reward model's accuracy on pairs."""
 
     model: str = option(REQUIRED, "reward model directory")
     data: Path = option(REQUIRED, "comparisons file or HH-RLHF file")
     max_length: int = option(512, "tokens per sequence")
     batch_size: int = option(32, "sequences per forward pass")
+    new_head: bool = option(
+        False,
+        "accept a --model without a trained reward head (a causal LM, a bare encoder): "
+        "a new random head, a baseline only",
+    )
 
 
 @dataclass
