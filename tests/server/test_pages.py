@@ -310,6 +310,7 @@ def test_error_pages_say_what_happened_and_where_to_go(site):
     assert r.status_code == 403 and "You cannot do this" in r.text
     r = client.get("/admin", headers={"Accept-Language": "zh"})
     assert "你不能执行此操作" in r.text and "前往你的项目" in r.text
+    assert "此页面仅供管理员使用" in r.text  # the page's own words in the page's language
     client.cookies.clear()
     r = client.post("/logout", data={"csrf_token": "x"}, follow_redirects=False)
     assert r.status_code == 303  # no session: to the sign-in page, as before

@@ -284,14 +284,14 @@ class NotAdmin(ServerError):
     status = 403
 
 
-def _admin(who: Identity) -> None:
+def _admin(request: Request, who: Identity) -> None:
     if not who.is_admin:
-        raise NotAdmin("this page is for admins")
+        raise NotAdmin(i18n.translator(language(request))("error.not_admin"))
 
 
 @router.get("/admin")
 def admin_home(request: Request, who: Page) -> HTMLResponse:
-    _admin(who)
+    _admin(request, who)
     return render(
         request, "admin_index.html", who=who, projects=service.list_projects(db_of(request))
     )
@@ -300,7 +300,7 @@ def admin_home(request: Request, who: Page) -> HTMLResponse:
 # Before /admin/projects/{project}, which would take "new" for a project name.
 @router.get("/admin/projects/new")
 def admin_new_project_form(request: Request, who: Page) -> HTMLResponse:
-    _admin(who)
+    _admin(request, who)
     return render(request, "admin_new_project.html", who=who, csrf=who.csrf_token, form={})
 
 
@@ -321,7 +321,7 @@ async def admin_new_project(
     """A project from uploaded JSONL files (prompts, completions, optional gold
     rankings), as `alignloop project create` makes it: all of it or nothing. A
     mistake shows the form again, filled in, with what is wrong (the file and line)."""
-    _admin(who)
+    _admin(request, who)
     form = {
         "name": name,
         "criteria": criteria,
@@ -395,7 +395,7 @@ def _form_float(value: str, field: str, t) -> float:
 
 @router.get("/admin/projects/{project}")
 def admin_project(request: Request, project: str, who: Page) -> HTMLResponse:
-    _admin(who)
+    _admin(request, who)
     db = db_of(request)
     status = service.project_status(db, project, now=request.app.state.clock())
     (summary,) = [p for p in service.list_projects(db) if p["name"] == status["project"]]
@@ -425,7 +425,7 @@ def admin_review(
     """Per-item review: each prompt, its completions and every labeler's ranking and
     rationale side by side, the pairs they ordered both ways highlighted. `only`:
     "contested" (some pair ordered both ways) or "flagged" (flagged unsafe)."""
-    _admin(who)
+    _admin(request, who)
     db = db_of(request)
     (summary,) = [p for p in service.list_projects(db) if p["name"] == project] or [None]
     if summary is None:
@@ -488,7 +488,7 @@ def admin_export(
 ) -> Response:
     """A download; pairs and consensus of a project with several criteria come one
     criterion at a time (the page offers a button per criterion)."""
-    _admin(who)
+    _admin(request, who)
     records = service.export_project(db_of(request), project, what, criterion=criterion)
     return jsonl_response(records, export_filename(project, what, criterion))
 
@@ -515,7 +515,7 @@ def _labelers_page(
 
 @router.get("/admin/labelers")
 def admin_labelers(request: Request, who: Page) -> HTMLResponse:
-    _admin(who)
+    _admin(request, who)
     return _labelers_page(request, who)
 
 
@@ -526,7 +526,7 @@ def admin_add_labeler(
     name: Annotated[str, Form()] = "",
     admin: Annotated[bool, Form()] = False,
 ) -> HTMLResponse:
-    _admin(who)
+    _admin(request, who)
     token = service.add_labeler(db_of(request), name, admin=admin)
     new = {"name": name.strip(), "token": token, "admin": admin, "rotated": False}
     return _labelers_page(request, who, status=201, new=new)
@@ -535,14 +535,14 @@ def admin_add_labeler(
 @router.post("/admin/labelers/{name}/deactivate")
 def admin_deactivate_labeler(request: Request, name: str, who: FormPage) -> HTMLResponse:
     """Their token stops working and their sessions end at once."""
-    _admin(who)
+    _admin(request, who)
     service.deactivate_labeler(db_of(request), name, by=who.name)
     return _labelers_page(request, who, notice=("admin.deactivated", name))
 
 
 @router.post("/admin/labelers/{name}/reactivate")
 def admin_reactivate_labeler(request: Request, name: str, who: FormPage) -> HTMLResponse:
-    _admin(who)
+    _admin(request, who)
     service.reactivate_labeler(db_of(request), name)
     return _labelers_page(request, who, notice=("admin.reactivated", name))
 
@@ -551,7 +551,7 @@ def admin_reactivate_labeler(request: Request, name: str, who: FormPage) -> HTML
 def admin_rotate_token(request: Request, name: str, who: FormPage) -> Response:
     """A new token, shown once; the old one and the labeler's sessions end (an admin
     renewing their own token is signed out after this page)."""
-    _admin(who)
+    _admin(request, who)
     token = service.rotate_token(db_of(request), name)
     (labeler,) = [lab for lab in service.list_labelers(db_of(request)) if lab["name"] == name]
     new = {"name": name, "token": token, "admin": labeler["is_admin"], "rotated": True}
