@@ -1119,3 +1119,29 @@ def _project_completions(db, name: str):
     with db.read() as session:
         project = service.get_project(session, name)
         return service.project_records(session, project).completions
+
+
+def test_a_ranking_submitted_after_the_session_ended_waits_for_the_sign_in(page, server):
+    project = "session-ends"
+    who = _fresh_project(server, project, criteria=["helpfulness"], n_prompts=1, k=2)
+    sign_in(page, server, who)
+    page.goto(server["url"] + f"/projects/{project}/label")
+    page.wait_for_selector("#task:not([hidden])")
+    aid = _pending_task(server, who, project)["assignment_id"]
+    page.keyboard.press("2")
+    page.keyboard.press("Tab")
+    page.keyboard.press("1")
+    page.fill("#rationale", "kept")
+    page.context.clear_cookies()  # signed out meanwhile (another tab, an admin, 12 hours)
+    page.expected_failures = {f"401 {server['url']}/api/v1/assignments/{aid}/ranking"}
+    page.click("#submit")
+    page.wait_for_url("**/login?next=*")
+    page.fill("#token", server["tokens"][who])
+    page.click("button[type=submit]")
+    page.wait_for_url(f"**/projects/{project}/label")
+    page.wait_for_selector("#task:not([hidden])")
+    assert badges(page) == ["rank 2", "rank 1"] and page.input_value("#rationale") == "kept"
+    page.click("#submit")
+    page.wait_for_selector("#done:not([hidden])")
+    (stored,) = service.export_project(server["db"], project, "rankings")
+    assert stored.rationale == "kept"

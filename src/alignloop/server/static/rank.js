@@ -652,6 +652,11 @@
           await loadNext();
           say(t("js.saved"), "ok");
         }
+      } else if (response.status === 401) {
+        // The session ended (signed out elsewhere, deactivated, 12 hours): the
+        // ranking stays in the draft and comes back after signing in.
+        saveDraft();
+        window.location.assign("/login?next=" + encodeURIComponent(window.location.pathname));
       } else if (response.status === 409) {
         dropDraft(key);
         say(t("js.loading_next", { problem: problems(payload) }), "warn");
@@ -674,7 +679,9 @@
     const keys = todo.map((c) => draftPrefix + task.assignment_id + "." + c);
     try {
       const response = await postWithRetry("/api/v1/assignments/" + task.assignment_id + "/skip");
-      if (!response.ok) {
+      if (response.status === 401) {
+        window.location.assign("/login?next=" + encodeURIComponent(window.location.pathname));
+      } else if (!response.ok) {
         say(problems(await response.json().catch(() => null)), "error");
       } else {
         keys.forEach(dropDraft);
