@@ -788,6 +788,7 @@ def test_the_second_criterion_is_announced_in_view_and_skipping_after_the_first_
     page.goto(server["url"] + f"/projects/{project}/label")
     page.wait_for_selector("#task:not([hidden])")
     first = _pending_task(server, who, project)
+    assert page.evaluate("scrollY") == 0 and focused(page) == "card A"  # the prompt first
     assert page.inner_text("#skip-note") == ""
     for letter, rank in zip("ABC", "213", strict=True):
         card(page, letter).locator(f'.rank-button[data-rank="{rank}"]').tap()
@@ -809,9 +810,12 @@ def test_the_second_criterion_is_announced_in_view_and_skipping_after_the_first_
         "You have ranked this prompt by helpfulness: skipping it now drops that ranking too, "
         "and the prompt goes to another labeler."
     )
+    page.locator("#skip").scroll_into_view_if_needed()
+    assert not in_view(page, "#prompt")
     page.locator("#skip").tap()
     page.wait_for_selector("#message:has-text('Skipped')")
     assert page.inner_text("#prompt").strip() != first["prompt"]
+    assert in_view(page, "#prompt") and in_view(page, "#message")  # the new prompt's top
     assert page.inner_text("#skip-note") == "" and page.inner_text("#criterion") == "helpfulness"
     assert service.export_project(server["db"], project, "rankings") == []  # never exported
 

@@ -220,7 +220,10 @@
     buildBoard();
     startCriterion();
     $("task").hidden = false;
-    cards.values().next().value.focus();
+    // A new prompt is read from its top (a phone had scrolled down to Submit); the
+    // focus waits on the first response without scrolling past the prompt.
+    window.scrollTo(0, 0);
+    cards.values().next().value.focus({ preventScroll: true });
   }
 
   function clearBoard() {
