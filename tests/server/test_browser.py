@@ -1149,3 +1149,19 @@ def test_a_ranking_submitted_after_the_session_ended_waits_for_the_sign_in(page,
     page.wait_for_selector("#done:not([hidden])")
     (stored,) = service.export_project(server["db"], project, "rankings")
     assert stored.rationale == "kept"
+
+
+def test_a_screen_reader_hears_each_responses_rank(page, server):
+    project = "aria"
+    who = _fresh_project(server, project, criteria=["helpfulness"], n_prompts=1, k=2)
+    sign_in(page, server, who)
+    page.goto(server["url"] + f"/projects/{project}/label")
+    page.wait_for_selector("#task:not([hidden])")
+
+    def labels() -> list[str]:
+        return [c.get_attribute("aria-label") for c in page.locator("article.completion").all()]
+
+    assert labels() == ["Response A, not ranked", "Response B, not ranked"]
+    page.keyboard.press("2")
+    assert labels() == ["Response A, rank 2", "Response B, not ranked"]
+    assert page.get_attribute("#message", "role") == "status"  # messages are announced

@@ -253,7 +253,6 @@
       const card = el("article", "completion");
       card.tabIndex = 0;
       card.dataset.id = c.id;
-      card.setAttribute("aria-label", t("js.response", { letter }));
       const head = el("header");
       const grip = el("span", "grip", "⠿");
       grip.title = t("js.drag", { letter });
@@ -429,8 +428,10 @@
       const zone = rank === 0 ? $("pool") : $("ranks").querySelector('[data-rank="' + rank + '"]');
       zone.querySelector(".chips").append(chips.get(c.id));
       const card = cards.get(c.id);
-      card.querySelector(".badge").textContent =
-        rank === 0 ? t("js.not_ranked") : t("js.rank_n", { n: rank });
+      const badge = rank === 0 ? t("js.not_ranked") : t("js.rank_n", { n: rank });
+      card.querySelector(".badge").textContent = badge;
+      // what a screen reader says on reaching the card: "Response A, rank 2"
+      card.setAttribute("aria-label", t("js.response", { letter: letterOf.get(c.id) }) + ", " + badge);
       card.classList.toggle("ranked", rank > 0);
       card.querySelectorAll(".rank-button").forEach((b) => {
         b.setAttribute("aria-pressed", String(Number(b.dataset.rank) === rank));
