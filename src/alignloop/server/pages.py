@@ -1,10 +1,18 @@
-"""The HTML pages: sign-in, guidelines, labeling, and the admin's pages.
+"""The HTML pages: sign-in, guidelines, labeling, and the admin's pages (projects,
+a new project from files, per-item review, labelers).
 
 Templates are Jinja2 with autoescaping on, so whatever a model wrote shows as text.
-The only Markdown rendered to HTML is the guidelines', with raw HTML disabled (a
-`<script>` in the guidelines shows as text too). Pages carry no inline script: the
-labeling page's data reach `rank.js` through data- attributes, and the Content
-Security Policy (see `app.py`) allows scripts from this server only.
+Markdown rendered to HTML (the guidelines, and prompts on the review page) has raw
+HTML disabled (a `<script>` in it shows as text too); the labeling page builds a
+prompt's Markdown itself, as elements with textContent. Pages carry no inline
+script: the labeling page's data reach `rank.js` through data- attributes and a
+JSON script tag (which the browser does not run), and the Content Security Policy
+(see `app.py`) allows scripts from this server only.
+
+Every word on the pages comes from the catalogue of the request's language
+(`alignloop.server.i18n`: the browser's Accept-Language, or the switch's cookie).
+Error pages (`error.html`, rendered by `app.py`'s handlers) say what happened in
+words and where to go on.
 
 Every form posts the session's CSRF token; the sign-in form, before there is a
 session, uses a double-submit cookie instead.
