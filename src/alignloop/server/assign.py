@@ -611,6 +611,42 @@ def _same(row: RankingRow, groups: list[list[str]], sub: Submission) -> bool:
     )
 
 
+def _check_rationale(rationale: str) -> None:
+    """Invalid when a submitted rationale is too long or holds characters refused in text."""
+    if len(rationale) > RATIONALE_MAX:
+        raise Invalid(
+            f"rationale: at most {RATIONALE_MAX} characters, got {len(rationale)}", "rationale"
+        )
+    check_text(rationale, "rationale")
+
+
+@dataclass
+class _Target:
+    """What a submitted ranking is about, resolved and checked against the assignment."""
+
+    assignment: Assignment  # the labeler's own, locked
+    project: Project
+    criterion: str
+    groups: list[list[str]]  # the ranking in the files' completion ids, best first
+    to_public: dict[str, str]  # the files' completion id -> the public id shown
+
+
+def _target(
+    db: Database, session: Session, labeler_id: int, assignment_id: int, sub: Submission
+) -> _Target:
+    """Lock the labeler's assignment, resolve the criterion and check the ranking's
+    shape against its completions (shared by `submit_ranking` and `replace_ranking`)."""
+    a = _own_assignment(db, session, labeler_id, assignment_id, lock=True)
+    project = session.get(Project, a.project_id)
+    criterion = _criterion(project, sub.criterion)
+    rows = _completions(session, a)
+    to_external = {c.public_id: c.external_id for c in rows}
+    to_public = {c.external_id: c.public_id for c in rows}
+    check_ranking(sub.ranking, [c.public_id for c in rows], sub.unrankable)
+    groups = [[to_external[c] for c in g] for g in sub.ranking]
+    return _Target(a, project, criterion, groups, to_public)
+
+
 def submit_ranking(
     db: Database,
     labeler_id: int,
@@ -622,42 +658,32 @@ def submit_ranking(
     """Store the ranking once (see the module doc); the stored ranking as the API
     returns it, with `created` False when it was already there."""
     now = now or utcnow()
-    if len(sub.rationale) > RATIONALE_MAX:
-        raise Invalid(
-            f"rationale: at most {RATIONALE_MAX} characters, got {len(sub.rationale)}", "rationale"
-        )
-    check_text(sub.rationale, "rationale")
+    _check_rationale(sub.rationale)
 
     def run(session: Session) -> dict[str, Any]:
-        a = _own_assignment(db, session, labeler_id, assignment_id, lock=True)
-        project = session.get(Project, a.project_id)
-        criterion = _criterion(project, sub.criterion)
-        rows = _completions(session, a)
-        to_external = {c.public_id: c.external_id for c in rows}
-        to_public = {c.external_id: c.public_id for c in rows}
-        check_ranking(sub.ranking, [c.public_id for c in rows], sub.unrankable)
-        groups = [[to_external[c] for c in g] for g in sub.ranking]
+        t = _target(db, session, labeler_id, assignment_id, sub)
+        a = t.assignment
         stored = session.scalars(select(RankingRow).where(RankingRow.assignment_id == a.id)).all()
-        same = next((r for r in stored if r.criterion == criterion), None)
+        same = next((r for r in stored if r.criterion == t.criterion), None)
         if same is not None:
-            if not _same(same, groups, sub):
+            if not _same(same, t.groups, sub):
                 raise Conflict(
                     f"assignment {a.id} already has a different ranking by "
-                    f"{criterion!r}; to change your last ranking, send it with PUT"
+                    f"{t.criterion!r}; to change your last ranking, send it with PUT"
                 )
-            return _ranking_out(a, same, to_public, False, a.status == DONE)
+            return _ranking_out(a, same, t.to_public, False, a.status == DONE)
         if a.status == SKIPPED:
             raise Conflict(f"assignment {a.id} was skipped; fetch a new task")
         if a.status == PENDING and a.expires_at <= now:
             if not _has_room(db, session, a, now):
                 raise AssignmentExpired(a.id)
-            a.expires_at = now + dt.timedelta(seconds=project.assignment_ttl_s)
+            a.expires_at = now + dt.timedelta(seconds=t.project.assignment_ttl_s)
         if a.status == EXPIRED:
             raise AssignmentExpired(a.id)
         row = RankingRow(
             assignment_id=a.id,
-            criterion=criterion,
-            groups=groups,
+            criterion=t.criterion,
+            groups=t.groups,
             unrankable=sub.unrankable,
             flagged_unsafe=sub.flag_unsafe,
             rationale=sub.rationale or None,
@@ -665,9 +691,9 @@ def submit_ranking(
         )
         session.add(row)
         session.flush()  # UNIQUE (assignment_id, criterion): a racing twin fails here
-        if {r.criterion for r in stored} | {criterion} >= set(project.criteria):
+        if {r.criterion for r in stored} | {t.criterion} >= set(t.project.criteria):
             a.status, a.completed_at = DONE, now
-        return _ranking_out(a, row, to_public, True, a.status == DONE)
+        return _ranking_out(a, row, t.to_public, True, a.status == DONE)
 
     try:
         return _retrying(db, 3, run)
@@ -735,29 +761,19 @@ def replace_ranking(
     Conflict when the assignment is not the labeler's last ranked one, has no ranking
     by that criterion yet (submit it first), or was skipped or expired."""
     now = now or utcnow()
-    if len(sub.rationale) > RATIONALE_MAX:
-        raise Invalid(
-            f"rationale: at most {RATIONALE_MAX} characters, got {len(sub.rationale)}", "rationale"
-        )
-    check_text(sub.rationale, "rationale")
+    _check_rationale(sub.rationale)
 
     def run(session: Session) -> dict[str, Any]:
-        a = _own_assignment(db, session, labeler_id, assignment_id, lock=True)
-        project = session.get(Project, a.project_id)
-        criterion = _criterion(project, sub.criterion)
-        rows = _completions(session, a)
-        to_external = {c.public_id: c.external_id for c in rows}
-        to_public = {c.external_id: c.public_id for c in rows}
-        check_ranking(sub.ranking, [c.public_id for c in rows], sub.unrankable)
-        groups = [[to_external[c] for c in g] for g in sub.ranking]
+        t = _target(db, session, labeler_id, assignment_id, sub)
+        a = t.assignment
         row = session.scalar(
             select(RankingRow).where(
-                RankingRow.assignment_id == a.id, RankingRow.criterion == criterion
+                RankingRow.assignment_id == a.id, RankingRow.criterion == t.criterion
             )
         )
         if row is None:
             raise Conflict(
-                f"assignment {a.id} has no ranking by {criterion!r} to change; submit it first"
+                f"assignment {a.id} has no ranking by {t.criterion!r} to change; submit it first"
             )
         if a.status in (SKIPPED, EXPIRED):
             raise Conflict(f"assignment {a.id} is {a.status}; its ranking cannot be changed")
@@ -765,8 +781,8 @@ def replace_ranking(
             raise Conflict(
                 f"only your last ranked task can be changed, and assignment {a.id} is not it"
             )
-        if _same(row, groups, sub):
-            return _ranking_out(a, row, to_public, False, a.status == DONE)
+        if _same(row, t.groups, sub):
+            return _ranking_out(a, row, t.to_public, False, a.status == DONE)
         session.add(
             RankingRevision(
                 ranking_id=row.id,
@@ -780,11 +796,11 @@ def replace_ranking(
             )
         )
         row.version += 1
-        row.groups, row.unrankable = groups, sub.unrankable
+        row.groups, row.unrankable = t.groups, sub.unrankable
         row.flagged_unsafe, row.rationale = sub.flag_unsafe, sub.rationale or None
         row.created_at = now
         session.flush()  # UNIQUE (ranking_id, version): a racing twin fails here
-        return _ranking_out(a, row, to_public, True, a.status == DONE)
+        return _ranking_out(a, row, t.to_public, True, a.status == DONE)
 
     return _retrying(db, 3, run)
 
