@@ -319,3 +319,43 @@ def test_the_chat_template_flag_sets_a_template(chat_models, tmp_path, capsys):
     from alignloop.models import load_tokenizer
 
     assert load_tokenizer(tmp_path / "sft").chat_template == CHAT_TEMPLATE  # saved with it
+
+
+def test_completion_ids_are_the_tokens_the_policy_wrote(tokenizer):
+    from alignloop.models import continuation_ids
+
+    # no space is put between the template's generation prompt and the completion
+    ids = chat.completion_ids(tokenizer, QUESTION, "It is blue.")
+    assert ids == tokenizer("It is blue.", add_special_tokens=False)["input_ids"]
+    rendered = chat.render_prompt(tokenizer, QUESTION)
+    assert ids != continuation_ids(tokenizer, rendered, "It is blue.")  # join_text's space
+    assert chat.completion_ids(tokenizer, "The sky is", "blue.") == continuation_ids(
+        tokenizer, "The sky is", "blue."
+    )  # a text prompt: as before
+
+
+def test_eval_on_conversations(chat_models, tmp_path):
+    from alignloop.evaluate import EvalConfig, evaluate
+
+    prompts = _conversational_prompts(tmp_path / "prompts.jsonl", n=4)
+    config = EvalConfig(policy=str(chat_models["policy"]), prompts=prompts, out=tmp_path / "ev",
+                        reference=str(chat_models["policy"]), reward_model=str(chat_models["rm"]),
+                        max_new_tokens=4, toxicity="words", report=False)  # fmt: skip
+    result = evaluate(config)
+    assert result["policies"]["policy"]["kl_mean"] == pytest.approx(0.0, abs=1e-6)  # itself
+    data = json.loads((tmp_path / "ev" / "report_data.json").read_text())
+    shown = json.dumps(data)
+    assert "user: What color is the sky?" in shown  # conversations shown as their turns
+    with pytest.raises(SchemaError, match=rf"{prompts}:1: the prompt is a conversation"):
+        evaluate(EvalConfig(policy=str(chat_models["plain"]), prompts=prompts,
+                            out=tmp_path / "x", report=False))  # fmt: skip
+
+
+def test_no_warning_where_the_tokenizer_adds_no_bos(fresh_warning):
+    from alignloop.world import build_tokenizer
+
+    tokenizer = build_tokenizer()  # like GPT-2's: adds no special tokens
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert chat.render_prompt(tokenizer, "<s> the cat") == "<s> the cat"
+    assert chat.encode(tokenizer, ["<s> the cat"]) == [tokenizer("<s> the cat")["input_ids"]]

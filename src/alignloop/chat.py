@@ -6,6 +6,8 @@ evaluation, the demo) goes through these functions; none formats text by itself.
     render_text(tokenizer, prompt, completion)   prompt + completion, what a reward
                                                  model reads (and SFT learns)
     sft_ids(tokenizer, prompt, target)           SFT: (prompt ids, target ids + EOS)
+    completion_ids(tokenizer, prompt, text)      a completion's tokens as the policy
+                                                 wrote them (evaluation's KL)
     encode(tokenizer, texts)                     token ids with the special tokens,
                                                  never a second BOS
     set_chat_template(tokenizer, path)           `--chat-template FILE`
@@ -23,7 +25,8 @@ tokenizer's template: a reward model trained from the SFT policy has the same on
 Templates that start with the BOS token's text (Llama's `{{ bos_token }}`), and
 prompts a user rendered with `apply_chat_template(tokenize=False)`, already hold a
 BOS; `encode` then drops the one the tokenizer adds, so a model never reads
-`[BOS, BOS, ...]`. A text prompt that starts with the BOS text gets a warning, once.
+`[BOS, BOS, ...]`. A text prompt that starts with the BOS text of a tokenizer that
+adds one gets a warning, once per process.
 
 This module imports no torch.
 """
@@ -38,6 +41,7 @@ from typing import Any
 from alignloop.schema import Conversation, Message, SchemaError, is_conversation, join_text
 
 __all__ = [
+    "completion_ids",
     "encode",
     "is_conversation",
     "prompt_display",
@@ -76,9 +80,15 @@ def _starts_with_bos(tokenizer, text: str) -> bool:
     return bool(bos) and text.startswith(bos)
 
 
+def _adds_bos(tokenizer) -> bool:
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
 def _warn_bos(tokenizer, text: str) -> None:
+    """Once: a text prompt starts with the BOS text of a tokenizer that adds one."""
     global _bos_warned
-    if not _bos_warned and _starts_with_bos(tokenizer, text):
+    if not _bos_warned and _starts_with_bos(tokenizer, text) and _adds_bos(tokenizer):
         _bos_warned = True
         warnings.warn(
             f"a prompt text already starts with the BOS token {tokenizer.bos_token!r} (rendered "
@@ -155,6 +165,17 @@ def sft_ids(tokenizer, prompt: PromptLike, target: str) -> tuple[list[int], list
     if eos in target_ids:
         return prompt_ids, target_ids[: target_ids.index(eos) + 1]
     return prompt_ids, [*target_ids, eos]
+
+
+def completion_ids(tokenizer, prompt: PromptLike, completion: str) -> list[int]:
+    """The tokens of `completion` as a policy writes them after `render_prompt`, no
+    EOS: a text prompt's continuation (`models.continuation_ids`), a conversation's
+    assistant turn as the template writes it (`sft_ids`' target without its EOS)."""
+    if isinstance(prompt, str):
+        from alignloop.models import continuation_ids
+
+        return continuation_ids(tokenizer, prompt, completion)
+    return sft_ids(tokenizer, prompt, completion)[1][:-1]
 
 
 def prompt_display(prompt: PromptLike) -> str:

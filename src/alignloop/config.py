@@ -230,11 +230,18 @@ class ArgumentParser(argparse.ArgumentParser):
         for arg in extras:
             name = arg.split("=", 1)[0]
             close = difflib.get_close_matches(name, known) if name.startswith("--") else []
+            close = _nearest(name, close)  # --temprature: --temperature, not --chat-template
             if close:
                 hints[name] = f"did you mean {' or '.join(close)}?"
         if len(hints) <= 1:
             return "".join(f" ({hint})" for hint in hints.values())
         return " (" + "; ".join(f"{name}: {hint}" for name, hint in hints.items()) + ")"
+
+
+def _nearest(name: str, close: list[str], within: float = 0.2) -> list[str]:
+    """The matches (best first, as difflib gives them) about as near as the best."""
+    ratios = [difflib.SequenceMatcher(None, name, c).ratio() for c in close]
+    return [c for c, r in zip(close, ratios, strict=True) if r >= ratios[0] - within]
 
 
 def _read_file(path: Path) -> dict[str, Any]:

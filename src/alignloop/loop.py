@@ -483,20 +483,20 @@ def _sample_held_out(run: DemoRun, model, tokenizer, name: str) -> list[Completi
 def _evaluate(run: DemoRun) -> str:
     """The SFT and RLHF policies summarize the held-out documents; the reward model,
     the gold judge, the KL to SFT, length and toxicity measure them."""
-    from alignloop.chat import render_prompt
     from alignloop.evaluate import evaluate_completions
     from alignloop.evaluate.metrics import sequence_kl
     from alignloop.models import load_policy
     from alignloop.world import gold_utility
 
     cfg, out = run.cfg, run.out
-    policies = {"sft": load_policy(out / "sft")[0], "rlhf": load_policy(out / "ppo")[0]}
-    tokenizer = run.reward_model.tokenizer
+    # The policies' own tokenizer: the reward model's appends EOS to every text it reads.
+    sft, tokenizer = load_policy(out / "sft")
+    policies = {"sft": sft, "rlhf": load_policy(out / "ppo")[0]}
     completions = {}
     for name, model in policies.items():
         completions[name] = _sample_held_out(run, model, tokenizer, name)
         write_records(out / "eval" / f"completions_{name}.jsonl", completions[name])
-    text_of = {p.id: render_prompt(tokenizer, p.prompt) for p in run.eval_prompts}
+    text_of = {p.id: p.prompt for p in run.eval_prompts}
     rlhf_kl = sequence_kl(
         policies["rlhf"], policies["sft"], tokenizer,
         [text_of[c.prompt_id] for c in completions["rlhf"]],

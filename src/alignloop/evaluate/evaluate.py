@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignloop.chat import prompt_display, render_prompt, require_template
+from alignloop.chat import prompt_display, require_template
 from alignloop.config import ConfigError
 from alignloop.evaluate.eval_config import EvalConfig
 from alignloop.evaluate.metrics import length_stats, summary_stats, win_rate
@@ -513,7 +513,7 @@ def _sample_policies(config: EvalConfig, prompts: Sequence[Prompt], device, dtyp
                 policy,
                 reference,
                 tokenizer,
-                [render_prompt(tokenizer, by_id[c.prompt_id].prompt) for c in ours],
+                [by_id[c.prompt_id].prompt for c in ours],
                 [c.completion for c in ours],
                 temperature=config.temperature,
                 batch_size=config.batch_size,

@@ -109,15 +109,16 @@ def sequence_kl(
     """Per completion, sum over its response tokens (EOS included when it ended) of
     log pi(y_t | x, y_<t) - log ref(y_t | x, y_<t), both at softmax(logits / T).
 
-    `prompts[i]` is the prompt of `completions[i]`; both models must share
-    `tokenizer`. `max_prompt_length` cuts prompts as `generate.sample` does (None:
-    the tokenizer's model_max_length); a completion of `max_new_tokens` tokens or
-    more is taken to have ended without EOS. `progress(n)` is called after each batch."""
+    `prompts[i]` (a text or a conversation, `chat.render_prompt`) is the prompt of
+    `completions[i]`; both models must share `tokenizer`. `max_prompt_length` cuts
+    prompts as `generate.sample` does (None: the tokenizer's model_max_length); a
+    completion of `max_new_tokens` tokens or more is taken to have ended without EOS.
+    `progress(n)` is called after each batch."""
     import torch
 
+    from alignloop.chat import completion_ids, render_prompt
     from alignloop.models import (
         ResponseBatch,
-        continuation_ids,
         pad_left,
         pad_right,
         response_logprobs,
@@ -133,10 +134,11 @@ def sequence_kl(
     if tokenizer.eos_token_id is None:
         raise ValueError("sequence_kl: the tokenizer has no EOS token")
     limit = max_prompt_length or tokenizer.model_max_length
-    query_rows, _ = tokenize_keep_end(tokenizer, list(prompts), limit)
+    texts = [render_prompt(tokenizer, p) for p in prompts]  # conversations: the template
+    query_rows, _ = tokenize_keep_end(tokenizer, texts, limit)
     response_rows = []
     for prompt, completion in zip(prompts, completions, strict=True):
-        ids = continuation_ids(tokenizer, prompt, completion)
+        ids = completion_ids(tokenizer, prompt, completion)
         if max_new_tokens is None or len(ids) < max_new_tokens:
             ids = [*ids, tokenizer.eos_token_id]
         response_rows.append(ids)
