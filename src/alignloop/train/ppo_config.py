@@ -29,7 +29,8 @@ class PPOConfig(TrainingOptions, SamplingOptions):
     reward_fn: str | None = option(
         None,
         "a Python reward, 'module:function' or 'file.py:function': f(prompts, "
-        "completions) -> one float each; added to the reward model's score if both are given",
+        "completions) -> one float each (a conversation's prompt as the policy read it, "
+        "templated); added to the reward model's score if both are given",
     )
     reward_fn_coef: float = option(1.0, "weight of --reward-fn in the score")
     # sampling
