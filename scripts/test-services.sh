@@ -42,6 +42,13 @@ elif can_apt; then
 else
     say "chromium: /usr/bin/chromium is missing and apt needs root; the browser tests will skip"
 fi
+# A CJK font, so the Chinese interface's screenshot shows characters, not boxes (the
+# tests pass without it).
+if [ -x /usr/bin/chromium ] && ! fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk"; then
+    if can_apt && apt_install fonts-wqy-zenhei; then
+        say "fonts-wqy-zenhei: installed (Chinese screenshots)"
+    fi
+fi
 
 # --- PostgreSQL -------------------------------------------------------------------
 pg_answers() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
