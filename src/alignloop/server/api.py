@@ -34,7 +34,6 @@ names) and ids beyond a PostgreSQL INTEGER get the same 4xx on both databases.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from typing import Annotated, Any, Literal
@@ -341,20 +340,9 @@ class NewProjectIn(Strict):
     assignment_ttl_s: StrictInt = Field(3600, ge=1, le=service.DB_INT_MAX)
 
 
-class ProjectOut(BaseModel):
-    name: str
-    prompts: int
-    gold_prompts: int
-    completions: int
-    criteria: list[str]
-    overlap: int
-    gold_rate: float
-    guidelines_version: str
-
-
 @router.post(
     "/admin/projects",
-    response_model=ProjectOut,
+    response_model=service.ProjectSummary,
     status_code=201,
     responses={**ADMIN_ERRORS, 409: {"description": "a project of that name exists"}},
 )
@@ -379,7 +367,7 @@ def admin_create_project(request: Request, body: NewProjectIn, who: Admin) -> An
         )
     except SchemaError as e:
         raise Invalid(str(e), "prompts") from None
-    return dataclasses.asdict(summary)
+    return summary
 
 
 class GuidelinesIn(Strict):

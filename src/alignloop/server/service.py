@@ -311,6 +311,8 @@ def parse_records(kind: str, items: str | Sequence[Any], source: str) -> list[Re
 
 @dataclass
 class ProjectSummary:
+    """A created project (`create_project`), also the admin API's answer."""
+
     name: str
     prompts: int
     gold_prompts: int
