@@ -396,3 +396,56 @@ def test_a_stories_reward_model_scores_the_same_under_plain_transformers(stories
     torch.testing.assert_close(torch.tensor(after), torch.tensor(before), rtol=0, atol=1e-5)
     plain = torch.tensor(_plain_scores(tmp_path / "rm", prompts, completions))
     torch.testing.assert_close(plain + 0.25, torch.tensor(after), rtol=0, atol=1e-5)
+
+
+# --- a tokenizer that adds BOS and EOS itself ----------------------------------------------
+
+
+def _bos_eos_tokenizer():
+    """The world's tokenizer made to write <s> text </s> itself."""
+    from tokenizers import processors
+
+    from alignloop.world import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}",
+        special_tokens=[(bos, tokenizer.bos_token_id), (eos, tokenizer.eos_token_id)],
+    )
+    return tokenizer
+
+
+def test_a_tokenizer_that_adds_bos_and_eos_itself(tmp_path):
+    """Prompts are continued without the EOS it appends (else every response would
+    follow an end); a reward model with it gets one EOS, not two."""
+    from transformers import LlamaForSequenceClassification
+
+    from alignloop.generate import sample
+    from alignloop.models import build_tiny_causal_lm, save_pretrained, tokenizer_appends_eos
+
+    tokenizer = _bos_eos_tokenizer()
+    assert tokenizer_appends_eos(tokenizer)
+    eos = tokenizer.eos_token_id
+    rows, cut = models.tokenize_prompts(tokenizer, ["a b c", "a b c d e f"], max_length=4)
+    assert rows[0] == tokenizer("a b c")["input_ids"][:-1] and rows[0][0] == tokenizer.bos_token_id
+    assert len(rows[1]) == 4 and eos not in rows[1] and cut == 1
+    policy = build_tiny_causal_lm(tokenizer, seed=0, **TINY)
+    torch.manual_seed(0)
+    s = sample(policy, tokenizer, ["the cat sat . tl;dr :"], max_new_tokens=3)
+    assert s.query_ids[0, -1].item() != eos  # the prompt does not end in EOS
+
+    config = policy.config
+    config.num_labels = 1
+    save_pretrained(LlamaForSequenceClassification(config), tokenizer, tmp_path / "rm")
+    rm = RewardModel.from_pretrained(tmp_path / "rm", new_head=False)
+    assert not rm.appends_eos  # the tokenizer does it
+    rows, _ = models.tokenize_keep_end(rm.tokenizer, ["a b"], 16, append_eos=rm.appends_eos)
+    assert rows[0][-2:] != [eos, eos] and rows[0][-1] == eos
+    rm.set_normalization(2.0, 1.0)
+    before = rm.score(PROMPTS, COMPLETIONS)
+    rm.save_pretrained(tmp_path / "saved")
+    after = RewardModel.from_pretrained(tmp_path / "saved").score(PROMPTS, COMPLETIONS)
+    torch.testing.assert_close(torch.tensor(after), torch.tensor(before), rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(_plain_scores(tmp_path / "saved")) + 1.0,
+                               torch.tensor(after), rtol=0, atol=1e-5)  # fmt: skip

@@ -29,7 +29,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from alignloop.chat import render_prompt, require_template
-from alignloop.models import pad_left, tokenize_keep_end
+from alignloop.models import pad_left, tokenize_prompts
 from alignloop.schema import Completion, Prompt
 
 __all__ = [
@@ -213,7 +213,7 @@ def sample(
         raise ValueError("no prompts to sample from")
     if isinstance(prompts[0], str):
         limit = max_prompt_length or tokenizer.model_max_length
-        rows, cut = tokenize_keep_end(tokenizer, prompts, limit)  # type: ignore[arg-type]
+        rows, cut = tokenize_prompts(tokenizer, prompts, limit)  # type: ignore[arg-type]
         if cut:
             warnings.warn(
                 f"{cut} prompts longer than {limit} tokens lost their start", stacklevel=2

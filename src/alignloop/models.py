@@ -57,6 +57,8 @@ __all__ = [
     "response_logprobs",
     "save_pretrained",
     "tokenize_keep_end",
+    "tokenize_prompts",
+    "tokenizer_appends_eos",
 ]
 
 NORMALIZATION_KEY = "alignloop_reward_normalization"  # in a reward model's config.json
@@ -327,6 +329,27 @@ def tokenize_keep_end(
     return rows, len(long)
 
 
+def tokenizer_appends_eos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer ends every text with its EOS itself (some do: T5's, a
+    Llama tokenizer with add_eos_token, the reward-model folders alignloop saves)."""
+    eos = tokenizer.eos_token_id
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return eos is not None and bool(ids) and ids[-1] == eos
+
+
+def tokenize_prompts(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> tuple[list[list[int]], int]:
+    """Prompt rows for a policy to continue: `tokenize_keep_end` without the EOS that
+    a tokenizer may append itself (a prompt ending in EOS is a finished text, and
+    the response would follow an end). Returns (ids, how many texts were cut)."""
+    if not tokenizer_appends_eos(tokenizer):
+        return tokenize_keep_end(tokenizer, texts, max_length)
+    rows, cut = tokenize_keep_end(tokenizer, texts, max_length + 1)
+    eos = tokenizer.eos_token_id
+    return [r[:-1] if r and r[-1] == eos else r for r in rows], cut
+
+
 def continuation_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, text: str) -> list[int]:
     """The tokens of `text` as the continuation of `prompt` (no special tokens), the
     way a policy samples them: the tokens of join_text(prompt, text) after the
@@ -389,8 +412,7 @@ def _should_append_eos(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     token) nor for tokenizers that add an EOS themselves."""
     if not hasattr(model, "score") or tokenizer.eos_token_id is None:
         return False
-    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return not ids or ids[-1] != tokenizer.eos_token_id
+    return not tokenizer_appends_eos(tokenizer)
 
 
 def _output_head(model: PreTrainedModel) -> nn.Linear | None:

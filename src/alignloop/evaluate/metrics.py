@@ -122,7 +122,7 @@ def sequence_kl(
         pad_left,
         pad_right,
         response_logprobs,
-        tokenize_keep_end,
+        tokenize_prompts,
     )
 
     if len(prompts) != len(completions):
@@ -135,7 +135,7 @@ def sequence_kl(
         raise ValueError("sequence_kl: the tokenizer has no EOS token")
     limit = max_prompt_length or tokenizer.model_max_length
     texts = [render_prompt(tokenizer, p) for p in prompts]  # conversations: the template
-    query_rows, _ = tokenize_keep_end(tokenizer, texts, limit)
+    query_rows, _ = tokenize_prompts(tokenizer, texts, limit)  # as generate.sample does
     response_rows = []
     for prompt, completion in zip(prompts, completions, strict=True):
         ids = completion_ids(tokenizer, prompt, completion)

@@ -632,10 +632,10 @@ def _optimizers(config: PPOConfig, policy, critic) -> list[torch.optim.Optimizer
 
 def _prompt_rows(config: PPOConfig, policy, tokenizer, texts) -> list[list[int]]:
     """Prompt token ids, cut from the left so prompt + response fit the context."""
-    from alignloop.models import prompt_token_limit, tokenize_keep_end
+    from alignloop.models import prompt_token_limit, tokenize_prompts
 
     limit = prompt_token_limit(policy, config.max_prompt_length, config.max_new_tokens)
-    rows, cut = tokenize_keep_end(tokenizer, [render_prompt(tokenizer, t) for t in texts], limit)
+    rows, cut = tokenize_prompts(tokenizer, [render_prompt(tokenizer, t) for t in texts], limit)
     if cut:
         warnings.warn(
             f"{config.prompts}: {cut} of {len(rows)} prompts are longer than {limit} "
