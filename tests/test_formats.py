@@ -189,17 +189,20 @@ def test_trl_files_train_a_reward_model_as_they_are(chat_models, tmp_path, name)
     assert (tmp_path / "rm" / "config.json").exists()
 
 
-def test_exports_train_in_trl(chat_models, tmp_path):
-    """A few RewardTrainer steps on an alignloop export (the benchmark environment
-    has TRL; CI's does not)."""
+@pytest.mark.parametrize("prompt", ["The sky is", SKY], ids=["standard", "conversational"])
+def test_exports_train_in_trl(chat_models, tmp_path, prompt):
+    """A few RewardTrainer steps on an alignloop export (TRL is no dependency: run
+    with it installed, e.g. `pip install --target DIR trl --no-deps` and PYTHONPATH=DIR;
+    passed with TRL 1.16)."""
     trl = pytest.importorskip("trl", reason="TRL is not installed in this environment")
     datasets = pytest.importorskip("datasets")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     pairs = [
-        Comparison(prompt=SKY, chosen=f"It is blue {i}.", rejected="It is green.")
+        Comparison(prompt=prompt, chosen=f" blue {i}.", rejected=" green.", prompt_id=str(i),
+                   margin=1.0, labeler="ann", criterion="overall", source="test")
         for i in range(8)
-    ]
+    ]  # fmt: skip
     write_records(tmp_path / "pairs.jsonl", pairs)
     dataset = datasets.load_dataset("json", data_files=str(tmp_path / "pairs.jsonl"))["train"]
     model = AutoModelForSequenceClassification.from_pretrained(chat_models["rm"], num_labels=1)
