@@ -103,20 +103,6 @@ class TaskOut(BaseModel):
     status: str = Field(description="pending, done, skipped or expired")
 
 
-class RankingOut(BaseModel):
-    assignment_id: int
-    criterion: str
-    ranking: list[list[str]]
-    unrankable: bool
-    rationale: str
-    flag_unsafe: bool
-    version: int = Field(description="1 when first submitted; each change adds one")
-    created: bool = Field(
-        description="False: this ranking was already stored (a retry), nothing changed"
-    )
-    assignment_complete: bool
-
-
 class StoredRanking(BaseModel):
     assignment_id: int
     criterion: str
@@ -124,7 +110,14 @@ class StoredRanking(BaseModel):
     unrankable: bool
     rationale: str
     flag_unsafe: bool
-    version: int
+    version: int = Field(description="1 when first submitted; each change adds one")
+
+
+class RankingOut(StoredRanking):
+    created: bool = Field(
+        description="False: this ranking was already stored (a retry), nothing changed"
+    )
+    assignment_complete: bool
 
 
 class LastRankedOut(TaskOut):
