@@ -20,6 +20,7 @@ it would a real model; only its size makes it fit a laptop CPU.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -531,6 +532,13 @@ class RewardModel(nn.Module):
                 f"one-output head: {', '.join(fresh[:2])} would start random, and so would "
                 "its scores): give a directory from `alignloop train-rm`, or pass --new-head "
                 "to score with a new random head (a baseline only)"
+            )
+        if not new_head and getattr(model.config, NORMALIZATION_KEY, None) is None:
+            warnings.warn(
+                f"{what} {str(name_or_path)!r} was not trained by alignloop (no "
+                f"{NORMALIZATION_KEY} in its config.json): its scores are used as they "
+                "are, not normalized",
+                stacklevel=2,
             )
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
