@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect
@@ -173,6 +173,19 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
 
 
+def _migrate(
+    db: Database, step: Callable[..., None], revision: str
+) -> tuple[str | None, str | None]:
+    """Run alembic's `step` (command.upgrade or command.downgrade) to `revision` on
+    one write connection, committed; (revision before, revision after)."""
+    before = db.current_revision()
+    with db.engine.connect() as connection:
+        connection = connection.execution_options(alignloop_write=True)
+        step(_alembic_config(connection), revision)
+        connection.commit()
+    return before, db.current_revision()
+
+
 def upgrade(db: Database, revision: str = "head") -> tuple[str | None, str | None]:
     """Run the migrations up to `revision`; returns (revision before, revision after).
 
@@ -180,24 +193,14 @@ def upgrade(db: Database, revision: str = "head") -> tuple[str | None, str | Non
     the caller. Safe to run on an up-to-date database (nothing happens)."""
     from alembic import command
 
-    before = db.current_revision()
-    with db.engine.connect() as connection:
-        connection = connection.execution_options(alignloop_write=True)
-        command.upgrade(_alembic_config(connection), revision)
-        connection.commit()
-    return before, db.current_revision()
+    return _migrate(db, command.upgrade, revision)
 
 
 def downgrade(db: Database, revision: str) -> tuple[str | None, str | None]:
     """Undo migrations down to `revision` ("base": no tables); (before, after)."""
     from alembic import command
 
-    before = db.current_revision()
-    with db.engine.connect() as connection:
-        connection = connection.execution_options(alignloop_write=True)
-        command.downgrade(_alembic_config(connection), revision)
-        connection.commit()
-    return before, db.current_revision()
+    return _migrate(db, command.downgrade, revision)
 
 
 def open_database(url: str | None = None, *, migrate: bool = True) -> Database:
