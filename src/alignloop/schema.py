@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -55,6 +55,7 @@ __all__ = [
     "SchemaError",
     "check_ranking_groups",
     "check_rankings",
+    "index_by_id",
     "is_conversation",
     "join_text",
     "parse_record",
@@ -409,6 +410,23 @@ def parse_record(kind: str | type[Record], obj: Any, where: str = "<memory>") ->
     return record
 
 
+IdRecord = TypeVar("IdRecord", Prompt, Completion)
+
+
+def index_by_id(records: Iterable[IdRecord], problems: list[str]) -> dict[str, IdRecord]:
+    """The records by id, a later record taking an earlier one's place; each id used
+    again adds `file:line: field 'id': prompt id 'x' already used at file:line` to
+    `problems` (naming the record's kind)."""
+    by_id: dict[str, IdRecord] = {}
+    for r in records:
+        if r.id in by_id:
+            problems.append(
+                f"{r.where}: field 'id': {r.kind} id {r.id!r} already used at {by_id[r.id].where}"
+            )
+        by_id[r.id] = r
+    return by_id
+
+
 def check_rankings(
     rankings: Iterable[Ranking],
     completions: Iterable[Completion],
@@ -418,13 +436,7 @@ def check_rankings(
     every ranked id is a completion of that very prompt, and completion ids are
     unique. Raises one SchemaError naming every bad record's file and line."""
     problems: list[str] = []
-    by_id: dict[str, Completion] = {}
-    for c in completions:
-        if c.id in by_id:
-            problems.append(
-                f"{c.where}: field 'id': completion id {c.id!r} already used at {by_id[c.id].where}"
-            )
-        by_id[c.id] = c
+    by_id = index_by_id(completions, problems)
     prompt_ids = None if prompts is None else {p.id for p in prompts}
     if prompt_ids is not None:
         for c in by_id.values():

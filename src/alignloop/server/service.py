@@ -42,6 +42,7 @@ from alignloop.schema import (
     Record,
     SchemaError,
     check_rankings,
+    index_by_id,
     parse_record,
 )
 from alignloop.server.db import Database
@@ -195,13 +196,7 @@ def _check_task(
         for p in prompts
         if not isinstance(p.prompt, str)
     ]
-    seen: dict[str, Prompt] = {}
-    for p in prompts:
-        if p.id in seen:
-            problems.append(
-                f"{p.where}: field 'id': prompt id {p.id!r} already used at {seen[p.id].where}"
-            )
-        seen[p.id] = p
+    index_by_id(prompts, problems)  # for the repeated prompt ids it names
     try:
         check_rankings(gold, completions, prompts)
     except SchemaError as e:
