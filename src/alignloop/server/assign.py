@@ -455,9 +455,11 @@ def _completions(session: Session, a: Assignment) -> list[CompletionRow]:
     return sorted(rows, key=lambda c: _order_key(a.labeler_id, a.id, c.public_id))
 
 
-def _task_payload(
-    session: Session, a: Assignment, project: Project, g: Guidelines, now: dt.datetime
-) -> dict[str, Any]:
+def _task_payload(session: Session, a: Assignment, now: dt.datetime) -> dict[str, Any]:
+    """An assignment as the labeler sees it (`get_task`): the prompt, its completions
+    in the labeler's order, the project's criteria, guidelines version and progress."""
+    project = session.get(Project, a.project_id)
+    g = current_guidelines(session, project)
     ranked = session.scalars(
         select(RankingRow.criterion).where(RankingRow.assignment_id == a.id)
     ).all()
@@ -546,10 +548,7 @@ def get_task(
     """One of the labeler's own assignments, as `next_task` shows it."""
     with db.read() as session:
         a = _own_assignment(db, session, labeler_id, assignment_id)
-        project = session.get(Project, a.project_id)
-        return _task_payload(
-            session, a, project, current_guidelines(session, project), now or utcnow()
-        )
+        return _task_payload(session, a, now or utcnow())
 
 
 # --- rankings ------------------------------------------------------------------------
@@ -821,10 +820,7 @@ def last_ranked_task(
         if assignment_id is None:
             return None
         a = session.get(Assignment, assignment_id)
-        project = session.get(Project, a.project_id)
-        task = _task_payload(
-            session, a, project, current_guidelines(session, project), now or utcnow()
-        )
+        task = _task_payload(session, a, now or utcnow())
         to_public = {c.external_id: c.public_id for c in _completions(session, a)}
         stored = session.scalars(
             select(RankingRow).where(RankingRow.assignment_id == a.id).order_by(RankingRow.id)
