@@ -239,16 +239,20 @@ class _Quiet:
 
 
 def _plain_scores(folder: Path, prompts=PROMPTS, completions=COMPLETIONS) -> list[float]:
-    """The README's snippet: plain transformers, one text at a time."""
+    """The README's snippet: plain transformers, one text at a time, plus the part of
+    the normalization a bias-free head could not hold (0 for an encoder)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)  # it appends a decoder's EOS itself
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    config = json.loads((Path(folder) / "config.json").read_text())
+    offset = (config["alignloop_reward_normalization"]["bias"]
+              - config["alignloop_reward_normalization_in_head"]["bias"])  # fmt: skip
     scores = []
     with torch.no_grad():
         for prompt, completion in zip(prompts, completions, strict=True):
             inputs = tokenizer(join_text(prompt, completion), return_tensors="pt")
-            scores.append(model(**inputs).logits[0, 0].item())
+            scores.append(model(**inputs).logits[0, 0].item() + offset)
     return scores
 
 
@@ -274,9 +278,11 @@ def test_a_saved_decoder_reward_model_scores_the_same_under_plain_transformers(t
     raw_after = loaded.score(PROMPTS, COMPLETIONS, normalized=False)
     torch.testing.assert_close(torch.tensor(raw_after), torch.tensor(raw_before), rtol=0,
                                atol=1e-5)  # fmt: skip
-    # plain transformers: alignloop's score without the bias the head cannot hold
+    # plain transformers: the same, once the bias the head cannot hold is added
     plain = torch.tensor(_plain_scores(tmp_path / "rm"))
-    torch.testing.assert_close(plain + (-0.75), torch.tensor(after), rtol=0, atol=1e-5)
+    torch.testing.assert_close(plain, torch.tensor(after), rtol=0, atol=1e-5)
+    assert json.loads((tmp_path / "rm" / "config.json").read_text())[
+        models.NORMALIZATION_KEY]["bias"] == -0.75  # the offset the snippet adds
     eos = loaded.tokenizer.eos_token_id
     assert loaded.tokenizer(PROMPTS[0])["input_ids"][-1] == eos
 
@@ -396,7 +402,7 @@ def test_a_stories_reward_model_scores_the_same_under_plain_transformers(stories
     after = loaded.score(prompts, completions)
     torch.testing.assert_close(torch.tensor(after), torch.tensor(before), rtol=0, atol=1e-5)
     plain = torch.tensor(_plain_scores(tmp_path / "rm", prompts, completions))
-    torch.testing.assert_close(plain + 0.25, torch.tensor(after), rtol=0, atol=1e-5)
+    torch.testing.assert_close(plain, torch.tensor(after), rtol=0, atol=1e-5)
 
 
 # --- a tokenizer that adds BOS and EOS itself ----------------------------------------------
@@ -448,5 +454,5 @@ def test_a_tokenizer_that_adds_bos_and_eos_itself(tmp_path):
     rm.save_pretrained(tmp_path / "saved")
     after = RewardModel.from_pretrained(tmp_path / "saved").score(PROMPTS, COMPLETIONS)
     torch.testing.assert_close(torch.tensor(after), torch.tensor(before), rtol=0, atol=1e-5)
-    torch.testing.assert_close(torch.tensor(_plain_scores(tmp_path / "saved")) + 1.0,
+    torch.testing.assert_close(torch.tensor(_plain_scores(tmp_path / "saved")),
                                torch.tensor(after), rtol=0, atol=1e-5)  # fmt: skip
