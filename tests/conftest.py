@@ -129,5 +129,6 @@ def chat_models(tmp_path_factory) -> dict[str, Path]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         rm = LlamaForSequenceClassification(config)
+    rm.config.alignloop_reward_normalization = {"gain": 1.0, "bias": 0.0}  # as if trained
     save_pretrained(rm, tokenizer, root / "rm")
     return {"policy": root / "policy", "plain": root / "plain", "rm": root / "rm"}

@@ -359,3 +359,18 @@ def test_no_warning_where_the_tokenizer_adds_no_bos(fresh_warning):
         warnings.simplefilter("error")
         assert chat.render_prompt(tokenizer, "<s> the cat") == "<s> the cat"
     assert chat.encode(tokenizer, ["<s> the cat"]) == [tokenizer("<s> the cat")["input_ids"]]
+
+
+def test_sft_prompts_drop_the_eos_a_tokenizer_appends():
+    from tokenizers import processors
+
+    tokenizer = build_chat_tokenizer()
+    specials = [("<s>", tokenizer.bos_token_id), ("</s>", tokenizer.eos_token_id)]
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=specials
+    )  # like T5's or a Llama tokenizer with add_eos_token: <s> text </s>
+    eos = tokenizer.eos_token_id
+    for prompt in ("The sky is", QUESTION):
+        prompt_ids, target_ids = chat.sft_ids(tokenizer, prompt, "It is blue.")
+        assert prompt_ids[-1] != eos and prompt_ids.count(tokenizer.bos_token_id) == 1
+        assert target_ids.count(eos) == 1 and target_ids[-1] == eos

@@ -144,15 +144,22 @@ def sft_ids(tokenizer, prompt: PromptLike, target: str) -> tuple[list[int], list
     target as its continuation (`continuation_ids`) and EOS. A conversation: the
     templated conversation's ids after those of the generation prompt (the
     assistant's turn as the template writes it), up to and with its first EOS; an
-    EOS is appended when the template ends the turn otherwise."""
-    from alignloop.models import continuation_ids
+    EOS is appended when the template ends the turn otherwise. The prompt never ends
+    with the EOS a tokenizer may append itself (as `models.tokenize_prompts`)."""
+    from alignloop.models import continuation_ids, tokenizer_appends_eos
 
     eos = tokenizer.eos_token_id
+    own_eos = tokenizer_appends_eos(tokenizer)
+
+    def drop(ids: list[int]) -> list[int]:  # a prompt never ends with the tokenizer's EOS
+        return ids[:-1] if own_eos and ids and ids[-1] == eos else ids
+
     if isinstance(prompt, str):
-        prompt_ids = encode(tokenizer, [render_prompt(tokenizer, prompt)])[0]
+        prompt_ids = drop(encode(tokenizer, [render_prompt(tokenizer, prompt)])[0])
         return prompt_ids, [*continuation_ids(tokenizer, prompt, target), eos]
     prompt_text, full = render_prompt(tokenizer, prompt), render_text(tokenizer, prompt, target)
     prompt_ids, full_ids = encode(tokenizer, [prompt_text, full])
+    prompt_ids = drop(prompt_ids)
     if full_ids[: len(prompt_ids)] == prompt_ids:
         target_ids = full_ids[len(prompt_ids) :]
     elif full.startswith(prompt_text):  # the tokenizer merged across the boundary
