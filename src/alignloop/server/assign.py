@@ -78,7 +78,9 @@ from alignloop.server.service import (
     NAME_MAX,
     check_text,
     current_guidelines,
+    done_tasks,
     get_project,
+    regular_prompts,
     shown,
     text_problem,
 )
@@ -475,34 +477,20 @@ def _task_payload(session: Session, a: Assignment, now: dt.datetime) -> dict[str
     )
     per_prompt = (
         select(Assignment.prompt_id)
-        .where(
-            Assignment.project_id == project.id,
-            Assignment.status == DONE,
-            Assignment.is_gold.is_(False),
-        )
+        .where(done_tasks(project.id))
         .group_by(Assignment.prompt_id)
         .having(func.count() >= project.overlap)
         .subquery()
     )
     complete = select(func.count()).select_from(per_prompt).scalar_subquery()
     total = (
-        select(func.count())
-        .select_from(PromptRow)
-        .where(PromptRow.project_id == project.id, PromptRow.is_gold.is_(False))
-        .scalar_subquery()
-    )
+        select(func.count()).select_from(PromptRow).where(regular_prompts(project.id))
+    ).scalar_subquery()
     # The pages' one progress unit: tasks (a prompt ranked by one labeler), of which a
     # project needs prompts x overlap.
     tasks_done = (
-        select(func.count())
-        .select_from(Assignment)
-        .where(
-            Assignment.project_id == project.id,
-            Assignment.status == DONE,
-            Assignment.is_gold.is_(False),
-        )
-        .scalar_subquery()
-    )
+        select(func.count()).select_from(Assignment).where(done_tasks(project.id))
+    ).scalar_subquery()
     prompt_text, n_done, n_complete, n_total, n_tasks_done = session.execute(
         select(PromptRow.text, done_by_labeler, complete, total, tasks_done).where(
             PromptRow.id == a.prompt_id

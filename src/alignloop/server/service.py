@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, and_, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
@@ -137,6 +137,21 @@ def guidelines_version(markdown: str) -> str:
     """The version of a guidelines text: SHA-256 of its Markdown (line endings
     normalized, so the same file saved on Windows is the same version)."""
     return hashlib.sha256(markdown.replace("\r\n", "\n").encode("utf-8")).hexdigest()
+
+
+def regular_prompts(project_id: int) -> ColumnElement[bool]:
+    """A condition on PromptRow: the project's prompts that are not gold."""
+    return and_(PromptRow.project_id == project_id, PromptRow.is_gold.is_(False))
+
+
+def done_tasks(project_id: int) -> ColumnElement[bool]:
+    """A condition on Assignment: the project's done tasks (a regular prompt ranked by
+    one labeler, by every criterion), the unit its progress is counted in."""
+    return and_(
+        Assignment.project_id == project_id,
+        Assignment.status == DONE,
+        Assignment.is_gold.is_(False),
+    )
 
 
 def get_project(session: Session, name: str) -> Project:
@@ -939,18 +954,10 @@ def list_projects(db: Database) -> list[dict[str, Any]]:
         out = []
         for p in projects:
             n = session.scalar(
-                select(func.count())
-                .select_from(PromptRow)
-                .where(PromptRow.project_id == p.id, PromptRow.is_gold.is_(False))
+                select(func.count()).select_from(PromptRow).where(regular_prompts(p.id))
             )
             done = session.scalar(
-                select(func.count())
-                .select_from(Assignment)
-                .where(
-                    Assignment.project_id == p.id,
-                    Assignment.status == DONE,
-                    Assignment.is_gold.is_(False),
-                )
+                select(func.count()).select_from(Assignment).where(done_tasks(p.id))
             )
             out.append(
                 {
