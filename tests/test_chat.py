@@ -374,3 +374,12 @@ def test_sft_prompts_drop_the_eos_a_tokenizer_appends():
         prompt_ids, target_ids = chat.sft_ids(tokenizer, prompt, "It is blue.")
         assert prompt_ids[-1] != eos and prompt_ids.count(tokenizer.bos_token_id) == 1
         assert target_ids.count(eos) == 1 and target_ids[-1] == eos
+
+
+def test_importing_chat_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, alignloop.chat; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
