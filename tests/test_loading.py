@@ -456,3 +456,22 @@ def test_a_tokenizer_that_adds_bos_and_eos_itself(tmp_path):
     torch.testing.assert_close(torch.tensor(after), torch.tensor(before), rtol=0, atol=1e-5)
     torch.testing.assert_close(torch.tensor(_plain_scores(tmp_path / "saved")),
                                torch.tensor(after), rtol=0, atol=1e-5)  # fmt: skip
+
+
+def test_a_saved_reward_model_saved_again_with_a_new_normalization(tiny_rm, tmp_path):
+    """Training on from an alignloop folder (its head already folded) and saving with
+    the new normalization folds only the change: raw scores are the training scale's."""
+    first = _trained_like(tiny_rm)
+    raw = first.score(PROMPTS, COMPLETIONS, normalized=False)
+    first.save_pretrained(tmp_path / "first")
+    again = RewardModel.from_pretrained(tmp_path / "first")
+    torch.testing.assert_close(torch.tensor(again.score(PROMPTS, COMPLETIONS, normalized=False)),
+                               torch.tensor(raw), rtol=0, atol=1e-5)  # fmt: skip
+    again.set_normalization(0.5, 2.0)
+    again.save_pretrained(tmp_path / "second")
+    second = RewardModel.from_pretrained(tmp_path / "second")
+    expected = 0.5 * torch.tensor(raw) + 2.0
+    torch.testing.assert_close(torch.tensor(second.score(PROMPTS, COMPLETIONS)), expected,
+                               rtol=0, atol=1e-5)  # fmt: skip
+    torch.testing.assert_close(torch.tensor(_plain_scores(tmp_path / "second")), expected,
+                               rtol=0, atol=1e-5)  # fmt: skip
