@@ -213,3 +213,53 @@ def test_exports_train_in_trl(chat_models, tmp_path, prompt):
                                 processing_class=tokenizer)  # fmt: skip
     trainer.train()
     assert trainer.state.global_step == 2
+
+
+# TRL's prompt-only and prompt-completion rows (its "Dataset formats" page): no ids.
+TRL_PROMPTS = {
+    "prompt_only": {"prompt": "The sky is"},
+    "conversational_prompt_only": {"prompt": SKY},
+    "prompt_completion": {"prompt": "The sky is", "completion": " blue."},
+    "conversational_prompt_completion": {"prompt": SKY, "completion": BLUE},
+}
+
+
+@pytest.mark.parametrize("write", [_jsonl, _parquet], ids=["jsonl", "parquet"])
+@pytest.mark.parametrize("name", list(TRL_PROMPTS))
+def test_trl_prompt_files_are_read(tmp_path, name, write):
+    from alignloop.io import read_prompts
+
+    row = TRL_PROMPTS[name]
+    path = write(tmp_path / f"{name}.{write.__name__[1:]}", [row, row])
+    prompts = read_prompts(path)
+    assert [p.id for p in prompts] == ["1", "2"]  # line (or row) numbers
+    want = tuple(Message(**m) for m in SKY) if name.startswith("conv") else "The sky is"
+    assert prompts[0].prompt == want
+    reference = {"prompt_completion": " blue.", "conversational_prompt_completion": "It is blue."}
+    assert prompts[0].reference == reference.get(name)
+
+
+def test_prompt_files_with_ids_and_typos_read_as_before(tmp_path):
+    from alignloop.io import read_prompts
+
+    path = _jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "x", "referense": "y"}])
+    with pytest.raises(SchemaError, match=rf"{path}:1: prompt: field 'referense': unknown field"):
+        read_prompts(path)
+    path = _jsonl(tmp_path / "q.jsonl", [{"id": "a", "prompt": "x", "reference": "y"}])
+    assert read_prompts(path) == read_records(path, Prompt)
+
+
+def test_trl_prompt_completion_files_train_sft_and_generate(chat_models, tmp_path):
+    from alignloop.generate import generate_file
+    from alignloop.train.sft import SFTConfig, train_sft
+
+    row = TRL_PROMPTS["conversational_prompt_completion"]
+    path = _jsonl(tmp_path / "sft.jsonl", [row] * 4)
+    config = SFTConfig(model=str(chat_models["policy"]), prompts=path, out=tmp_path / "sft",
+                       max_steps=1, batch_size=2, eval_fraction=0.0,
+                       mixed_precision="no")  # fmt: skip
+    assert train_sft(config)
+    out = tmp_path / "completions.jsonl"
+    prompts = _jsonl(tmp_path / "prompts.jsonl", [TRL_PROMPTS["conversational_prompt_only"]] * 2)
+    generate_file(tmp_path / "sft", prompts, out, k=1, max_new_tokens=3, show_progress=False)
+    assert [c.prompt_id for c in read_records(out, "completion")] == ["1", "2"]

@@ -68,13 +68,13 @@ def _data_import_hh(args: argparse.Namespace) -> int:
 
 def _feedback_pairs(args: argparse.Namespace) -> int:
     from alignloop.feedback import no_margin, rank_gap_margin, rankings_to_pairs
-    from alignloop.io import read_records, write_records
+    from alignloop.io import read_prompts, read_records, write_records
 
     margin = {"none": no_margin, "rank-gap": rank_gap_margin}[args.margin]
     result = rankings_to_pairs(
         read_records(args.rankings, "ranking"),
         read_records(args.completions, "completion"),
-        read_records(args.prompts, "prompt"),
+        read_prompts(args.prompts),
         criterion=args.criterion,
         margin=margin,
     )
@@ -151,11 +151,11 @@ def _eval_rm(config: EvalRMConfig) -> int:
 
 def _score(config: ScoreConfig) -> int:
     from alignloop.chat import require_template
-    from alignloop.io import atomic_write, read_records
+    from alignloop.io import atomic_write, read_prompts, read_records
     from alignloop.models import RewardModel
 
     completions = read_records(config.data, "completion")
-    prompts = {p.id: p for p in read_records(config.prompts, "prompt")}
+    prompts = {p.id: p for p in read_prompts(config.prompts)}
     missing = [c for c in completions if c.prompt_id not in prompts]
     if missing:
         raise SchemaError(

@@ -338,12 +338,12 @@ def generate_file(
     policy (local path or hub id) and write them as completion records (atomically).
     Seeded: the same seed, policy and prompts give the same file. Returns the count.
     `options`: how the policy is loaded (`models.LoadOptions` or a config with them)."""
-    from alignloop.io import read_records, write_records
+    from alignloop.io import read_prompts, write_records
     from alignloop.models import load_policy
     from alignloop.progress import progress
     from alignloop.schema import SchemaError
 
-    prompts = read_records(prompts_path, "prompt")
+    prompts = read_prompts(prompts_path)
     if not prompts:
         raise SchemaError(f"{prompts_path}: no prompts to generate from")
     policy, tokenizer = load_policy(policy_path, options=options, what="--policy")

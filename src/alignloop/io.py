@@ -20,6 +20,13 @@ preference formats of TRL and the `datasets` hub, told apart row by row:
                     cuts it (a space before the cut goes to the completions); HH-RLHF
                     files are cut at the last shared "\n\nAssistant:" instead
 
+Prompts files (`read_prompts`, what train-sft, generate, train-ppo, eval and score
+read) may also be in TRL's prompt-only (`{"prompt"}`) and prompt-completion
+(`{"prompt", "completion"}`) formats: a row without an `id` is given its line
+number ("12"; a Parquet row its row number), and a `completion` becomes the
+prompt's `reference` (SFT's target; a conversation's single assistant message as
+its text).
+
 A row whose prompt is a text while its chosen and rejected are conversations (as in
 HuggingFaceH4/ultrafeedback_binarized, where the conversations repeat the prompt) is
 read as implicit, as TRL's `maybe_extract_prompt` does. The hub's extra columns that
@@ -42,6 +49,7 @@ from typing import IO, Any, TypeVar
 from alignloop.schema import (
     RECORD_TYPES,
     Comparison,
+    Prompt,
     Record,
     SchemaError,
     is_conversation,
@@ -57,7 +65,9 @@ __all__ = [
     "import_hh",
     "is_hh_file",
     "preference_row",
+    "prompt_row",
     "read_comparisons",
+    "read_prompts",
     "read_records",
     "to_dataset",
     "write_json",
@@ -289,6 +299,34 @@ def is_hh_file(path: str | os.PathLike) -> bool:
             and HH_ASSISTANT in obj["chosen"]
         )
     return False
+
+
+def prompt_row(obj: Any, where: str) -> Any:
+    """One row of a prompts file as the schema's prompt object: TRL's rows without an
+    `id` get their line (or row) number from `where`, and a `completion` becomes the
+    `reference`. Other rows unchanged."""
+    if not isinstance(obj, dict) or ("id" in obj and "completion" not in obj):
+        return obj
+    obj = dict(obj)
+    obj.setdefault("id", where.rsplit(":", 1)[-1].removeprefix("row "))
+    if "completion" in obj and "reference" not in obj:
+        completion = obj.pop("completion")
+        if (
+            isinstance(completion, list) and len(completion) == 1
+            and isinstance(completion[0], dict) and completion[0].get("role") == "assistant"
+        ):  # fmt: skip
+            completion = completion[0].get("content")
+        obj["reference"] = completion
+    return obj
+
+
+def read_prompts(path: str | os.PathLike) -> list[Prompt]:
+    """Prompt records of a prompts file in the schema's format or in TRL's
+    prompt-only and prompt-completion formats (`prompt_row`); errors name file and
+    line as `read_records`' do."""
+    path = Path(path)
+    rows = ((where, prompt_row(obj, where)) for where, obj in _raw_rows(path))
+    return _collect(rows, Prompt, str(path))
 
 
 # Columns of the hub's preference data sets that a pair does not need, dropped on

@@ -439,9 +439,9 @@ def evaluate(config: EvalConfig, *, judge: Judge | None = None) -> dict[str, Any
     Returns eval.json's content."""
     import torch
 
-    from alignloop.io import read_records
+    from alignloop.io import read_prompts
 
-    prompts = read_records(config.prompts, "prompt")
+    prompts = read_prompts(config.prompts)
     if not prompts:
         raise SchemaError(f"{config.prompts}: --prompts holds no prompts")
     prompts = prompts[: config.max_prompts] if config.max_prompts else prompts

@@ -517,9 +517,9 @@ def make_score_fn(reward_model, reward_fn: RewardFn | None, config: PPOConfig, t
 
 def load_prompts(path: Path) -> list:
     """The prompt records of --prompts (texts or conversations); none is an error."""
-    from alignloop.io import read_records
+    from alignloop.io import read_prompts
 
-    prompts = read_records(path, "prompt")
+    prompts = read_prompts(path)
     if not prompts:
         raise SchemaError(f"{path}: --prompts holds no prompts")
     return prompts

@@ -64,9 +64,9 @@ class Example:
 def load_examples(prompts_path: Path, completions_path: Path | None = None) -> list[Example]:
     """(prompt, target) examples: each prompt's `reference`, or every completion of
     `completions_path` joined to its prompt. Every problem names its file and line."""
-    from alignloop.io import read_records
+    from alignloop.io import read_prompts, read_records
 
-    prompts = read_records(prompts_path, "prompt")
+    prompts = read_prompts(prompts_path)
     if not prompts:
         raise SchemaError(f"{prompts_path}: no prompts")
     if completions_path is None:
