@@ -48,6 +48,9 @@ __all__ = [
     "epoch_batches",
     "make_accelerator",
     "make_scheduler",
+    "prepare_training",
+    "shard_batches",
+    "start_accelerator",
     "start_run",
     "stop_unless_finite",
     "to_device",
@@ -316,6 +319,43 @@ def make_scheduler(config, optimizer, total_steps: int):
 
     warmup = math.ceil(config.warmup_ratio * total_steps)
     return get_scheduler(config.scheduler, optimizer, warmup, total_steps)
+
+
+def start_accelerator(config) -> tuple[Any, Any]:
+    """The accelerator `config` asks for (mixed precision, gradient accumulation, the
+    tracker, `config.out`) and a rich console on stderr that only the main process
+    prints to: (accelerator, console)."""
+    from rich.console import Console
+
+    accelerator = make_accelerator(
+        mixed_precision=config.mixed_precision,
+        grad_accum=config.grad_accum,
+        report_to=config.report_to,
+        out=Path(config.out),
+    )
+    return accelerator, Console(stderr=True, quiet=not accelerator.is_main_process)
+
+
+def prepare_training(accelerator, config, model, optimizer, n_items: int) -> tuple[Any, ...]:
+    """The optimizer steps in all (`count_steps` over `n_items`) and the scheduler over
+    them; the model, optimizer and scheduler prepared together, so that the scheduler
+    steps once per optimizer step. Returns (model, optimizer, scheduler, total_steps)."""
+    total_steps = count_steps(n_items, config, accelerator.num_processes)
+    scheduler = make_scheduler(config, optimizer, total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return model, optimizer, scheduler, total_steps
+
+
+def shard_batches(
+    accelerator, config, n_items: int, *, lengths: Sequence[int] | None = None, group: int = 50
+) -> Callable[[int], list[list[int]]]:
+    """`TrainLoop.batches`: for an epoch, this process's `epoch_batches` of `n_items`
+    (`config.batch_size` a process, seeded by `config.seed`; by length with `lengths`)."""
+    return lambda epoch: epoch_batches(
+        n_items, config.batch_size, seed=config.seed, epoch=epoch,
+        rank=accelerator.process_index, world=accelerator.num_processes,
+        lengths=lengths, group=group,
+    )  # fmt: skip
 
 
 def start_run(accelerator, config, project: str, console) -> tuple[Checkpoints, MetricsLog, dict]:

@@ -47,10 +47,9 @@ from alignloop.train.common import (
     StepResult,
     TrainLoop,
     adamw,
-    count_steps,
-    epoch_batches,
-    make_accelerator,
-    make_scheduler,
+    prepare_training,
+    shard_batches,
+    start_accelerator,
     start_run,
     to_device,
 )
@@ -492,15 +491,7 @@ def _tokenize_data(config: RewardConfig, train: list, held: list, reward_model, 
 def train_reward_model(config: RewardConfig) -> dict:
     """Train, evaluate, normalize and save a reward model in `config.out`.
     Returns the final held-out metrics (also written to `out/eval.json`)."""
-    from rich.console import Console
-
-    accelerator = make_accelerator(
-        mixed_precision=config.mixed_precision,
-        grad_accum=config.grad_accum,
-        report_to=config.report_to,
-        out=Path(config.out),
-    )
-    console = Console(stderr=True, quiet=not accelerator.is_main_process)
+    accelerator, console = start_accelerator(config)
     train, held = _read_data(config)
     reward_model = _load_model(config, train, held, console)
     optimizer = adamw(
@@ -508,9 +499,9 @@ def train_reward_model(config: RewardConfig) -> dict:
         lr=config.lr,
         weight_decay=config.weight_decay,
     )
-    total_steps = count_steps(len(train), config, accelerator.num_processes)
-    scheduler = make_scheduler(config, optimizer, total_steps)
-    model, optimizer, scheduler = accelerator.prepare(reward_model, optimizer, scheduler)
+    model, optimizer, scheduler, total_steps = prepare_training(
+        accelerator, config, reward_model, optimizer, len(train)
+    )
     checkpoints, log, state = start_run(accelerator, config, "alignloop-rm", console)
 
     pad_id, pack = reward_model.tokenizer.pad_token_id, _packs(reward_model)
@@ -532,10 +523,8 @@ def train_reward_model(config: RewardConfig) -> dict:
 
     loop = TrainLoop(
         accelerator, model, optimizer, scheduler, config, checkpoints, log,
-        batches=lambda epoch: epoch_batches(
-            len(train), config.batch_size, seed=config.seed, epoch=epoch,
-            rank=accelerator.process_index, world=accelerator.num_processes,
-            lengths=lengths, group=config.group_by_length,
+        batches=shard_batches(
+            accelerator, config, len(train), lengths=lengths, group=config.group_by_length
         ),
         step=step,
         record=lambda window, epoch, lr: _record(accelerator, window, epoch, lr),
