@@ -39,10 +39,9 @@ from alignloop.train.common import (
     StepResult,
     TrainingError,
     TrainLoop,
-    count_steps,
-    epoch_batches,
-    make_accelerator,
-    make_scheduler,
+    prepare_training,
+    shard_batches,
+    start_accelerator,
     start_run,
     to_device,
 )
@@ -184,15 +183,7 @@ def held_out_loss(model, rows: list, pad_id: int, *, batch_size: int, device) ->
 def train_sft(config: SFTConfig) -> dict:
     """Fine-tune `config.model` on the examples; save it (LoRA merged) to `config.out`
     with metrics.jsonl and eval.json. Returns the final metrics."""
-    from rich.console import Console
-
-    accelerator = make_accelerator(
-        mixed_precision=config.mixed_precision,
-        grad_accum=config.grad_accum,
-        report_to=config.report_to,
-        out=Path(config.out),
-    )
-    console = Console(stderr=True, quiet=not accelerator.is_main_process)
+    accelerator, console = start_accelerator(config)
     train, held = _read_data(config)
     model, tokenizer = _load_model(config)
     require_template(tokenizer, [*train, *held], config.model)
@@ -206,9 +197,9 @@ def train_sft(config: SFTConfig) -> dict:
         lr=config.lr,
         weight_decay=config.weight_decay,
     )
-    total_steps = count_steps(len(train_rows), config, accelerator.num_processes)
-    scheduler = make_scheduler(config, optimizer, total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler, total_steps = prepare_training(
+        accelerator, config, model, optimizer, len(train_rows)
+    )
     checkpoints, log, state = start_run(accelerator, config, "alignloop-sft", console)
 
     started = time.perf_counter()
@@ -222,10 +213,7 @@ def train_sft(config: SFTConfig) -> dict:
 
     loop = TrainLoop(
         accelerator, model, optimizer, scheduler, config, checkpoints, log,
-        batches=lambda epoch: epoch_batches(
-            len(train_rows), config.batch_size, seed=config.seed, epoch=epoch,
-            rank=accelerator.process_index, world=accelerator.num_processes,
-        ),
+        batches=shard_batches(accelerator, config, len(train_rows)),
         step=lambda indices: _step(model, [train_rows[i] for i in indices], pad_id, device),
         record=lambda window, epoch, lr: _record(accelerator, window, epoch, lr),
         status=lambda record: f"loss {record['sft/loss']:.3f}",
