@@ -383,3 +383,24 @@ def test_importing_chat_imports_no_torch():
     code = "import sys, alignloop.chat; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_reward_model_without_a_template_is_refused_before_sampling(chat_models, tmp_path):
+    from alignloop.evaluate import EvalConfig, evaluate
+    from alignloop.models import RewardModel
+    from alignloop.train.ppo import PPOConfig, train_ppo
+
+    rm = RewardModel.from_pretrained(chat_models["rm"])
+    rm.tokenizer.chat_template = None
+    plain_rm = rm.save_pretrained(tmp_path / "plain-rm")
+    prompts = _conversational_prompts(tmp_path / "prompts.jsonl", n=4)
+    match = rf"{prompts}:1: the prompt is a conversation, but the tokenizer of {plain_rm}"
+    with pytest.raises(SchemaError, match=match):
+        evaluate(EvalConfig(policy=str(chat_models["policy"]), prompts=prompts,
+                            out=tmp_path / "ev", reward_model=str(plain_rm),
+                            report=False))  # fmt: skip
+    assert not (tmp_path / "ev" / "completions_policy.jsonl").exists()
+    with pytest.raises(SchemaError, match=match):
+        train_ppo(PPOConfig(policy=str(chat_models["policy"]), prompts=prompts,
+                            out=tmp_path / "ppo", reward_model=str(plain_rm), batch_size=4,
+                            minibatch_size=2, mixed_precision="no"))  # fmt: skip

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignloop.chat import prompt_display, require_template
+from alignloop.chat import is_conversation, prompt_display, require_template
 from alignloop.config import ConfigError
 from alignloop.evaluate.eval_config import EvalConfig
 from alignloop.evaluate.metrics import length_stats, summary_stats, win_rate
@@ -456,6 +456,7 @@ def evaluate(config: EvalConfig, *, judge: Judge | None = None) -> dict[str, Any
         batch_size=config.reward_batch_size,
         device=device,
     )
+    _check_reward_template(config, prompts)
     completions, kl, tokenizer = _sample_policies(config, prompts, device, dtype)
     evaluation = evaluate_completions(
         prompts,
@@ -527,6 +528,16 @@ def _sample_policies(config: EvalConfig, prompts: Sequence[Prompt], device, dtyp
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return completions, kl, tokenizer
+
+
+def _check_reward_template(config: EvalConfig, prompts: Sequence[Prompt]) -> None:
+    """The reward model renders conversations with its own chat template; it loads
+    after sampling, so its tokenizer is checked before (file:line of the first)."""
+    from alignloop.models import load_tokenizer
+
+    if config.reward_model is not None and any(is_conversation(p.prompt) for p in prompts):
+        tokenizer = load_tokenizer(config.reward_model, options=config, what="--reward-model")
+        require_template(tokenizer, prompts, config.reward_model)
 
 
 def _load_reward_model(config: EvalConfig, device):

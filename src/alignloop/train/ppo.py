@@ -756,6 +756,8 @@ def set_up_run(config: PPOConfig) -> PPORun:
     if not reference.adapter_off:
         reference.model.to(accelerator.device)
     require_template(tokenizer, prompts, config.policy)
+    if reward_model is not None:  # it renders conversations with its own template
+        require_template(reward_model.tokenizer, prompts, config.reward_model)
     rows = _prompt_rows(config, policy, tokenizer, texts)
     world = accelerator.num_processes
     per_epoch, total_steps, limit_reason = _schedule(config, len(rows), world)
