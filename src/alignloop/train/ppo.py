@@ -525,11 +525,6 @@ def load_prompts(path: Path) -> list:
     return prompts
 
 
-def load_prompt_texts(path: Path) -> list:
-    """The prompts of --prompts: each a text or a conversation."""
-    return [p.prompt for p in load_prompts(path)]
-
-
 def build_models(config: PPOConfig, console):
     """(policy, critic or None, reference, reward model or None, tokenizer). The
     policy is a `PolicyWithValueHead` when the critic is a head on it."""
