@@ -158,6 +158,16 @@ def sentiment_figures(eval_dir: Path) -> dict:
     }
 
 
+def over_seeds(runs: list[dict]) -> dict:
+    """Across PPO seeds: the mean and standard error of each seed's tuned sentiment,
+    difference and KL (the spread of the training run, not of the prompts)."""
+    if len(runs) < 2:
+        return {}
+    keys = ("sentiment_tuned", "difference")
+    figures = {k: mean_se([r[k]["mean"] for r in runs]) for k in keys}
+    return {**figures, "kl_mean": mean_se([r["kl_mean"] for r in runs])}
+
+
 def samples(eval_dir: Path, n: int = 3) -> list[dict]:
     """The first sample of the first `n` held-out openings, start and tuned."""
     from alignloop.io import read_records
@@ -288,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         "openings": make_openings(args.model, args.out, size),
         "direct": [direct_reward(args.model, args.out, size, s, log) for s in args.seeds],
     }
+    figures["over_seeds"] = over_seeds(figures["direct"])
     figures["samples"] = samples(args.out / f"eval-seed{args.seeds[0]}")
     if not args.no_learned:
         figures["learned"] = learned_reward(args.model, args.out, size, log)

@@ -235,6 +235,29 @@ def test_ppo_from_the_pretrained_model(stories, ppo_run):
     assert all(not torch.equal(before[k], after[k]) for k in before if "layers.0.self_attn" in k)
 
 
+def test_ppo_with_lora_and_a_value_head_on_the_pretrained_model(stories, tmp_path):
+    """LoRA PPO (the reference is the adapter switched off) with a value head on the
+    policy: the merged folder is a plain Llama whose linear layers alone moved."""
+    from safetensors.torch import load_file
+
+    _vader()
+    prompts = _prompts(tmp_path / "p.jsonl", OPENINGS)
+    out = tmp_path / "ppo-lora"
+    argv = ["train-ppo", "--policy", str(stories), "--prompts", str(prompts), "--out", str(out),
+            "--reward-fn", f"{SENTIMENT}:reward", "--max-steps", "2", "--batch-size", "3",
+            "--minibatch-size", "3", "--max-new-tokens", "8", "--temperature", "1.0",
+            "--lr", "1e-3", "--lora-r", "4", "--critic", "policy-head",
+            "--missing-eos-score", "none", "--save-every", "0", "--sample-every", "0",
+            "--mixed-precision", "no"]  # fmt: skip
+    assert main(argv) == 0
+    steps = [x for x in _log(out) if "ppo/reward_mean" in x]
+    assert [x["step"] for x in steps] == [1, 2] and steps[0]["ppo/kl"] == pytest.approx(0, abs=1e-5)
+    before, after = load_file(stories / "model.safetensors"), load_file(out / "model.safetensors")
+    assert before.keys() == after.keys()  # merged, no value head in the policy's folder
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {k for k in before if k.endswith("_proj.weight")}
+
+
 def test_eval_against_the_start_model(stories, ppo_run, tmp_path):
     """`alignloop eval` with the sentiment judge: the start model against itself has
     KL 0 and the same samples (one seed); the tuned policy has a positive KL."""
