@@ -37,9 +37,10 @@ from alignloop.schema import Conversation, Prompt, SchemaError
 from alignloop.train.common import (
     RunningMean,
     StepResult,
-    TrainingError,
     TrainLoop,
+    config_parser,
     prepare_training,
+    run_main,
     shard_batches,
     start_accelerator,
     start_run,
@@ -303,25 +304,13 @@ def _save(accelerator, model, tokenizer, config: SFTConfig, final: dict, log, st
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    from alignloop.config import add_config_arguments
-
-    parser = parser or argparse.ArgumentParser(
-        prog="alignloop train-sft", description="Supervised fine-tuning on demonstrations."
+    return config_parser(
+        SFTConfig, "alignloop train-sft", "Supervised fine-tuning on demonstrations.", parser
     )
-    add_config_arguments(parser, SFTConfig)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from alignloop.config import config_from_args
-
-    args = make_parser().parse_args(argv)
-    try:
-        train_sft(config_from_args(SFTConfig, args))
-    except (ConfigError, SchemaError, TrainingError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(make_parser(), SFTConfig, train_sft, argv)
 
 
 if __name__ == "__main__":
