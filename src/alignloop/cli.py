@@ -19,6 +19,7 @@ from alignloop.config import ArgumentParser, ConfigError, add_config_arguments, 
 from alignloop.evaluate.eval_config import EvalConfig
 from alignloop.generate_config import GenerateConfig
 from alignloop.loop import DemoConfig
+from alignloop.loop.loop_config import LoopConfig
 from alignloop.schema import SchemaError
 from alignloop.train import TrainingError
 from alignloop.train.ppo_config import PPOConfig
@@ -249,6 +250,19 @@ def _demo(config: DemoConfig) -> int:
     return 0
 
 
+def _loop(config: LoopConfig) -> int:
+    from alignloop.loop.rounds import run_loop
+    from alignloop.loop.sources import ServerError
+
+    try:
+        metrics = run_loop(config)
+    except ServerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _print_json({k: metrics[k] for k in ("rounds", "stop_reason", "final_policy")})
+    return 0
+
+
 # --- the parser ----------------------------------------------------------------
 
 
@@ -319,6 +333,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"alignloop {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _typed(sub, "demo", _demo, "Run the loop on the built-in summarization task.", DemoConfig)
+    _typed(sub, "loop", _loop, "Rounds of RLHF: sample, rank, reward model, PPO, evaluate; "
+           "again (resumes where it was killed).", LoopConfig)  # fmt: skip
     _typed(sub, "train-sft", _train_sft, "Supervised fine-tuning on demonstrations.", SFTConfig)
     _typed(sub, "generate", _generate, "K sampled completions per prompt of a file.",
            GenerateConfig)  # fmt: skip

@@ -556,6 +556,10 @@ def build_models(config: PPOConfig, console):
         reward_model.eval()
     if config.lora_r > 0:
         policy = add_lora(policy, r=config.lora_r, alpha=config.lora_alpha)
+    if config.reference is not None:  # another policy than the start, e.g. the SFT one
+        other, _ = load_policy(config.reference, options=config, what="--reference")
+        reference = Reference(frozen_copy(other), adapter_off=False)
+    elif config.lora_r > 0:
         reference = Reference(policy, adapter_off=True)
     else:
         reference = Reference(frozen_copy(policy), adapter_off=False)

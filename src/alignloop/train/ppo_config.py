@@ -90,6 +90,12 @@ class PPOConfig(TrainingOptions, SamplingOptions):
         "the policy with its adapter off (no second copy)",
     )
     save_adapter: bool = option(False, "with LoRA, save only the adapter (default: merged model)")
+    reference: str | None = option(
+        None,
+        "reference policy of the KL penalty, a local path or hub id with the policy's "
+        "tokenizer (default: --policy as it starts; with LoRA, its adapter switched off). "
+        "The loop passes the SFT policy while later rounds tune from the previous one",
+    )
     # stopping
     max_steps: int | None = option(
         None, "stop after this many PPO steps (rollout + update)", at_least=1
