@@ -342,14 +342,20 @@ def start_accelerator(config) -> tuple[Any, Any]:
     return accelerator, Console(stderr=True, quiet=not accelerator.is_main_process)
 
 
-def prepare_training(accelerator, config, model, optimizer, n_items: int) -> tuple[Any, ...]:
-    """The optimizer steps in all (`count_steps` over `n_items`) and the scheduler over
-    them; the model, optimizer and scheduler prepared together, so that the scheduler
-    steps once per optimizer step. Returns (model, optimizer, scheduler, total_steps)."""
+def prepare_training(
+    accelerator, config, model, n_items: int, *, optimizer: Callable[..., Any] = adamw
+) -> tuple[Any, ...]:
+    """`optimizer` (AdamW: `adamw`, or torch's) over the model's trainable parameters
+    at `config.lr` and `config.weight_decay`; the optimizer steps in all (`count_steps`
+    over `n_items`) and the scheduler over them; the model, optimizer and scheduler
+    prepared together, so that the scheduler steps once per optimizer step.
+    Returns (model, optimizer, scheduler, total_steps)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = optimizer(trainable, lr=config.lr, weight_decay=config.weight_decay)
     total_steps = count_steps(n_items, config, accelerator.num_processes)
-    scheduler = make_scheduler(config, optimizer, total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    return model, optimizer, scheduler, total_steps
+    scheduler = make_scheduler(config, opt, total_steps)
+    model, opt, scheduler = accelerator.prepare(model, opt, scheduler)
+    return model, opt, scheduler, total_steps
 
 
 def shard_batches(

@@ -46,7 +46,6 @@ from alignloop.train.common import (
     RunningMean,
     StepResult,
     TrainLoop,
-    adamw,
     prepare_training,
     shard_batches,
     start_accelerator,
@@ -494,13 +493,8 @@ def train_reward_model(config: RewardConfig) -> dict:
     accelerator, console = start_accelerator(config)
     train, held = _read_data(config)
     reward_model = _load_model(config, train, held, console)
-    optimizer = adamw(
-        [p for p in reward_model.parameters() if p.requires_grad],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-    )
     model, optimizer, scheduler, total_steps = prepare_training(
-        accelerator, config, reward_model, optimizer, len(train)
+        accelerator, config, reward_model, len(train)
     )
     checkpoints, log, state = start_run(accelerator, config, "alignloop-rm", console)
 

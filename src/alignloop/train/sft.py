@@ -193,13 +193,8 @@ def train_sft(config: SFTConfig) -> dict:
     console.print(f"SFT of {config.model}: {len(train)} examples, {len(held)} held out")
     # torch's AdamW, not the fused `common.adamw` of the other trainers: its rounding
     # differs, and this refactor keeps SFT's figures as they were.
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-    )
     model, optimizer, scheduler, total_steps = prepare_training(
-        accelerator, config, model, optimizer, len(train_rows)
+        accelerator, config, model, len(train_rows), optimizer=torch.optim.AdamW
     )
     checkpoints, log, state = start_run(accelerator, config, "alignloop-sft", console)
 
