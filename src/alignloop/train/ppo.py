@@ -74,7 +74,9 @@ from alignloop.train.common import (
     Checkpoints,
     MetricsLog,
     TrainingError,
+    config_parser,
     epoch_batches,
+    run_main,
     stop_unless_finite,
 )
 from alignloop.train.ppo_config import PPOConfig
@@ -1125,25 +1127,13 @@ def _save_policy(accelerator, policy, has_value_head, tokenizer, config, out: Pa
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    from alignloop.config import add_config_arguments
-
-    parser = parser or argparse.ArgumentParser(
-        prog="alignloop train-ppo", description="Tune a policy with PPO against a reward."
+    return config_parser(
+        PPOConfig, "alignloop train-ppo", "Tune a policy with PPO against a reward.", parser
     )
-    add_config_arguments(parser, PPOConfig)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from alignloop.config import config_from_args
-
-    args = make_parser().parse_args(argv)
-    try:
-        train_ppo(config_from_args(PPOConfig, args))
-    except (ConfigError, SchemaError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(make_parser(), PPOConfig, train_ppo, argv)
 
 
 if __name__ == "__main__":
