@@ -90,10 +90,21 @@ class Progress(BaseModel):
     project_tasks: int = Field(description="tasks the project needs: prompts x overlap")
 
 
+class MessageOut(BaseModel):
+    role: str = Field(description="system, user, assistant or tool")
+    content: str
+
+
 class TaskOut(BaseModel):
     assignment_id: int
     project: str
-    prompt: str
+    prompt: str = Field(
+        description="the prompt's text; for a conversation, its turns as plain text "
+        '("role: content" paragraphs)'
+    )
+    messages: list[MessageOut] | None = Field(
+        None, description="a conversational prompt's turns, in order; null for a text prompt"
+    )
     completions: list[CompletionOut]
     criteria: list[str]
     ranked_criteria: list[str]

@@ -458,8 +458,9 @@ def _completions(session: Session, a: Assignment) -> list[CompletionRow]:
 
 
 def _task_payload(session: Session, a: Assignment, now: dt.datetime) -> dict[str, Any]:
-    """An assignment as the labeler sees it (`get_task`): the prompt, its completions
-    in the labeler's order, the project's criteria, guidelines version and progress."""
+    """An assignment as the labeler sees it (`get_task`): the prompt (a conversation's
+    turns under "messages" too), its completions in the labeler's order, the
+    project's criteria, guidelines version and progress."""
     project = session.get(Project, a.project_id)
     g = current_guidelines(session, project)
     ranked = session.scalars(
@@ -491,15 +492,16 @@ def _task_payload(session: Session, a: Assignment, now: dt.datetime) -> dict[str
     tasks_done = (
         select(func.count()).select_from(Assignment).where(done_tasks(project.id))
     ).scalar_subquery()
-    prompt_text, n_done, n_complete, n_total, n_tasks_done = session.execute(
-        select(PromptRow.text, done_by_labeler, complete, total, tasks_done).where(
-            PromptRow.id == a.prompt_id
-        )
+    prompt_text, messages, n_done, n_complete, n_total, n_tasks_done = session.execute(
+        select(
+            PromptRow.text, PromptRow.messages, done_by_labeler, complete, total, tasks_done
+        ).where(PromptRow.id == a.prompt_id)
     ).one()
     return {
         "assignment_id": a.id,
         "project": project.name,
         "prompt": prompt_text,
+        "messages": messages,
         "completions": [{"id": c.public_id, "text": c.text} for c in _completions(session, a)],
         "criteria": list(project.criteria),
         "ranked_criteria": [c for c in project.criteria if c in ranked],

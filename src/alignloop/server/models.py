@@ -121,7 +121,12 @@ class PromptRow(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     external_id: Mapped[str] = mapped_column(String(200))  # the id in the prompts file
+    # A text prompt as it is; a conversation as `chat.prompt_display` writes it ("role:
+    # content" paragraphs), what the admin pages show and search, while `messages`
+    # holds its turns as the file gave them ([{"role", "content"}, ...]; NULL for a
+    # text prompt), what the labeling page shows and the exports give back.
     text: Mapped[str] = mapped_column(Text)
+    messages: Mapped[list[Any] | None] = mapped_column(JSON)
     reference: Mapped[str | None] = mapped_column(Text)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)

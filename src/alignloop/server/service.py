@@ -28,11 +28,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import ColumnElement, and_, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
+from alignloop.chat import prompt_display
 from alignloop.feedback import agreement_report, consensus, pairwise_agreement, rankings_to_pairs
 from alignloop.feedback.consensus import CONSENSUS_LABELER
 from alignloop.schema import (
@@ -205,12 +205,6 @@ def _check_task(
     to rank, every gold ranking ranks a prompt's own completions under a criterion of
     the project. Raises one SchemaError naming every bad record's file and line."""
     problems = _text_problems(prompts, completions)
-    problems += [
-        f"{p.where}: field 'prompt': a conversation; the labeling server shows text prompts "
-        "only (join the turns into one text)"
-        for p in prompts
-        if not isinstance(p.prompt, str)
-    ]
     index_by_id(prompts, problems)  # for the repeated prompt ids it names
     try:
         check_rankings(gold, completions, prompts)
@@ -246,41 +240,32 @@ def _check_task(
 def _text_problems(prompts: Sequence[Prompt], completions: Sequence[Completion]) -> list[str]:
     """Ids, texts and policies that the tables cannot hold (see `text_problem`)."""
     problems = []
-    fields: list[tuple[Record, str, int | None]] = [
-        *((p, f, NAME_MAX if f == "id" else None) for p in prompts for f in ("id", "prompt")),
-        *((p, "reference", None) for p in prompts if p.reference is not None),
-        *(
-            (c, f, None if f == "completion" else NAME_MAX)
-            for c in completions
-            for f in ("id", "prompt_id", "completion", "policy")
-            if getattr(c, f) is not None
-        ),
-    ]
-    for record, field, max_len in fields:
-        value = getattr(record, field)
-        if not isinstance(value, str):  # a conversation: its messages' texts
-            value = "".join(_strings(value))
-            max_len = None
+    for record, field, value, max_len in _stored_texts(prompts, completions):
         problem = text_problem(value, max_len=max_len)
         if problem:
-            problems.append(f"{record.where}: field {field!r} {problem}")
+            problems.append(f"{record.where}: {field} {problem}")
             if len(problems) >= SchemaError.shown:
                 break
     return problems
 
 
-def _strings(value: Any) -> Iterator[str]:
-    """Every string inside a record's value (a list of messages, say)."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, BaseModel):
-        yield from _strings(value.model_dump())
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _strings(v)
+def _stored_texts(
+    prompts: Sequence[Prompt], completions: Sequence[Completion]
+) -> Iterator[tuple[Record, str, str, int | None]]:
+    """(record, "field 'x'", text, its length limit) of every text the tables store;
+    each message of a conversation is held to a text prompt's limits."""
+    for p in prompts:
+        yield p, "field 'id'", p.id, NAME_MAX
+        if isinstance(p.prompt, str):
+            yield p, "field 'prompt'", p.prompt, None
+        else:
+            for i, m in enumerate(p.prompt, start=1):
+                yield p, f"field 'prompt': message {i}'s content", m.content, None
+    yield from ((p, "field 'reference'", p.reference, None) for p in prompts if p.reference)
+    for c in completions:
+        for f in ("id", "prompt_id", "completion", "policy"):
+            if getattr(c, f) is not None:
+                yield c, f"field {f!r}", getattr(c, f), None if f == "completion" else NAME_MAX
 
 
 def _public_ids(n: int) -> list[str]:
@@ -424,7 +409,8 @@ def _store_project(
             p.id: PromptRow(
                 project_id=project.id,
                 external_id=p.id,
-                text=p.prompt,
+                text=prompt_display(p.prompt),
+                messages=None if isinstance(p.prompt, str) else [m.model_dump() for m in p.prompt],
                 reference=p.reference,
                 meta=dict(p.metadata),
                 is_gold=p.id in gold_prompts,
@@ -599,7 +585,12 @@ def project_records(session: Session, project: Project) -> ProjectRecords:
     ).all()
     by_pk = {p.id: p for p in prompt_rows}
     prompts = [
-        Prompt(id=p.external_id, prompt=p.text, reference=p.reference, metadata=p.meta or {})
+        Prompt(
+            id=p.external_id,
+            prompt=p.text if p.messages is None else p.messages,
+            reference=p.reference,
+            metadata=p.meta or {},
+        )
         for p in prompt_rows
     ]
     completions = [

@@ -1,0 +1,29 @@
+"""Conversational prompts: `prompts.messages`, a prompt's turns as JSON
+([{"role", "content"}, ...]; NULL for a text prompt, so every stored prompt stays as
+it was). See alignloop/server/models.py.
+
+Downgrading drops the turns: a conversational prompt then keeps only its text, the
+turns written as "role: content" paragraphs (`chat.prompt_display`).
+
+Revision: 0003 (after 0002)
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("prompts", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("messages", sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("prompts", schema=None) as batch_op:
+        batch_op.drop_column("messages")
