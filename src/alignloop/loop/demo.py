@@ -28,18 +28,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import random
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from rich.console import Console
 
 from alignloop.config import option
-from alignloop.io import write_json, write_records
+from alignloop.io import read_records, write_json, write_records
 from alignloop.schema import Comparison, Completion, Prompt, Ranking
 
 if TYPE_CHECKING:
@@ -61,6 +62,22 @@ class DemoConfig:
     out: Path = option(Path("runs/demo"), "run directory")
     seed: int = option(0, "seed of every stage")
     quick: bool = option(False, "a small run for tests (about a minute)")
+    # the rounds (`loop/rounds.py`); one round is today's single pass, stage by stage
+    rounds: int = option(
+        1, "rounds of the loop; the labelled documents (the label budget) are split "
+        "across them", at_least=1
+    )  # fmt: skip
+    label_split: list[float] = option(
+        [], "share of the labelled documents each round labels, one per round (default: "
+        "equal shares)"
+    )  # fmt: skip
+    reference: Literal["sft", "previous"] = option(
+        "sft", "reference of PPO's KL penalty from round 2 on: the SFT policy or the last round's"
+    )
+    rm_init: Literal["previous", "scratch"] = option(
+        "previous", "each round's reward model starts from the last round's or from the SFT policy"
+    )
+    ppo_steps: int = option(100, "PPO steps of each round", at_least=1)
     # data
     n_train: int = 2000  # training documents: SFT targets and PPO prompts
     n_eval: int = 200  # held-out documents, never trained on
@@ -78,7 +95,6 @@ class DemoConfig:
     rm_lr: float = 3e-4
     rm_held_out: float = 0.1  # share of the labelled prompts held out to test it
     # PPO
-    ppo_steps: int = 100  # the step budget
     ppo_batch: int = 32  # prompts per rollout
     ppo_lr: float = 1e-4
     kl_coef: float = 0.1
@@ -298,6 +314,10 @@ class DemoRun:
     reward_model: RewardModel = field(init=False, repr=False)  # reward model: trained
     rm_metrics: dict = field(init=False, repr=False)  # reward model: its held-out test
     ppo: dict = field(init=False, repr=False)  # train_ppo's result
+    ppo_dir: Path = field(init=False, repr=False)  # PPO (or the last round): the tuned policy
+    rounds: list[dict] = field(init=False, repr=False)  # each round's figures (ROUND_KEYS)
+    loop: object = field(init=False, repr=False)  # rounds: the `rounds.LoopRun`
+    last_round: int = field(init=False, repr=False)  # rounds: how many ran
     evaluation: Evaluation = field(init=False, repr=False)  # evaluate
 
 
@@ -457,6 +477,7 @@ def _ppo(run: DemoRun) -> str:
         sample_every=max(1, cfg.ppo_steps // 4), samples_shown=2, log_rollouts=True,
         reward_max_length=128, seed=cfg.seed,
     ))  # fmt: skip
+    run.ppo_dir = out / "ppo"
     return (f"{run.ppo['steps']} steps, {run.ppo['episodes']} episodes, stopped by "
             f"{run.ppo['stop_reason']}")  # fmt: skip
 
@@ -491,7 +512,7 @@ def _evaluate(run: DemoRun) -> str:
     cfg, out = run.cfg, run.out
     # The policies' own tokenizer: the reward model's appends EOS to every text it reads.
     sft, tokenizer = load_policy(out / "sft")
-    policies = {"sft": sft, "rlhf": load_policy(out / "ppo")[0]}
+    policies = {"sft": sft, "rlhf": load_policy(run.ppo_dir)[0]}
     completions = {}
     for name, model in policies.items():
         completions[name] = _sample_held_out(run, model, tokenizer, name)
@@ -566,18 +587,22 @@ def _report(run: DemoRun) -> str:
     from alignloop.evaluate.report import load_ppo_log, render_report
 
     cfg, out, metrics = run.cfg, run.out, run.metrics
+    if not hasattr(run, "rounds"):  # one round, stage by stage
+        run.rounds = [_one_round(run)]
     metrics.update(_figures(run))
-    rollouts = load_ppo_log(out / "ppo" / "rollouts.jsonl")
+    metrics["rounds"] = run.rounds
+    rollouts = load_ppo_log(run.ppo_dir / "rollouts.jsonl")
     data = report_data(
         run.evaluation, run.eval_prompts, examples=12, title="alignloop demo",
-        subtitle=(f"one round of RLHF on the built-in summarization task: "
+        subtitle=(f"{_rounds_in_words(cfg.rounds)} of RLHF on the built-in summarization task: "
                   f"{cfg.n_train} documents, {len(run.rankings)} simulated rankings, "
                   f"{run.ppo['steps']} PPO steps; held-out documents judged by the "
                   f"hidden gold judge"),
     )  # fmt: skip
     data.update(
         config={k: str(v) for k, v in asdict(cfg).items()},
-        ppo_log=load_ppo_log(out / "ppo" / "metrics.jsonl"),
+        ppo_log=load_ppo_log(run.ppo_dir / "metrics.jsonl"),
+        rounds=metrics["rounds"],
         overoptimization=overoptimization(rollouts, run.prompts),
         reward_model=run.rm_metrics,
         agreement=run.agreement,
@@ -588,6 +613,99 @@ def _report(run: DemoRun) -> str:
     write_json(out / "report_data.json", data)
     render_report(data, out / "report.html")
     return f"{out / 'report.html'}"
+
+
+def _rounds_in_words(n: int) -> str:
+    return "one round" if n == 1 else f"{n} rounds"
+
+
+def _one_round(run: DemoRun) -> dict:
+    """The one-round demo's figures as one entry of metrics.json's `rounds`."""
+    from alignloop.loop.rounds import ROUND_KEYS, judge_pairs
+    from alignloop.world import gold_utility
+
+    win, pol = run.evaluation.win_rates, run.evaluation.policies
+    rewards = {r["id"]: r["reward"] for r in run.evaluation.rows["rlhf"]}
+    rlhf = read_records(run.out / "eval" / "completions_rlhf.jsonl", Completion)
+    record = {
+        "round": 1,
+        "n_rankings": len(run.rankings),
+        "win_rate_vs_sft": win["rlhf_vs_sft/gold"]["rate"],
+        "win_rate_vs_reference": win["rlhf_vs_prompt_reference/gold"]["rate"],
+        "rm_gold_accuracy_on_policy": pair_accuracy(
+            rewards, judge_pairs(gold_utility, run.eval_prompts, rlhf)
+        ),
+        "kl_to_sft": pol["rlhf"]["kl_mean"],
+        "gold_mean": pol["rlhf"]["gold_mean"],
+        "seconds": round(sum(v for k, v in run.seconds.items() if k not in ("world", "sft")), 2),
+    }
+    assert tuple(record) == ROUND_KEYS
+    return record
+
+
+def _rounds(run: DemoRun) -> str:
+    """The rounds of the loop (`loop.rounds.run_rounds`) from the SFT policy with the
+    simulated labelers, the labelled documents split across the rounds."""
+    from alignloop.loop.rounds import ROUND_KEYS, run_rounds
+
+    cfg, out = run.cfg, run.out
+    loop, records = run_rounds(loop_config(cfg, out, run.paths))
+    last = loop.round_dir(len(records))
+    run.rounds = [{k: rec[k] for k in ROUND_KEYS} for rec in records]
+    run.loop, run.last_round = loop, len(records)
+    run.rankings, run.labeler_pairs = [], []
+    for n in range(1, len(records) + 1):
+        run.rankings += read_records(loop.round_dir(n) / "rankings.jsonl", Ranking)
+        run.labeler_pairs += read_records(loop.round_dir(n) / "pairs.jsonl", Comparison)
+    run.agreement = json.loads((last / "agreement.json").read_text())["agreement"]
+    run.rm_metrics = json.loads((last / "rm" / "held_out.json").read_text())
+    run.ppo = json.loads((last / "ppo_result.json").read_text())
+    run.ppo_dir = last / "ppo"
+    return (f"{len(records)} rounds, {len(run.rankings)} rankings in all; stopped by "
+            f"{loop.state['stop_reason']}")  # fmt: skip
+
+
+def loop_config(cfg: DemoConfig, out: Path, paths: dict[str, Path]):
+    """The demo's rounds as a `LoopConfig`: the SFT policy, the world's prompts and
+    gold judge, the simulated labelers; `n_label` documents split by `label_split`."""
+    from alignloop.loop.loop_config import LoopConfig
+
+    shares = cfg.label_split or [1.0 / cfg.rounds] * cfg.rounds
+    if len(shares) != cfg.rounds:
+        from alignloop.config import ConfigError
+
+        raise ConfigError(f"--label-split needs one share per round ({cfg.rounds})")
+    sizes = [max(1, round(cfg.n_label * x / sum(shares))) for x in shares[:-1]]
+    sizes.append(max(1, cfg.n_label - sum(sizes)))  # the same label budget in all
+    return LoopConfig(
+        out=out, policy=str(out / "sft"), prompts=paths["prompts_train"],
+        eval_prompts=paths["prompts_eval"], judge="alignloop.world:gold_utility",
+        seed=cfg.seed, rounds=cfg.rounds, prompts_per_round=max(sizes), round_prompts=sizes,
+        k=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+        source="simulated", overlap=cfg.overlap, labelers=cfg.labelers, rm_init=cfg.rm_init,
+        rm_model=str(out / "sft"), rm_epochs=cfg.rm_epochs, rm_lr=cfg.rm_lr, rm_batch_size=16,
+        rm_max_length=128, rm_held_out=cfg.rm_held_out, reference=cfg.reference,
+        ppo_steps=cfg.ppo_steps, ppo_batch_size=cfg.ppo_batch, ppo_lr=cfg.ppo_lr,
+        kl_coef=cfg.kl_coef, ppo_save_every=0, eval_k=cfg.eval_k, title="alignloop demo",
+    )  # fmt: skip
+
+
+def _evaluate_rounds(run: DemoRun) -> str:
+    """The last round's policy and the SFT policy on the held-out documents (the
+    samples the round's evaluation drew), as the one-round demo's files."""
+    from alignloop.loop.rounds import evaluate_round
+
+    n, out = run.last_round, run.out
+    run.evaluation, _ = evaluate_round(run.loop, n)
+    rlhf = read_records(run.loop.round_dir(n) / "eval" / "completions_rlhf.jsonl", Completion)
+    write_records(out / "eval" / "completions_rlhf.jsonl", rlhf)
+    write_json(out / "eval" / "eval.json", run.evaluation.summary())
+    run.reward_model = None  # type: ignore[assignment]  # the last round's, inside evaluate_round
+    win = run.evaluation.win_rates
+    return (
+        f"round {n}'s policy beats SFT on {win['rlhf_vs_sft/gold']['rate']:.3f} and the "
+        f"references on {win['rlhf_vs_prompt_reference/gold']['rate']:.3f} by the gold judge"
+    )
 
 
 class DemoStage(NamedTuple):
@@ -609,13 +727,22 @@ STAGES = (
     DemoStage("evaluate", _evaluate, "evaluate", spinner=False),
     DemoStage("report", _report, None),
 )
+# The demo with --rounds 2 or more: the rounds machinery between SFT and the report.
+ROUND_STAGES = (
+    DemoStage("world", _world, "world"),
+    DemoStage("supervised fine-tuning", _sft, "sft", spinner=False),
+    DemoStage("rounds", _rounds, "rounds", spinner=False),
+    DemoStage("evaluate", _evaluate_rounds, "evaluate", spinner=False),
+    DemoStage("report", _report, None),
+)
 
 
 def run_demo(config: DemoConfig) -> dict:
     """Run one round of the loop on the built-in world, `STAGES` in order; returns
     the metrics that are also written to `metrics.json` (and shown in `report.html`)."""
     run = _begin(config)
-    for number, (title, step, seconds_key, spinner) in enumerate(STAGES, start=1):
+    stages = STAGES if run.cfg.rounds == 1 else ROUND_STAGES
+    for number, (title, step, seconds_key, spinner) in enumerate(stages, start=1):
         with stage(f"{number}. {title}", spinner=spinner) as s:
             s["summary"] = step(run)
         if seconds_key is not None:

@@ -67,6 +67,10 @@ class LoopConfig(Options):
     min_gain: float = option(0.0, "the gain --stop-on-no-gain asks for")
     # sampling the completions people rank
     prompts_per_round: int = option(500, "prompts labelled each round", at_least=1)
+    round_prompts: list[int] = option(
+        [], "prompts labelled in each round, one number per round (the last one for any "
+        "later round); default: --prompts-per-round every round"
+    )  # fmt: skip
     k: int = option(4, "completions per prompt", at_least=2)
     temperature: float = option(1.0, "sampling temperature (labelled, PPO and eval samples)")
     max_new_tokens: int = option(40, "longest completion in tokens", at_least=1)

@@ -33,7 +33,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from alignloop.config import ConfigError
 from alignloop.io import read_records, write_json, write_records
@@ -45,8 +45,10 @@ from alignloop.schema import Comparison, Completion, Prompt, Ranking
 __all__ = [
     "ROUND_KEYS",
     "ROUND_STAGES",
+    "IdPair",
     "LoopRun",
     "evaluate_round",
+    "judge_pairs",
     "make_source",
     "run_loop",
     "run_rounds",
@@ -143,13 +145,20 @@ def _round_prompts(run: LoopRun, n: int) -> list[Prompt]:
     """Round n's prompts: the next `prompts_per_round` of the training prompts (from
     the start again when they run out), fewer when the label budget is nearly spent."""
     cfg, pool = run.cfg, run.prompts
-    size = min(cfg.prompts_per_round, len(pool))
+    size = min(_planned(cfg, n), len(pool))
     if cfg.label_budget is not None:
         used = sum(r["n_rankings"] for k, r in run.state["rounds"].items()
                    if int(k) < n and "n_rankings" in r)  # fmt: skip
         size = min(size, max(1, (cfg.label_budget - used) // max(1, _rankings_per_prompt(cfg))))
-    start = (n - 1) * cfg.prompts_per_round
+    start = sum(_planned(cfg, m) for m in range(1, n))
     return [pool[(start + i) % len(pool)] for i in range(size)]
+
+
+def _planned(cfg: LoopConfig, n: int) -> int:
+    """Prompts round n labels as configured (--round-prompts, else --prompts-per-round)."""
+    if cfg.round_prompts:
+        return cfg.round_prompts[min(n, len(cfg.round_prompts)) - 1]
+    return cfg.prompts_per_round
 
 
 def _rankings_per_prompt(cfg: LoopConfig) -> int:
@@ -268,7 +277,15 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def _judge_pairs(judge, prompts: list[Prompt], completions: list[Completion]) -> list[Comparison]:
+class IdPair(NamedTuple):
+    """A judged pair by completion ids (texts may be empty: a policy's samples)."""
+
+    prompt_id: str
+    chosen_id: str
+    rejected_id: str
+
+
+def judge_pairs(judge, prompts: list[Prompt], completions: list[Completion]) -> list[IdPair]:
     """Every pair of a prompt's completions the judge does not tie, the better chosen."""
     by_id = {p.id: p for p in prompts}
     score = {c.id: judge(by_id[c.prompt_id], c.completion) for c in completions}
@@ -282,11 +299,7 @@ def _judge_pairs(judge, prompts: list[Prompt], completions: list[Completion]) ->
                 if abs(score[a.id] - score[b.id]) <= 1e-9:
                     continue
                 chosen, rejected = (a, b) if score[a.id] > score[b.id] else (b, a)
-                pairs.append(Comparison(
-                    prompt=by_id[pid].prompt, chosen=chosen.completion,
-                    rejected=rejected.completion, prompt_id=pid, chosen_id=chosen.id,
-                    rejected_id=rejected.id, labeler="judge",
-                ))  # fmt: skip
+                pairs.append(IdPair(pid, chosen.id, rejected.id))
     return pairs
 
 
@@ -311,7 +324,7 @@ def _held_out_accuracy(run: LoopRun, n: int, criterion: str) -> dict:
     ))  # fmt: skip
     vs_labelers = [p for p in read_records(d / "pairs.jsonl", Comparison)
                    if p.prompt_id in held and (p.criterion in (None, criterion))]  # fmt: skip
-    vs_judge = _judge_pairs(run.judge, prompts, completions) if run.judge else []
+    vs_judge = judge_pairs(run.judge, prompts, completions) if run.judge else []
     return {
         "accuracy_labelers": pair_accuracy(scores, vs_labelers),
         "accuracy_gold": pair_accuracy(scores, vs_judge),
@@ -405,7 +418,7 @@ def evaluate_round(run: LoopRun, n: int):
         from alignloop.loop.demo import pair_accuracy
 
         rewards = {r["id"]: r["reward"] for r in evaluation.rows["rlhf"]}
-        on_policy = pair_accuracy(rewards, _judge_pairs(run.judge, run.eval_prompts,
+        on_policy = pair_accuracy(rewards, judge_pairs(run.judge, run.eval_prompts,
                                                         completions["rlhf"]))  # fmt: skip
     reference = win.get(f"rlhf_vs_prompt_reference/{by}")
     figures = {
