@@ -79,25 +79,51 @@ def test_every_accelerate_config_loads_in_accelerate(path):
         assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
 
 
-def test_prepare_hh_on_the_real_sample(tmp_path):
+def _prepare_hh():
     if not HH_SAMPLE.exists():
         pytest.skip(f"{HH_SAMPLE} is absent (it lives in ../shared, outside the repository)")
     import importlib.util
 
-    from alignloop.io import read_records
-
     spec = importlib.util.spec_from_file_location("prepare_hh", EXAMPLES / "hh" / "prepare_hh.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_prepare_hh_on_the_real_sample(tmp_path):
+    from alignloop.io import import_hh, read_records
+
     out = tmp_path / "hh"
     argv = ["--train", str(HH_SAMPLE), "--test", str(HH_SAMPLE), "--out", str(out)]
-    assert module.main(argv) == 0
+    assert _prepare_hh().main(argv) == 0
     sft = read_records(out / "sft.jsonl", "prompt")
     prompts = read_records(out / "prompts.jsonl", "prompt")
-    assert len(sft) >= 1500 and all(p.reference and p.prompt.endswith("Assistant:") for p in sft)
-    assert len(prompts) == len({p.prompt for p in sft}) <= len(sft)
+    assert len(sft) == 1596 and all(p.reference and p.prompt.endswith("Assistant:") for p in sft)
+    assert len(prompts) == len({p.prompt for p in sft}) < len(sft)
     assert len(read_records(out / "eval_prompts.jsonl", "prompt")) == len(prompts)
-    assert (out / "hh-train.jsonl").read_bytes() == HH_SAMPLE.read_bytes()
+    pairs = read_records(out / "pairs-train.jsonl", "comparison")
+    assert pairs == import_hh(HH_SAMPLE).comparisons  # what `alignloop data import-hh` gives
+
+
+def test_prepare_hh_conversational_keeps_every_turn(tmp_path):
+    from alignloop.io import read_records
+
+    module = _prepare_hh()
+    out = tmp_path / "hh"
+    argv = ["--train", str(HH_SAMPLE), "--test", str(HH_SAMPLE), "--out", str(out)]
+    assert module.main([*argv, "--conversational"]) == 0
+    prompts = read_records(out / "prompts.jsonl", "prompt")
+    for p in prompts:
+        roles = [m.role for m in p.prompt]
+        assert roles[0] == roles[-1] == "user"
+        assert all(a != b for a, b in zip(roles, roles[1:], strict=False))  # turns alternate
+    # the turns render back to HH's text
+    rendered = "".join(f"\n\n{'Human' if m.role == 'user' else 'Assistant'}: {m.content}"
+                       for m in prompts[0].prompt) + "\n\nAssistant:"  # fmt: skip
+    assert rendered == module.import_hh(HH_SAMPLE).comparisons[0].prompt
+    pairs = read_records(out / "pairs-train.jsonl", "comparison")
+    assert len(pairs) == 1596 and pairs[0].chosen[0].role == "assistant"
+    assert read_records(out / "sft.jsonl", "prompt")[0].reference == pairs[0].chosen[0].content
 
 
 # --- FSDP through accelerate on CPU ---------------------------------------------------
