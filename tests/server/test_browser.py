@@ -1165,3 +1165,52 @@ def test_a_screen_reader_hears_each_responses_rank(page, server):
     page.keyboard.press("2")
     assert labels() == ["Response A, rank 2", "Response B, not ranked"]
     assert page.get_attribute("#message", "role") == "status"  # messages are announced
+
+
+def test_a_conversation_shows_as_labelled_turns_with_markup_as_text(page, server, shots):
+    turns = [
+        ("system", "You answer **briefly**."),
+        ("user", f"Summarize this: {XSS}"),
+        ("assistant", "Which part?"),
+        ("user", "The first sentence."),
+    ]
+    conversation = [{"role": role, "content": content} for role, content in turns]
+    project = "chat"
+    who = _fresh_project(
+        server,
+        project,
+        criteria=["helpfulness"],
+        n_prompts=1,
+        k=2,
+        prompt=lambda n, i: conversation,
+    )
+    sign_in(page, server, who)
+    page.goto(server["url"] + f"/projects/{project}/label")
+    page.wait_for_selector("#task:not([hidden])")
+    shown = page.locator("#prompt .turn")
+    assert shown.count() == 4
+    assert page.locator("#prompt .turn-role").all_text_contents() == [
+        "System",
+        "User",
+        "Assistant",
+        "User",
+    ]
+    assert [shown.nth(i).get_attribute("class") for i in range(4)] == [
+        f"turn turn-{role}" for role, _ in turns
+    ]
+    # Each turn's content as the page's safe Markdown: emphasis as elements, markup as text.
+    assert shown.nth(0).locator("strong").inner_text() == "briefly"
+    said = shown.nth(1).locator(".turn-content").inner_text()  # (__pwned__ reads as bold)
+    assert said.startswith("Summarize this: <script>window.") and '<img src=x onerror="' in said
+    assert page.locator("#prompt script, #prompt img").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    page.screenshot(path=str(shots / "conversation.png"), full_page=True)
+
+    page.keyboard.press("1")
+    card(page, "B").focus()
+    page.keyboard.press("2")
+    page.click("#submit")
+    page.wait_for_selector("#done:not([hidden])")
+    (pair,) = service.export_project(server["db"], project, "pairs")
+    assert pair.prompt == Prompt(id="x", prompt=conversation).prompt
+    assert [m.role for m in pair.chosen] == ["assistant"]

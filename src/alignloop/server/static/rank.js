@@ -167,6 +167,34 @@
     }
   }
 
+  // A text prompt as Markdown; a conversation as its turns, in order, each under its
+  // role's name (the role is one of the schema's four; the content is Markdown too).
+  const roleNames = {
+    system: t("js.role_system"),
+    user: t("js.role_user"),
+    assistant: t("js.role_assistant"),
+    tool: t("js.role_tool"),
+  };
+
+  function showPrompt() {
+    const box = $("prompt");
+    if (!Array.isArray(task.messages)) {
+      box.classList.remove("conversation");
+      markdown(box, task.prompt);
+      return;
+    }
+    box.replaceChildren();
+    box.classList.add("conversation");
+    for (const m of task.messages) {
+      const known = Object.hasOwn(roleNames, m.role);
+      const turn = el("section", known ? "turn turn-" + m.role : "turn");
+      const content = el("div", "turn-content");
+      markdown(content, String(m.content));
+      turn.append(el("h3", "turn-role", known ? roleNames[m.role] : String(m.role)), content);
+      box.append(turn);
+    }
+  }
+
   // --- tasks ----------------------------------------------------------------------
 
   async function loadNext() {
@@ -216,7 +244,7 @@
       return;
     }
     showProgress();
-    markdown($("prompt"), task.prompt);
+    showPrompt();
     buildBoard();
     startCriterion();
     $("task").hidden = false;
@@ -400,7 +428,7 @@
     todo = last.rankings.map((r) => r.criterion);
     step = 0;
     $("done").hidden = true;
-    markdown($("prompt"), task.prompt);
+    showPrompt();
     buildBoard();
     startCriterion();
     $("edit-text").textContent = t("js.editing", { criteria: todo.join(", ") });
