@@ -6,6 +6,7 @@ migration 0003 leaves what was stored before as it was."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -29,7 +30,10 @@ CONVERSATION = [
 
 def body() -> dict:
     """An admin API project body: prompt c0 is a conversation, t1 a text."""
-    prompts = [{"id": "c0", "prompt": CONVERSATION}, {"id": "t1", "prompt": "Say hi."}]
+    prompts = [
+        {"id": "c0", "prompt": copy.deepcopy(CONVERSATION)},
+        {"id": "t1", "prompt": "Say hi."},
+    ]
     completions = [
         {"id": f"{p['id']}-{j}", "prompt_id": p["id"], "completion": f"answer {j}"}
         for p in prompts
@@ -175,3 +179,56 @@ def test_migration_0003_keeps_text_prompts_as_they_were(tmp_path):
         records = service.project_records(session, service.get_project(session, "p"))
     assert records.prompts == [Prompt(id="q", prompt="a text")]
     db.dispose()
+
+
+def test_the_admin_page_creates_a_conversation_project_and_reviews_its_turns(db, client):
+    import re
+
+    def csrf(html: str) -> str:
+        return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+    def sign_in(token: str) -> None:
+        client.cookies.clear()
+        data = {"token": token, "csrf_token": csrf(client.get("/login").text), "next": "/"}
+        assert client.post("/login", data=data, follow_redirects=False).status_code == 303
+
+    boss, ann = service.add_labeler(db, "boss", admin=True), service.add_labeler(db, "ann")
+    b = body()
+    b["prompts"][0]["prompt"][1]["content"] = "What is <script>alert(1)</script> 2 + 2?"
+    files = {
+        k: (f"{k}.jsonl", "".join(json.dumps(x) + "\n" for x in b[k]))
+        for k in ("prompts", "completions")
+    }
+    fields = {"name": "chat", "criteria": "helpfulness", "overlap": "1", "assignment_ttl_min": "30"}
+    sign_in(boss)
+    form = client.get("/admin/projects/new").text
+    r = client.post(
+        "/admin/projects/new",
+        data={**fields, "gold_rate": "", "guidelines": "# Rank\n", "csrf_token": csrf(form)},
+        files=files,
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    with db.read() as session:
+        records = service.project_records(session, service.get_project(session, "chat"))
+    assert records.prompts[0] == Prompt(id="c0", prompt=b["prompts"][0]["prompt"])
+
+    sign_in(ann)
+    from alignloop.server import assign
+
+    assign.acknowledge(db, 2, "chat", assign.guidelines_for(db, 2, "chat")["version"])
+    while (task := assign.next_task(db, 2, "chat")) is not None:
+        ranking = [[c["id"]] for c in task["completions"]]
+        assign.submit_ranking(db, 2, task["assignment_id"], assign.Submission(None, ranking))
+    sign_in(boss)
+    page = client.get("/admin/projects/chat/review", params={"prompt_id": "c0"}).text
+    roles = re.findall(r'<section class="turn turn-(\w+)"><h3 class="turn-role">(\w+)</h3>', page)
+    assert roles == [
+        ("system", "System"),
+        ("user", "User"),
+        ("assistant", "Assistant"),
+        ("user", "User"),
+    ]
+    assert "<em>careful</em>" in page  # each turn's Markdown
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page

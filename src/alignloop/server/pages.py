@@ -485,6 +485,10 @@ def _review_view(item: dict[str, Any]) -> dict[str, Any]:
     return {
         **item,
         "prompt_html": _markdown.render(item["prompt"]),
+        "turns": [  # a conversation's, each message's content as Markdown
+            {"role": m["role"], "html": _markdown.render(m["content"])}
+            for m in item["messages"] or ()
+        ],
         "completions": [{**c, "letter": letter[c["id"]]} for c in item["completions"]],
         "criteria": criteria,
     }

@@ -848,7 +848,8 @@ def review_items(
     one `prompt_id`), with its completions and every labeler's current ranking side
     by side, per criterion:
 
-        {"prompt_id", "prompt", "completions": [{"id", "text", "policy"}],
+        {"prompt_id", "prompt", "messages": a conversation's [{"role", "content"}] or None,
+         "completions": [{"id", "text", "policy"}],
          "criteria": {criterion: {"rankings": [{"labeler", "ranking", "unrankable",
                                                 "rationale", "flag_unsafe", "version"}],
                                   "agreement": share or None, "contested": [[a, b]]}},
@@ -900,6 +901,7 @@ def review_items(
             {
                 "prompt_id": p.external_id,
                 "prompt": p.text,
+                "messages": p.messages,
                 "completions": [
                     {"id": c.external_id, "text": c.text, "policy": c.policy}
                     for c in completions[prompt_pk]
