@@ -130,7 +130,9 @@ def test_every_message_is_held_to_the_limits_of_a_text_prompt(db, as_labeler):
     assert service.list_projects(db) == []
 
 
-def test_cli_create_and_export_of_a_conversation_project(tmp_path, capsys):
+def cli_project(tmp_path) -> str:
+    """`alignloop project create` of body()'s files into a new SQLite file, every task
+    ranked "answer 2" first, then "answer 0" and "answer 1" tied; returns the URL."""
     url = f"sqlite:///{tmp_path / 'labels.db'}"
     b = body()
     files = {k: tmp_path / f"{k}.jsonl" for k in ("prompts", "completions")}
@@ -150,6 +152,11 @@ def test_cli_create_and_export_of_a_conversation_project(tmp_path, capsys):
         ranking = [[ids["answer 2"]], [ids["answer 0"], ids["answer 1"]]]
         assign.submit_ranking(db, 1, task["assignment_id"], assign.Submission(None, ranking))
     db.dispose()
+    return url
+
+
+def test_cli_create_and_export_of_a_conversation_project(tmp_path, capsys):
+    url = cli_project(tmp_path)
     out = tmp_path / "pairs.jsonl"
     export = ["project", "export", "--db", url, "--name", "chat", "--what", "pairs"]
     assert main([*export, "--out", str(out)]) == 0
@@ -164,6 +171,20 @@ def test_cli_create_and_export_of_a_conversation_project(tmp_path, capsys):
     assert len(read_records(rankings, "ranking")) == 2
     write_records(tmp_path / "again.jsonl", pairs)
     assert read_comparisons(tmp_path / "again.jsonl").comparisons == pairs
+
+
+@pytest.mark.slow
+def test_train_rm_trains_on_the_exported_pairs_as_they_are(chat_models, tmp_path):
+    url = cli_project(tmp_path)
+    pairs = tmp_path / "pairs.jsonl"
+    export = ["project", "export", "--db", url, "--name", "chat", "--what", "pairs"]
+    assert main([*export, "--out", str(pairs)]) == 0
+    out = tmp_path / "rm"
+    train = ["train-rm", "--model", str(chat_models["rm"]), "--data", str(pairs), "--out", str(out)]
+    train += ["--max-steps", "2", "--batch-size", "1", "--eval-fraction", "0.5"]
+    train += ["--norm-samples", "4", "--mixed-precision", "no", "--save-every", "0"]
+    assert main(train) == 0
+    assert json.loads((out / "eval.json").read_text())["n"] == 2  # one prompt's 2 pairs
 
 
 def test_migration_0003_keeps_text_prompts_as_they_were(tmp_path):
