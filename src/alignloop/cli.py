@@ -200,7 +200,10 @@ def _eval(config: EvalConfig) -> int:
 def _report(args: argparse.Namespace) -> int:
     from alignloop.evaluate.report import load_report_data, render_report
 
-    path = render_report(load_report_data(args.data, ppo_log=args.ppo_log), args.out)
+    data = load_report_data(
+        args.data, ppo_log=args.ppo_log, sft_log=args.sft_log, rm_log=args.rm_log
+    )
+    path = render_report(data, args.out)
     print(f"wrote {path}")
     return 0
 
@@ -351,6 +354,8 @@ def make_parser() -> argparse.ArgumentParser:
         "(e.g. an eval run's report_data.json)"
     )  # fmt: skip
     p.add_argument("--ppo-log", help="a PPO run's metrics.jsonl, for the PPO plots")
+    p.add_argument("--sft-log", help="an SFT run's metrics.jsonl, for its loss curve")
+    p.add_argument("--rm-log", help="a reward-model run's metrics.jsonl, for its curves")
     p.add_argument("--out", required=True, help="HTML file to write")
 
     _add_data_commands(_group(sub, "data", "Validate, convert and import record files."))

@@ -92,19 +92,20 @@ def test_full_report_is_self_contained_and_escaped(tmp_path):
     assert "http://" not in page.replace(escaped, "")
     assert "https://" not in page.replace(escaped, "")
     assert "demo &lt;round 1&gt;" in page and "doc two &amp; more" in page
-    # One image per plot: PPO reward, PPO KL, over-optimization, win rates, before/after.
+    # One image per plot, in page order: win rates, before/after, over-optimization,
+    # then the training curves (PPO reward, PPO KL).
     assert plots_in(data) == [
-        "ppo_reward",
-        "ppo_kl",
-        "overoptimization",
         "win_rates",
         "before_after",
+        "overoptimization",
+        "ppo_reward",
+        "ppo_kl",
     ]
     pngs = images(page)
     assert len(pngs) == page.count("<img") == 5
     assert all(p.startswith(b"\x89PNG\r\n\x1a\n") and len(p) > 5000 for p in pngs)
     for heading in (
-        "PPO",
+        "Training curves",
         "Over-optimization",
         "Win rates",
         "Before and after",
@@ -125,7 +126,14 @@ def test_sections_appear_only_with_their_data(tmp_path):
     }
     page = render_report(data, tmp_path / "r.html").read_text()
     assert "Win rates" in page and "<img" not in page  # no rate, no plot
-    for heading in ("PPO", "Over-optimization", "Side by side", "Labeler agreement"):
+    for heading in (
+        "PPO",
+        "Training curves",
+        "Over-optimization",
+        "Side by side",
+        "Labeler agreement",
+        "Rounds",
+    ):
         assert f"<h2>{heading}</h2>" not in page
     # A PPO log with KL only (no reward key) gives the KL plot alone.
     data = {"ppo_log": [{"step": 1, "kl": 0.1}, {"step": 2, "kl": 0.3}]}
@@ -171,3 +179,191 @@ def test_report_command_merges_data_and_a_ppo_log(tmp_path, capsys):
     assert "bad.json: report data: side_by_side.0.prompt: Field required" in capsys.readouterr().err
     with pytest.raises(ReportDataError, match="no report data"):
         load_report_data([])
+
+
+def rounds(n: int) -> list[dict]:
+    """`n` rounds as metrics.json's `rounds` gives them; round 2 has samples."""
+    out = []
+    for r in range(1, n + 1):
+        row = {
+            "round": r,
+            "n_rankings": 2000,
+            "win_rate_vs_sft": 0.6 + 0.07 * r,
+            "win_rate_vs_reference": 0.5 + 0.07 * r,
+            "rm_gold_accuracy_on_policy": 0.7 + 0.02 * r,
+            "kl_to_sft": 0.5 * r,
+            "gold_mean": 1.0 + 0.15 * r,
+            "seconds": 150.0,
+        }
+        if r == 2:
+            row["side_by_side"] = [{"prompt": "round two doc", "sft": "old", "rlhf": EVIL}]
+        out.append(row)
+    return out
+
+
+def headline(page: str) -> str:
+    """The page's opening sentence and the list under it, as text."""
+    top = re.search(r'<p class="headline">.*?</p>(<ul class="also">.*?</ul>)?', page)
+    assert top is not None
+    text = re.sub(r"<[^>]+>", "", re.sub(r"</(p|li)>", " ", top[0]))
+    return " ".join(html.unescape(text).split())
+
+
+def test_the_top_says_it_in_words(tmp_path):
+    data = full_data()
+    data["metrics"] = {
+        "n_eval_documents": 5,
+        "eval_samples_per_document": 2,
+        "rm_gold_accuracy": 0.8,
+    }
+    data["targets"] = {
+        "win_rate_rlhf_vs_sft": {"target": ">= 0.75", "value": 0.7, "met": False},
+        "demo_seconds": {"target": "<= 600.0", "value": 444.7, "met": True},
+    }
+    page = render_report(data, tmp_path / "r.html").read_text()
+    text = headline(page)
+    assert text.startswith(
+        "The tuned policy's completions beat the supervised policy's 70% of the time on "
+        "5 documents nobody trained on, 2 samples each (95% interval 45% to 95%, by the "
+        "hidden gold judge; ties count half)."
+    )
+    assert "1 of 2 targets met; not met: The tuned policy beats the supervised policy" in text
+    # The targets: needed and reached in the figure's form, met or not met.
+    assert "at least 75.0%" in page and "70.0%" in page and "at most 600 s (10.0 min)" in page
+    assert page.count('class="badge bad">not met<') == 1
+    assert page.count('class="badge good">met<') == 1
+    # Key figures with their meaning; every figure folded below.
+    assert "Reward model agrees with the gold judge</td><td>80.0%" in page
+    assert "0.5: chance" in page and "<summary>All 3 figures</summary>" in page
+    # The policies' table, in words with each column's scale.
+    assert "The policies on the held-out prompts" in page and "lower is better" in page
+    assert "<td>Tuned policy</td>" in page
+
+
+def test_a_headline_given_and_names(tmp_path):
+    data = full_data()
+    data["headline"] = "It <works>."
+    data["names"] = {"rlhf": "new model"}
+    data["rounds"] = rounds(1)
+    page = render_report(data, tmp_path / "r.html").read_text()
+    assert '<p class="headline">It &lt;works&gt;.</p>' in page
+    assert "new model vs supervised policy" in page  # the win-rate table's comparison
+    # Without a headline given: "After N rounds" where there are rounds.
+    del data["headline"]
+    page = render_report(data, tmp_path / "r.html").read_text()
+    assert headline(page).startswith("After 1 round of RLHF, the new model's completions beat")
+
+
+def test_rounds_table_plot_and_samples(tmp_path):
+    data = full_data() | {"rounds": rounds(3)}
+    assert plots_in(data)[:2] == ["rounds", "win_rates"]
+    page = render_report(data, tmp_path / "r.html").read_text()
+    assert '<section id="rounds"><h2>Rounds</h2>' in page
+    table = page[page.index('<table class="rounds">') :]
+    table = table[: table.index("</table>")]
+    assert table.count("<tr>") == 4  # the header and three rounds
+    assert "<td>81.0%</td><td>71.0%</td><td>76.0%</td><td>1.50 nats</td>" in table  # round 3
+    # Round 2's samples, folded, escaped like the others.
+    assert "<summary>Round 2: 1 prompts</summary>" in page and "round two doc" in page
+    assert "<script" not in page.lower()
+    assert page.count(html.escape(EVIL, quote=True)) == 2
+    # One round: its table, no plot of rounds; the rest of the page as before.
+    data["rounds"] = rounds(1)
+    assert "rounds" not in plots_in(data)
+    page = render_report(data, tmp_path / "r.html").read_text()
+    assert "<h2>Rounds</h2>" in page and page.count("<img") == 5
+    with pytest.raises(ReportDataError, match=r"rounds\.0\.round"):
+        render_report({"rounds": [{"win_rate_vs_sft": 0.5}]}, tmp_path / "r.html")
+
+
+def test_win_rates_coloured_by_meaning(tmp_path):
+    def wr(rate, stderr):
+        return {"wins": 1, "ties": 0, "losses": 1, "n": 400, "rate": rate, "stderr": stderr,
+                "a": "sft", "b": "prompt_reference", "judge": "gold"}  # fmt: skip
+
+    data = {"win_rates": {"lose": wr(0.42, 0.02), "tie": wr(0.49, 0.02), "win": wr(0.6, 0.02)}}
+    page = render_report(data, tmp_path / "r.html").read_text()
+    assert '<span class="bad">42.0%</span>' in page  # below one half: a loss, not a success
+    assert '<span class="neutral">49.0%</span>' in page  # its interval holds one half
+    assert '<span class="good">60.0%</span>' in page
+    # The headline says a rate below one half as it is.
+    assert "The supervised policy's completions beat the references' only 42% of the time" in (
+        headline(page)
+    )
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    assert png[12:16] == b"IHDR"
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def test_plots_are_drawn_at_twice_their_shown_size(tmp_path):
+    page = render_report(full_data(), tmp_path / "r.html").read_text()
+    shown = re.findall(
+        r'<img src="data:image/png;base64,([^"]+)" width="(\d+)" height="(\d+)"', page
+    )
+    assert len(shown) == 5
+    for b64, width, height in shown:
+        assert png_size(base64.b64decode(b64)) == (2 * int(width), 2 * int(height))
+
+
+def test_over_optimization_points_stay_in_time_order(tmp_path):
+    points = [
+        {"kl": 0.5, "proxy": 0.0, "gold": 1.0, "label": "steps 1-10"},
+        {"kl": 1.5, "proxy": 0.4, "gold": 1.2, "label": "steps 11-20"},
+        {"kl": 1.2, "proxy": 0.5, "gold": 1.1, "label": "steps 21-30"},
+    ]
+    page = render_report({"overoptimization": points}, tmp_path / "r.html").read_text()
+    rows = re.findall(r"<tr><td>(steps [0-9-]+)</td>", page)
+    assert rows == ["steps 1-10", "steps 11-20", "steps 21-30"]  # not sorted by KL
+    # Gains since the first point, both rewards.
+    assert "<td>0.400</td><td>0.200</td>" in page and "<td>0.500</td><td>0.100</td>" in page
+
+
+def sft_log() -> list[dict]:
+    return [{"step": s, "sft/loss": 3.0 / s, "sft/lr": 1e-3} for s in range(10, 60, 10)] + [
+        {"step": 50, "eval/eval_loss": 0.9, "eval/n_eval": 10}
+    ]
+
+
+def rm_log() -> list[dict]:
+    return [{"step": s, "rm/loss": 0.7 - 0.01 * s, "rm/accuracy": 0.5 + 0.01 * s}
+            for s in range(1, 20)]  # fmt: skip
+
+
+def ppo_log() -> list[dict]:
+    keys = ("reward_mean", "kl", "rlhf_reward", "entropy", "v_loss", "clipfrac")
+    return [{"step": s, **{f"ppo/{k}": 0.01 * s for k in keys}} for s in range(1, 60)] + [
+        {"step": 59, "stop_reason": "max_steps"}
+    ]
+
+
+def test_training_curves_from_the_three_logs(tmp_path, capsys):
+    for name, lines in (("sft", sft_log()), ("rm", rm_log()), ("ppo", ppo_log())):
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    (tmp_path / "data.json").write_text(json.dumps({"title": "curves"}))
+    out = tmp_path / "report.html"
+    args = ["report", "--data", str(tmp_path / "data.json"), "--out", str(out)]
+    for name in ("sft", "rm", "ppo"):
+        args += [f"--{name}-log", str(tmp_path / f"{name}.jsonl")]
+    assert main(args) == 0
+    data = load_report_data(
+        [tmp_path / "data.json"], ppo_log=tmp_path / "ppo.jsonl",
+        sft_log=tmp_path / "sft.jsonl", rm_log=tmp_path / "rm.jsonl",
+    )  # fmt: skip
+    assert plots_in(data) == [
+        "sft_loss",
+        "rm_loss",
+        "rm_accuracy",
+        "ppo_reward",
+        "ppo_kl",
+        "ppo_entropy",
+        "ppo_value_loss",
+        "ppo_clipfrac",
+    ]
+    page = out.read_text()
+    assert page.count("<img") == 8 and "PPO stopped: max_steps" in page
+    for title in ("SFT loss", "Reward-model accuracy", "Value loss", "Clip fraction"):
+        assert f'alt="{title}"' in page
+    # A log without a metric draws no plot for it: an SFT log alone gives the SFT loss.
+    assert plots_in({"sft_log": sft_log()}) == ["sft_loss"]
