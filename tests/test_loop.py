@@ -130,3 +130,33 @@ def test_overoptimization_points_average_each_stretch_of_steps():
     assert points[0]["kl"] == 1.0 and points[1]["kl"] == 5.0
     gold = sum(gold_utility(p, t) for p, t in zip(prompts, ideal, strict=True)) / 2
     assert points[0]["gold"] == pytest.approx(gold)
+
+
+@pytest.mark.slow
+def test_quick_demo_in_two_rounds(tmp_path):
+    """`demo --rounds 2`: the rounds machinery between SFT and the report, the same
+    label budget (300 documents x 3 labelers) split across the rounds."""
+    import torch
+
+    from alignloop.loop import ROUND_KEYS
+
+    out = tmp_path / "rounds"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["demo", "--quick", "--rounds", "2", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [tuple(r) for r in metrics["rounds"]] == [ROUND_KEYS, ROUND_KEYS]
+    assert [r["n_rankings"] for r in metrics["rounds"]] == [150 * 3, 150 * 3]
+    assert metrics["n_rankings"] == 300 * 3
+    for name in NAMED_FIGURES:
+        assert isinstance(metrics[name], int | float), name
+    last = metrics["rounds"][-1]
+    assert metrics["win_rate_rlhf_vs_sft"] == last["win_rate_vs_sft"]
+    assert metrics["gold_mean_rlhf"] == pytest.approx(last["gold_mean"])
+    assert (out / "round-2" / "ppo" / "model.safetensors").exists()
+    assert (out / "report.html").exists()
+    data = json.loads((out / "report_data.json").read_text())
+    assert data["rounds"] == metrics["rounds"]

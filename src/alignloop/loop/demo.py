@@ -602,6 +602,8 @@ def _report(run: DemoRun) -> str:
     data.update(
         config={k: str(v) for k, v in asdict(cfg).items()},
         ppo_log=load_ppo_log(run.ppo_dir / "metrics.jsonl"),
+        sft_log=_log_if_there(out / "sft" / "metrics.jsonl"),
+        rm_log=_log_if_there(run.ppo_dir.parent / "rm" / "metrics.jsonl"),  # the last round's
         rounds=metrics["rounds"],
         overoptimization=overoptimization(rollouts, run.prompts),
         reward_model=run.rm_metrics,
@@ -610,9 +612,17 @@ def _report(run: DemoRun) -> str:
     metrics["demo_seconds"] = round(time.perf_counter() - run.started, 2)
     metrics["targets"] = _targets(metrics)
     data["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
+    data["targets"] = metrics["targets"]
     write_json(out / "report_data.json", data)
     render_report(data, out / "report.html")
     return f"{out / 'report.html'}"
+
+
+def _log_if_there(path: Path) -> list[dict]:
+    """A metrics log's lines for the report's curves; none where no log was written."""
+    from alignloop.evaluate.report import load_ppo_log
+
+    return load_ppo_log(path) if path.exists() else []
 
 
 def _rounds_in_words(n: int) -> str:
@@ -649,6 +659,7 @@ def _rounds(run: DemoRun) -> str:
     from alignloop.loop.rounds import ROUND_KEYS, run_rounds
 
     cfg, out = run.cfg, run.out
+    _forget_rounds(out)
     loop, records = run_rounds(loop_config(cfg, out, run.paths))
     last = loop.round_dir(len(records))
     run.rounds = [{k: rec[k] for k in ROUND_KEYS} for rec in records]
@@ -663,6 +674,18 @@ def _rounds(run: DemoRun) -> str:
     run.ppo_dir = last / "ppo"
     return (f"{len(records)} rounds, {len(run.rankings)} rankings in all; stopped by "
             f"{loop.state['stop_reason']}")  # fmt: skip
+
+
+def _forget_rounds(out: Path) -> None:
+    """The demo starts afresh every time, as the one-round demo always did (its world
+    and SFT policy were just made again): an earlier run's rounds, state file and
+    held-out samples in `out` go, so none is taken for this run's."""
+    import shutil
+
+    for d in out.glob("round-*"):
+        shutil.rmtree(d)
+    for f in (out / "state.json", out / "eval" / "completions_sft.jsonl"):
+        f.unlink(missing_ok=True)
 
 
 def loop_config(cfg: DemoConfig, out: Path, paths: dict[str, Path]):
