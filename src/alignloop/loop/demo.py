@@ -22,6 +22,14 @@ seen by nobody but the simulated labelers (through their noise and taste).
 
 `run_demo` runs `STAGES` in order, numbered as they run (1. world ... 9. report):
 one function per stage, each reading and setting fields of one `DemoRun`.
+
+With `--rounds 2` or more it runs `ROUND_STAGES` instead: world, SFT, then the rounds
+of `loop/rounds.py` (`loop_config` turns this config into a `LoopConfig`: the SFT
+policy, the simulated labelers, the gold judge, `n_label` documents split across the
+rounds by `label_split`, so the label budget is the one-round demo's), the last
+round's evaluation and the report; the rounds' files are in round-N/ (see rounds.py).
+metrics.json holds the same keys either way (the final policy's figures) and
+`rounds`, each round's `ROUND_KEYS`.
 """
 
 from __future__ import annotations
