@@ -85,3 +85,35 @@ def test_the_server_source_takes_its_token_from_the_environment_only(monkeypatch
     source = ServerLabelers(url="http://127.0.0.1:9/", guidelines="rank")
     assert source.token == "secret" and source.url == "http://127.0.0.1:9"
     assert source.project_name(3) == "loop-round-3"
+
+
+def test_a_server_that_does_not_answer_is_an_error_in_words(monkeypatch, tmp_path):
+    from alignloop.loop.sources import ServerError
+
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "secret")
+    source = ServerLabelers(url="http://127.0.0.1:9", guidelines="rank")  # nothing listens
+    prompts = make_prompts(1, 0)
+    cs = [Completion(id=f"c{j}", prompt_id=prompts[0].id, completion="x") for j in range(2)]
+    with pytest.raises(ServerError, match="cannot reach the labeling server at http://127"):
+        source.collect(1, tmp_path, prompts, cs, lambda line: None)
+
+
+def test_judge_labelers_rank_with_a_reward_model(tiny_rm):
+    from alignloop.models import RewardModel
+
+    prompts = make_prompts(2, 0)
+    completions = [
+        Completion(id=f"{p.id}-{j}", prompt_id=p.id, completion=text)
+        for p in prompts for j, text in enumerate(["a summary", p.metadata["ideal"], "x y z"])
+    ]  # fmt: skip
+    rankings = JudgeLabelers(str(tiny_rm), max_length=64).collect(
+        1, None, prompts, completions, lambda line: None
+    )
+    model = RewardModel.from_pretrained(tiny_rm)
+    by_id = {p.id: p for p in prompts}
+    for r in rankings:
+        ids = [cid for group in r.ranking for cid in group]
+        cs = [next(c for c in completions if c.id == cid) for cid in ids]
+        scores = model.score([by_id[c.prompt_id].prompt for c in cs],
+                             [c.completion for c in cs], max_length=64)  # fmt: skip
+        assert scores == sorted(scores, reverse=True)

@@ -212,6 +212,8 @@ class ServerLabelers:
 
     # -- HTTP --
     def _request(self, method: str, path: str, body: Any = None, *, ok=(200,)) -> tuple[int, bytes]:
+        """(status, body); an HTTP error not in `ok` is a ServerError in words, a server
+        that does not answer an URLError (the poll tries again; see `_reach`)."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
             self.url + path, data=data, method=method,
@@ -228,6 +230,14 @@ class ServerLabelers:
 
     def _get_json(self, path: str) -> Any:
         return json.loads(self._request("GET", path)[1])
+
+    def _reach(self, what: Callable[[], Any]) -> Any:
+        """`what()`, a server that does not answer being a ServerError in words."""
+        try:
+            return what()
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            reason = getattr(e, "reason", e)
+            raise ServerError(f"cannot reach the labeling server at {self.url}: {reason}") from None
 
     # -- a round --
     def project_name(self, round: int) -> str:
@@ -268,7 +278,7 @@ class ServerLabelers:
             info = json.loads(marker.read_text())
         else:
             info = {"project": project, "url": self.url, "deadline": time.time() + self.wait_s}
-        created = self.create(project, prompts, completions)
+        created = self._reach(lambda: self.create(project, prompts, completions))
         if not created and not marker.exists():
             progress(f"project {project} exists on {self.url}: waiting for its rankings")
         write_json(marker, info)
@@ -287,4 +297,4 @@ class ServerLabelers:
             if done >= n or (late and share >= self.min_share):
                 break
             self.sleep(self.poll_s)
-        return self.export(project)
+        return self._reach(lambda: self.export(project))
