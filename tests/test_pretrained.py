@@ -65,11 +65,7 @@ def _vader():
 
 def _prompts(path: Path, texts, *, reference: str | None = None) -> Path:
     write_records(
-        path,
-        [
-            Prompt(id=f"s{i}", prompt=t, reference=None if reference is None else reference)
-            for i, t in enumerate(texts)
-        ],
+        path, [Prompt(id=f"s{i}", prompt=t, reference=reference) for i, t in enumerate(texts)]
     )
     return path
 
