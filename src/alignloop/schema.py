@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -63,6 +64,15 @@ __all__ = [
 ]
 
 Id = Annotated[str, StringConstraints(min_length=1, strip_whitespace=False)]
+
+
+def _finite(v: float | None) -> float | None:
+    if v is not None and not math.isfinite(v):
+        raise ValueError("must be a finite number")
+    return v
+
+
+FiniteOrNone = Annotated[float | None, AfterValidator(_finite)]  # NaN and inf refused
 
 
 class SchemaError(ValueError):
@@ -292,14 +302,7 @@ class Ranking(Record):
     ranking: Annotated[list[list[Id]], BeforeValidator(check_ranking_groups)]
     unrankable: bool = False
     rationale: str | None = None
-    confidence: float | None = None
-
-    @field_validator("confidence")
-    @classmethod
-    def _finite(cls, v: float | None) -> float | None:
-        if v is not None and not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
+    confidence: FiniteOrNone = None
 
     @model_validator(mode="after")
     def _well_formed(self) -> Ranking:
@@ -328,7 +331,7 @@ class Comparison(Record):
     prompt: str | Conversation
     chosen: str | Conversation
     rejected: str | Conversation
-    margin: float | None = None
+    margin: FiniteOrNone = None
     prompt_id: str | None = None
     chosen_id: str | None = None
     rejected_id: str | None = None
@@ -359,13 +362,6 @@ class Comparison(Record):
         if v[-1].role != "assistant":
             raise ValueError(f"{info.field_name} must end with an assistant message")
         return _non_empty_text(v[-1].content, info.field_name) and v
-
-    @field_validator("margin")
-    @classmethod
-    def _finite_margin(cls, v: float | None) -> float | None:
-        if v is not None and not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
 
     @model_validator(mode="after")
     def _different(self) -> Comparison:
