@@ -227,7 +227,7 @@ def test_the_top_says_it_in_words(tmp_path):
         "5 documents nobody trained on, 2 samples each (95% interval 45% to 95%, by the "
         "hidden gold judge; ties count half)."
     )
-    assert "1 of 2 targets met; not met: The tuned policy beats the supervised policy" in text
+    assert "1 of 2 targets met; not met: the tuned policy beats the supervised policy" in text
     # The targets: needed and reached in the figure's form, met or not met.
     assert "at least 75.0%" in page and "70.0%" in page and "at most 600 s (10.0 min)" in page
     assert page.count('class="badge bad">not met<') == 1

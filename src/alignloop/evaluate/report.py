@@ -287,6 +287,11 @@ def _upper(words: str) -> str:
     return words[:1].upper() + words[1:]
 
 
+def _lower(words: str) -> str:
+    """`words` with a small first letter, for the middle of a sentence."""
+    return words[:1].lower() + words[1:]
+
+
 def _possessive(words: str) -> str:
     """ "the policy's", "the references'"."""
     return words + ("'" if words.endswith("s") else "'s")
@@ -567,6 +572,7 @@ def _plot_rounds(rounds: Sequence[Round], before_after) -> Plot | None:
     xs = [r.round for r in rounds]
     fig = _figure(9.0, 3.4)
     left, right = fig.subplots(1, 2, sharex=True, width_ratios=[3, 2])
+    lowest = 1.0
     for field, label, color, marker in (
         ("win_rate_vs_sft", "beats SFT", GOOD, "o"),
         ("win_rate_vs_reference", "beats the references", "C0", "s"),
@@ -577,13 +583,16 @@ def _plot_rounds(rounds: Sequence[Round], before_after) -> Plot | None:
         pts = [(x, y) for x, y in pts if y is not None]
         if pts:
             left.plot(*zip(*pts, strict=True), marker=marker, color=color, label=label)
+            lowest = min(lowest, *(y for _, y in pts))
             x, y = pts[-1]
             left.annotate(_pct(y), (x, y), textcoords="offset points", xytext=(6, -3),
                           fontsize=9, color=color)  # fmt: skip
     left.axhline(0.5, color="black", linestyle="--", linewidth=0.8)
-    left.set(xlabel="round", ylabel="share (0.5: no better / chance)", ylim=(0.3, 1.0),
+    # From 0.3 (what a round shows: the gain above one half) unless a share is lower.
+    bottom = 0.3 if lowest >= 0.32 else max(-0.02, lowest - 0.05)
+    left.set(xlabel="round", ylabel="share (0.5: no better / chance)", ylim=(bottom, 1.0),
              title="Win rates and reward-model accuracy")  # fmt: skip
-    left.legend(loc="lower right", fontsize=8)
+    left.legend(loc="best", fontsize=8)
     left.grid(alpha=0.3)
     gold = [(x, r.gold_mean) for x, r in zip(xs, rounds, strict=True) if r.gold_mean is not None]
     if gold:
@@ -879,7 +888,7 @@ def _headline(d: ReportData, name) -> str:
             ))  # fmt: skip
     if d.targets:
         met = [n for n, t in d.targets.items() if t.met]
-        missed = [_target_label(n, name) for n, t in d.targets.items() if not t.met]
+        missed = [_lower(_target_label(n, name)) for n, t in d.targets.items() if not t.met]
         if not missed:
             more.insert(0, f'<span class="good">All {len(met)} targets met.</span>')
         else:
@@ -1029,12 +1038,18 @@ def _rounds_section(d: ReportData) -> str:
     if plot:
         body = _img(plot, "win rates, reward-model accuracy and gold reward by round") + body
     n = len(d.rounds)
+    what = (
+        "One round of the loop: it samples from the start policy, collects rankings of those "
+        "samples, trains the reward model on them and runs PPO (the plot of rounds comes "
+        "with two rounds or more)."
+        if n == 1
+        else f"{n} rounds of the loop: each samples from the current policy, collects rankings "
+        "of those samples, trains the reward model on all pairs so far, and runs PPO."
+    )
     return _section(
         "Rounds",
         body,
-        f"{n} round{'s' if n != 1 else ''} of the loop: each samples from the current policy, "
-        "collects rankings of those samples, trains the reward model on all pairs so far, "
-        "and runs PPO. Win rates by the gold judge on held-out documents (0.5: no better); "
+        what + " Win rates by the gold judge on held-out documents (0.5: no better); "
         "the reward model's accuracy on the new policy's own samples (0.5: chance) shows "
         "whether it still knows where the policy now is.",
     )
