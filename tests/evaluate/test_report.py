@@ -367,3 +367,20 @@ def test_training_curves_from_the_three_logs(tmp_path, capsys):
         assert f'alt="{title}"' in page
     # A log without a metric draws no plot for it: an SFT log alone gives the SFT loss.
     assert plots_in({"sft_log": sft_log()}) == ["sft_loss"]
+
+
+def test_an_eval_runs_top(tmp_path):
+    """`alignloop eval`'s data: its policies keep their names ("reference" is a policy
+    there, not the prompts' references), its figures are told in words."""
+    wr = {"wins": 14, "ties": 1, "losses": 5, "n": 20, "rate": 0.725, "stderr": 0.1,
+          "a": "policy", "b": "reference", "judge": "gold"}  # fmt: skip
+    data = {
+        "metrics": {"eval/n_prompts": 10, "eval/policy/toxicity_rate": 0.3},
+        "win_rates": {"policy_vs_reference/gold": wr},
+    }
+    page = render_report(data, tmp_path / "r.html").read_text()
+    assert headline(page) == (
+        "The policy's completions beat the reference's 72% of the time on 10 prompts, 20 "
+        "paired samples (95% interval 53% to 92%, by the hidden gold judge; ties count half)."
+    )
+    assert "<td>eval/policy/toxicity_rate</td><td>30.0%</td><td>share of completions" in page

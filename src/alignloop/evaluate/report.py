@@ -271,7 +271,6 @@ _NAMES = {
     "rlhf": "tuned policy",
     "sft": "supervised policy",
     "prompt_reference": "references",
-    "reference": "references",
     "gold": "hidden gold judge",
     "reward_model": "reward model",
 }
@@ -424,7 +423,8 @@ def _describe(key: str, name) -> Figure | None:
     if key in _FIXED:
         return _FIXED[key]
     if m := re.fullmatch(r"win_rate_(\w+?)_vs_(\w+?)(_by_reward_model)?", key):
-        return _win_figure(m[1], m[2], "reward_model" if m[3] else "gold", name)
+        b = "prompt_reference" if m[2] == "reference" else m[2]  # the demo's short name
+        return _win_figure(m[1], b, "reward_model" if m[3] else "gold", name)
     if m := re.fullmatch(r"eval/win_rate/(\w+)_vs_(\w+)/(\w+)", key):
         return _win_figure(m[1], m[2], m[3], name)
     if m := re.fullmatch(r"(gold_mean|reward_mean|toxicity_rate|length_words)_(\w+)", key):
@@ -832,7 +832,7 @@ def _eval_set(d: ReportData, wr: WinRate) -> str:
         return f"{n_docs:,} documents nobody trained on{each}"
     n_prompts = d.metrics.get("eval/n_prompts")
     if isinstance(n_prompts, int):
-        return f"{n_prompts:,} prompts ({wr.n:,} paired samples)"
+        return f"{n_prompts:,} prompts, {wr.n:,} paired samples"
     return f"{wr.n:,} paired samples"
 
 
@@ -877,14 +877,14 @@ def _headline(d: ReportData, name) -> str:
         )  # fmt: skip
         if proxy is not None and proxy.rate is not None and wr.judge != "reward_model":
             gap = (
-                f": above the {name(wr.judge)}'s {_pct(wr.rate)}, so the policy learned some "
-                "of the reward model's errors"
+                f", more than the {name(wr.judge)}'s {_pct(wr.rate)}: the reward model "
+                "overrates it (a policy tuned on it learns its errors)"
                 if proxy.rate > wr.rate
                 else ""
             )
             more.append(_e(
-                f"The reward model PPO optimized prefers the {name(wr.a)} "
-                f"{_pct(proxy.rate)} of the time{gap}."
+                f"By the reward model, the {name(wr.a)} wins {_pct(proxy.rate)} of the "
+                f"time{gap}."
             ))  # fmt: skip
     if d.targets:
         met = [n for n, t in d.targets.items() if t.met]
