@@ -700,6 +700,9 @@ def _plot_win_rates(win_rates: Mapping[str, WinRate], name) -> Plot | None:
 # Figures of before_after that get a panel: (key, panel title); the first length key
 # present is drawn.
 _LENGTH_KEYS = ("length_mean", "length_words_mean", "length_tokens_mean")
+_LENGTH_TITLES = dict(
+    zip(_LENGTH_KEYS, ("length", "length (words)", "length (tokens)"), strict=True)
+)
 _PANELS = (
     ("toxicity_rate", "rude completions (share)"),
     ("reward_mean", "reward-model score"),
@@ -709,7 +712,7 @@ _PANELS = (
 
 def _before_after_panels(table: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str]]:
     present = {k for row in table.values() for k, v in row.items() if v is not None}
-    lengths = [(k, k.removesuffix("_mean").replace("_", " ")) for k in _LENGTH_KEYS if k in present]
+    lengths = [(k, _LENGTH_TITLES[k]) for k in _LENGTH_KEYS if k in present]
     return lengths[:1] + [(k, title) for k, title in _PANELS if k in present]
 
 
@@ -1086,7 +1089,7 @@ def _win_rate_section(win_rates: Mapping[str, WinRate], name) -> str:
 def _before_after_section(table: Mapping[str, Mapping[str, Any]], name) -> str:
     keys = list(dict.fromkeys(k for row in table.values() for k in row))
     rows = [[_e(name(p))] + [_fmt(row.get(k)) for k in keys] for p, row in table.items()]
-    body = _table(["policy", *keys], rows)
+    body = f"<details><summary>The figures</summary>{_table(['policy', *keys], rows)}</details>"
     plot = _plot_before_after(table, name)
     if plot:
         body = _img(plot, "before and after") + body
@@ -1232,7 +1235,12 @@ def _side_by_side_section(d: ReportData, name) -> str:
         body,
         "The same held-out prompts, each policy's completion beside the others, with their "
         "scores (reward: the reward model's; gold: the hidden judge's; toxicity 1: a rude "
-        "word)." + (" Earlier rounds' samples are folded below." if d.rounds else ""),
+        "word)."
+        + (
+            " Each round's own samples are folded below."
+            if any(r.side_by_side for r in d.rounds)
+            else ""
+        ),
     )
 
 
