@@ -159,4 +159,6 @@ def test_quick_demo_in_two_rounds(tmp_path):
     assert (out / "round-2" / "ppo" / "model.safetensors").exists()
     assert (out / "report.html").exists()
     data = json.loads((out / "report_data.json").read_text())
-    assert data["rounds"] == metrics["rounds"]
+    for shown, record in zip(data["rounds"], metrics["rounds"], strict=True):
+        assert len(shown.pop("side_by_side")) == 6  # each round's samples for the report
+        assert shown == record

@@ -612,7 +612,7 @@ def _report(run: DemoRun) -> str:
         ppo_log=load_ppo_log(run.ppo_dir / "metrics.jsonl"),
         sft_log=_log_if_there(out / "sft" / "metrics.jsonl"),
         rm_log=_log_if_there(run.ppo_dir.parent / "rm" / "metrics.jsonl"),  # the last round's
-        rounds=metrics["rounds"],
+        rounds=[_with_samples(r, out) for r in metrics["rounds"]],
         overoptimization=overoptimization(rollouts, run.prompts),
         reward_model=run.rm_metrics,
         agreement=run.agreement,
@@ -631,6 +631,15 @@ def _log_if_there(path: Path) -> list[dict]:
     from alignloop.evaluate.report import load_ppo_log
 
     return load_ppo_log(path) if path.exists() else []
+
+
+def _with_samples(record: dict, out: Path) -> dict:
+    """A round's figures with its side-by-side samples, where its evaluation wrote
+    them (the rounds path; the one-round report has its own side by side)."""
+    path = out / f"round-{record['round']}" / "eval" / "side_by_side.json"
+    if not path.exists():
+        return record
+    return {**record, "side_by_side": json.loads(path.read_text())}
 
 
 def _rounds_in_words(n: int) -> str:

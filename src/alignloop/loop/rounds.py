@@ -14,7 +14,7 @@ with PPO and evaluates it; then the next round starts from the tuned policy
         rm_train.jsonl     the pairs of every round so far: what rm/ trains on
         rm/                the reward model (rm-CRITERION/ with several criteria)
         ppo/               the tuned policy, metrics.jsonl, rollouts.jsonl
-        eval/              its held-out samples, eval.json
+        eval/              its held-out samples, eval.json, side_by_side.json
         metrics.json       the round's figures
       metrics.json         every round's figures and the final policy's
 
@@ -411,6 +411,8 @@ def evaluate_round(run: LoopRun, n: int):
         tokenizer=tokenizer, reward_max_length=cfg.rm_max_length,
     )  # fmt: skip
     write_json(d / "eval" / "eval.json", evaluation.summary())
+    # a few held-out prompts side by side (the same prompts every round), for the report
+    write_json(d / "eval" / "side_by_side.json", evaluation.side_by_side(run.eval_prompts, 6))
     by = "gold" if run.judge is not None else "reward_model"
     win, pol = evaluation.win_rates, evaluation.policies
     on_policy = None
