@@ -15,19 +15,15 @@
 - `TrainLoop`: the optimizer-step loop of the SFT and reward trainers (accumulate,
   clip, step, log, evaluate, checkpoint); it waits for the device only where it
   logs a figure, evaluates or saves.
-- `config_parser`, `run_main`: a trainer's `make_parser` and `main`, for
-  `python -m alignloop.train.X` (the console script's subcommands are in `cli.py`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import re
 import shutil
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,13 +44,11 @@ __all__ = [
     "TrainLoop",
     "TrainingError",
     "adamw",
-    "config_parser",
     "count_steps",
     "epoch_batches",
     "make_accelerator",
     "make_scheduler",
     "prepare_training",
-    "run_main",
     "shard_batches",
     "start_accelerator",
     "start_run",
@@ -526,41 +520,3 @@ def iterate_from(batches: list[list[int]], start: int) -> Iterator[tuple[int, li
     """(index, batch) from batch `start` on: where a resumed epoch picks up."""
     for i in range(start, len(batches)):
         yield i, batches[i]
-
-
-# --- a trainer run as a module: python -m alignloop.train.X ----------------------------
-
-
-def config_parser(
-    cls: type, prog: str, description: str, parser: argparse.ArgumentParser | None = None
-) -> argparse.ArgumentParser:
-    """A trainer module's `make_parser`: a parser without abbreviations
-    (`config.ArgumentParser`, as the console script's), one flag per option of `cls`
-    and `--config FILE`; with `parser`, the flags are added to that one."""
-    from alignloop.config import ArgumentParser, add_config_arguments
-
-    parser = parser or ArgumentParser(prog=prog, description=description)
-    add_config_arguments(parser, cls)
-    return parser
-
-
-def run_main(
-    parser: argparse.ArgumentParser,
-    cls: type,
-    run: Callable[[Any], Any],
-    argv: Sequence[str] | None,
-) -> int:
-    """A trainer module's `main`: parse `argv`, build `cls` (flags, then `--config`,
-    then defaults) and `run` it. Exit status 0, or 2 with one `error:` line for what
-    the console script reports so too (bad options or data, a missing file, a run
-    that cannot go on)."""
-    from alignloop.config import ConfigError, config_from_args
-    from alignloop.schema import SchemaError
-
-    args = parser.parse_args(argv)
-    try:
-        run(config_from_args(cls, args))
-    except (ConfigError, SchemaError, TrainingError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0

@@ -40,7 +40,6 @@ Checkpoints resume bit-exactly on CPU; multi-process runs go through accelerate.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import math
@@ -74,9 +73,7 @@ from alignloop.train.common import (
     Checkpoints,
     MetricsLog,
     TrainingError,
-    config_parser,
     epoch_batches,
-    run_main,
     stop_unless_finite,
 )
 from alignloop.train.ppo_config import PPOConfig
@@ -1126,15 +1123,7 @@ def _save_policy(accelerator, policy, has_value_head, tokenizer, config, out: Pa
 # --- command line ------------------------------------------------------------------------
 
 
-def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    return config_parser(
-        PPOConfig, "alignloop train-ppo", "Tune a policy with PPO against a reward.", parser
-    )
+if __name__ == "__main__":  # python -m alignloop.train.ppo ARGS is alignloop train-ppo ARGS
+    from alignloop.cli import main
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(make_parser(), PPOConfig, train_ppo, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train-ppo", *sys.argv[1:]]))

@@ -22,7 +22,6 @@ logged figures (`_record`: the token-weighted mean loss).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -38,9 +37,7 @@ from alignloop.train.common import (
     RunningMean,
     StepResult,
     TrainLoop,
-    config_parser,
     prepare_training,
-    run_main,
     shard_batches,
     start_accelerator,
     start_run,
@@ -298,15 +295,7 @@ def _save(accelerator, model, tokenizer, config: SFTConfig, final: dict, log, st
 # --- command line ------------------------------------------------------------------------
 
 
-def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    return config_parser(
-        SFTConfig, "alignloop train-sft", "Supervised fine-tuning on demonstrations.", parser
-    )
+if __name__ == "__main__":  # python -m alignloop.train.sft ARGS is alignloop train-sft ARGS
+    from alignloop.cli import main
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(make_parser(), SFTConfig, train_sft, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train-sft", *sys.argv[1:]]))
