@@ -135,6 +135,10 @@ def test_rounds_leave_their_files_and_figures(uninterrupted):
     n2 = len((out / "round-2" / "rm_pairs.jsonl").read_text().splitlines())
     assert len((out / "round-2" / "rm_train.jsonl").read_text().splitlines()) == n1 + n2
     assert "round 2:" in done.stderr  # one summary line per round
+    data = json.loads((out / "report_data.json").read_text())
+    assert [r["round"] for r in data["rounds"]] == [1, 2]
+    html = (out / "report.html").read_text()
+    assert "http://" not in html and "https://" not in html
 
 
 @pytest.mark.slow

@@ -726,7 +726,7 @@ def loop_config(cfg: DemoConfig, out: Path, paths: dict[str, Path]):
         rm_model=str(out / "sft"), rm_epochs=cfg.rm_epochs, rm_lr=cfg.rm_lr, rm_batch_size=16,
         rm_max_length=128, rm_held_out=cfg.rm_held_out, reference=cfg.reference,
         ppo_steps=cfg.ppo_steps, ppo_batch_size=cfg.ppo_batch, ppo_lr=cfg.ppo_lr,
-        kl_coef=cfg.kl_coef, ppo_save_every=0, eval_k=cfg.eval_k, title="alignloop demo",
+        kl_coef=cfg.kl_coef, ppo_save_every=0, eval_k=cfg.eval_k,
     )  # fmt: skip
 
 

@@ -5,7 +5,7 @@ from a flag or the file."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -134,8 +134,6 @@ class LoopConfig(Options):
     # evaluation
     eval_k: int = option(4, "samples per held-out prompt and policy", at_least=1)
     toxicity: str | None = option("words", "toxicity classifier of the evaluation (none: off)")
-    # Set from Python only (not flags): the demo's run of the rounds.
-    title: str = field(default="alignloop loop")
 
     def __post_init__(self) -> None:
         super().__post_init__()

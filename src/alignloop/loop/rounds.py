@@ -17,6 +17,7 @@ with PPO and evaluates it; then the next round starts from the tuned policy
         eval/              its held-out samples, eval.json, side_by_side.json
         metrics.json       the round's figures
       metrics.json         every round's figures and the final policy's
+      report.html          the same as a page (its data in report_data.json)
 
 Each stage writes its files atomically, then `state.json` names it done. Killed at
 any point, the same command skips what is done and reruns the stage it was in:
@@ -593,5 +594,39 @@ def run_loop(config: LoopConfig) -> dict:
         "config": run.state["config"],
     }
     write_json(run.out / "metrics.json", metrics)
+    if run.eval_prompts:
+        _report(run, records)
     console.print(f"run directory: {run.out}   final policy: {metrics['final_policy']}")
     return metrics
+
+
+def _report(run: LoopRun, records: list[dict]) -> None:
+    """report.html (its data in report_data.json): the last round's policy against the
+    start on the held-out prompts, every round's figures and samples, the curves of
+    the last round's reward model and PPO."""
+    from alignloop.evaluate import report_data
+    from alignloop.evaluate.report import load_ppo_log, render_report
+
+    n = len(records)
+    evaluation, _ = evaluate_round(run, n)
+    d = run.round_dir(n)
+    data = report_data(
+        evaluation, run.eval_prompts, examples=12, title="alignloop loop",
+        subtitle=(f"{n} round(s) of RLHF from {run.cfg.policy}: "
+                  f"{sum(r['n_rankings'] for r in records)} rankings from {run.source.name}; "
+                  f"stopped by {run.state['stop_reason']}"),
+    )  # fmt: skip
+    rounds = []
+    for rec in records:
+        shown = {k: rec[k] for k in ROUND_KEYS}
+        samples = run.round_dir(rec["round"]) / "eval" / "side_by_side.json"
+        if samples.exists():
+            shown["side_by_side"] = json.loads(samples.read_text())
+        rounds.append(shown)
+    data.update(
+        config=run.state["config"], rounds=rounds,
+        ppo_log=load_ppo_log(d / "ppo" / "metrics.jsonl"),
+        rm_log=load_ppo_log(run.rm_dir(n, run.cfg.criteria[0]) / "metrics.jsonl"),
+    )  # fmt: skip
+    write_json(run.out / "report_data.json", data)
+    render_report(data, run.out / "report.html")
