@@ -75,7 +75,7 @@ class LoopRun:
     state: dict
     judge: Callable | None = None
     ai_judge: Any = None  # a JudgeLabelers beside another source, or None
-    rankings: dict[int, list[Ranking]] = field(default_factory=dict)  # round -> its rankings
+    evaluations: dict[int, Any] = field(default_factory=dict)  # round -> (Evaluation, figures)
 
     def round_dir(self, n: int) -> Path:
         return self.out / f"round-{n}"
@@ -387,7 +387,10 @@ def evaluate_round(run: LoopRun, n: int):
     prompts: `evaluate_completions`' figures (the round's reward model, the judge,
     KL to the start, length, toxicity) and the reward model's accuracy on the tuned
     policy's own samples by the judge. Returns (Evaluation, round figures). Samples
-    are written once, so evaluating a round again gives the same figures."""
+    are written once, so evaluating a round again gives the same figures (in this
+    process, the first evaluation's are kept: no second scoring)."""
+    if n in run.evaluations:
+        return run.evaluations[n]
     from alignloop.evaluate import evaluate_completions
     from alignloop.evaluate.metrics import sequence_kl
     from alignloop.models import RewardModel, load_policy
@@ -435,6 +438,7 @@ def evaluate_round(run: LoopRun, n: int):
         "length_words": pol["rlhf"]["length"]["words"]["mean"],
         "toxicity_rate": pol["rlhf"].get("toxicity_rate"),
     }
+    run.evaluations[n] = evaluation, figures
     return evaluation, figures
 
 
