@@ -117,3 +117,16 @@ def test_judge_labelers_rank_with_a_reward_model(tiny_rm):
         scores = model.score([by_id[c.prompt_id].prompt for c in cs],
                              [c.completion for c in cs], max_length=64)  # fmt: skip
         assert scores == sorted(scores, reverse=True)
+
+
+def test_the_loop_never_imports_the_server():
+    """The wall: the loop speaks to a labeling server over HTTP only."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, alignloop.loop, alignloop.loop.rounds, alignloop.loop.sources; "
+        "print(sorted(m for m in sys.modules if m.startswith('alignloop.server')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
