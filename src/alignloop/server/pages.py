@@ -267,7 +267,6 @@ def label_page(request: Request, project: str, who: Page) -> Response:
         "label.html",
         who=who,
         project=project,
-        csrf=who.csrf_token,
         js_strings=i18n.js_strings(language(request)),
         guidelines_html=_markdown.render(g["markdown"]),
         guidelines_version=g["version"],
@@ -309,7 +308,7 @@ def admin_home(request: Request, who: Page) -> HTMLResponse:
 @router.get("/admin/projects/new")
 def admin_new_project_form(request: Request, who: Page) -> HTMLResponse:
     _admin(request, who)
-    return render(request, "admin_new_project.html", who=who, csrf=who.csrf_token, form={})
+    return render(request, "admin_new_project.html", who=who, form={})
 
 
 @router.post("/admin/projects/new")
@@ -377,7 +376,6 @@ async def admin_new_project(
             "admin_new_project.html",
             status=409 if isinstance(e, Conflict) else 422,
             who=who,
-            csrf=who.csrf_token,
             form=form,
             problems=problems,
         )
@@ -515,7 +513,6 @@ def _labelers_page(
         "admin_labelers.html",
         status=status,
         who=who,
-        csrf=who.csrf_token,
         labelers=service.list_labelers(db_of(request)),
         new=new,
         notice=notice,
