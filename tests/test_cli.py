@@ -44,6 +44,22 @@ def test_help_lists_the_subcommands():
         assert command in out
 
 
+@pytest.mark.parametrize("trainer", ["ppo", "sft"])
+def test_a_trainer_module_is_its_subcommand(trainer):
+    """`python -m alignloop.train.X ARGS` is `alignloop train-X ARGS`: the same help, and
+    an unknown flag is refused with exit status 2 naming the subcommand."""
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+
+    module = run(f"alignloop.train.{trainer}", "--help")
+    assert module.returncode == 0
+    assert module.stdout == run("alignloop", f"train-{trainer}", "--help").stdout
+    wrong = run(f"alignloop.train.{trainer}", "--no-such-flag")
+    assert wrong.returncode == 2
+    assert f"alignloop train-{trainer}: error: unrecognized arguments" in wrong.stderr
+
+
 def test_feedback_pairs_writes_every_strict_pair(task_files, tmp_path, capsys):
     out = tmp_path / "pairs.jsonl"
     args = ["feedback", "pairs", "--out", str(out)]
