@@ -804,6 +804,11 @@ def _img(plot: Plot, alt: str) -> str:
     return f'<img src="{plot.uri}" width="{plot.width}" height="{plot.height}" alt="{_e(alt)}">'
 
 
+def _plot_above(plot: Plot | None, alt: str, body: str) -> str:
+    """A section's body under its plot, where there is one (too little data: none)."""
+    return _img(plot, alt) + body if plot else body
+
+
 def _section(title: str, body: str, note: str = "") -> str:
     """A section; its id is its title's words joined by "-" ("win-rates")."""
     note_html = f'<p class="note">{_e(note)}</p>' if note else ""
@@ -1037,9 +1042,8 @@ def _rounds_section(d: ReportData) -> str:
         cells = [_e(r.round)] + [_show(getattr(r, f), kind) for f, _, kind in _ROUND_COLUMNS]
         rows.append(cells + [_fmt((r.model_extra or {}).get(k)) for k in extra])
     body = _table(header, rows, cls="rounds")
-    plot = _plot_rounds(d.rounds, d.before_after)
-    if plot:
-        body = _img(plot, "win rates, reward-model accuracy and gold reward by round") + body
+    alt = "win rates, reward-model accuracy and gold reward by round"
+    body = _plot_above(_plot_rounds(d.rounds, d.before_after), alt, body)
     n = len(d.rounds)
     what = (
         "One round of the loop: it samples from the start policy, collects rankings of those "
@@ -1073,9 +1077,7 @@ def _win_rate_section(win_rates: Mapping[str, WinRate], name) -> str:
     body = _table(
         ["comparison", "judge", "win rate", "95% interval", "wins", "ties", "losses", "pairs"], rows
     )
-    plot = _plot_win_rates(win_rates, name)
-    if plot:
-        body = _img(plot, "win rates") + body
+    body = _plot_above(_plot_win_rates(win_rates, name), "win rates", body)
     return _section(
         "Win rates",
         body,
@@ -1090,9 +1092,7 @@ def _before_after_section(table: Mapping[str, Mapping[str, Any]], name) -> str:
     keys = list(dict.fromkeys(k for row in table.values() for k in row))
     rows = [[_e(name(p))] + [_fmt(row.get(k)) for k in keys] for p, row in table.items()]
     body = f"<details><summary>The figures</summary>{_table(['policy', *keys], rows)}</details>"
-    plot = _plot_before_after(table, name)
-    if plot:
-        body = _img(plot, "before and after") + body
+    body = _plot_above(_plot_before_after(table, name), "before and after", body)
     return _section(
         "Before and after",
         body,
@@ -1104,8 +1104,7 @@ def _before_after_section(table: Mapping[str, Mapping[str, Any]], name) -> str:
 
 
 def _overoptimization_section(points: Sequence[OverPoint]) -> str:
-    plot = _plot_overoptimization(points)
-    body = _img(plot, "gold and proxy reward against KL") if plot else ""
+    body = _plot_above(_plot_overoptimization(points), "gold and proxy reward against KL", "")
     first = points[0] if points else None
     rows = []
     for p in points:
