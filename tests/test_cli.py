@@ -281,3 +281,62 @@ def test_score_writes_the_reward_of_every_completion(tiny_rm, tmp_path, capsys):
     )  # fmt: skip
     assert [(r["id"], r["prompt_id"]) for r in rows] == [(c.id, c.prompt_id) for c in completions]
     assert [r["reward"] for r in rows] == pytest.approx(expected)
+
+
+# The child records OpenMP's wait policy at the moment torch is first imported (OpenMP
+# reads it then), runs `python -m alignloop ARGS`, and prints it with torch's threads.
+_AT_TORCH_IMPORT = """
+import builtins, os, runpy, sys
+seen, real_import = {}, builtins.__import__
+def spy(name, *args, **kwargs):
+    if name.split(".")[0] == "torch" and "policy" not in seen:
+        seen["policy"] = os.environ.get("OMP_WAIT_POLICY")
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = spy
+sys.argv = ["alignloop", *sys.argv[1:]]
+try:
+    runpy.run_module("alignloop", run_name="__main__")
+except SystemExit as e:
+    assert not e.code, e.code
+import torch
+print(seen["policy"], torch.get_num_threads())
+"""
+
+
+def _at_torch_import(args: list[str], **env: str) -> tuple[str, int]:
+    import os
+
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "ALIGNLOOP_THREADS")}  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", _AT_TORCH_IMPORT, *args], env={**base, **env},
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    return out[-2], int(out[-1])
+
+
+def test_commands_run_with_a_passive_openmp_wait_policy_unless_the_user_sets_one(task_files):
+    """Issue 17: spinning OpenMP threads make a busy machine several times slower; the
+    console script sets OMP_WAIT_POLICY=PASSIVE before torch loads, keeps a user's own
+    value, and --threads / $ALIGNLOOP_THREADS set torch's threads."""
+    validate = ["data", "validate", str(task_files["prompts"]), "--kind", "prompt"]
+    assert _at_torch_import(validate)[0] == "PASSIVE"
+    assert _at_torch_import(["--threads", "3", *validate]) == ("PASSIVE", 3)
+    assert _at_torch_import(validate, OMP_WAIT_POLICY="ACTIVE")[0] == "ACTIVE"
+    assert _at_torch_import(validate, ALIGNLOOP_THREADS="5") == ("PASSIVE", 5)
+    assert _at_torch_import(["--threads", "3", *validate], ALIGNLOOP_THREADS="5")[1] == 3
+
+
+def test_threads_flag_is_checked_and_documented(task_files, capsys, monkeypatch):
+    validate = ["data", "validate", str(task_files["prompts"]), "--kind", "prompt"]
+    assert main(["--threads", "0", *validate]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
+    monkeypatch.setenv("ALIGNLOOP_THREADS", "two")
+    assert main(validate) == 2
+    assert "$ALIGNLOOP_THREADS must be a whole number" in capsys.readouterr().err
+    text = " ".join(
+        subprocess.run([sys.executable, "-m", "alignloop", "--help"], capture_output=True,
+                       text=True, check=True).stdout.split()
+    )  # fmt: skip
+    assert "--threads N" in text and "OMP_WAIT_POLICY=PASSIVE" in text
+    assert "ALIGNLOOP_THREADS" in text

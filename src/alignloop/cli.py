@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -332,8 +333,19 @@ def make_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="alignloop",
         description="The whole RLHF loop: generate, rank, pairs, reward model, PPO, evaluate.",
+        epilog="On a shared CPU: the commands run with OMP_WAIT_POLICY=PASSIVE unless the "
+        "environment sets it (OpenMP threads that wait spinning make a busy machine "
+        "several times slower: issue 17); --threads N or ALIGNLOOP_THREADS=N sets torch's "
+        "CPU threads (the demo's own --threads, default 1, decides within the demo).",
     )
     parser.add_argument("--version", action="version", version=f"alignloop {__version__}")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        dest="global_threads",  # not the demo's own `threads`, which its subparser sets
+        metavar="N",
+        help=f"torch CPU threads (default: ${THREADS_ENV}, else torch's own)",
+    )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _typed(sub, "demo", _demo, "Run the loop on the built-in summarization task.", DemoConfig)
     _typed(sub, "loop", _loop, "Rounds of RLHF: sample, rank, reward model, PPO, evaluate; "
@@ -372,9 +384,33 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+THREADS_ENV = "ALIGNLOOP_THREADS"
+
+
+def _set_up_threads(threads: int | None) -> None:
+    """OpenMP's wait policy, read once when torch loads, so set before anything imports
+    it (this module imports no torch); a user's own setting stays. Then torch's thread
+    count, when --threads or $ALIGNLOOP_THREADS gives one."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if threads is None and os.environ.get(THREADS_ENV):
+        try:
+            threads = int(os.environ[THREADS_ENV])
+        except ValueError:
+            value = os.environ[THREADS_ENV]
+            raise ConfigError(f"${THREADS_ENV} must be a whole number, not {value!r}") from None
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be at least 1, not {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
+        _set_up_threads(args.global_threads)
         return args.handler(args)
     except SchemaError as e:
         print(f"error: {e}", file=sys.stderr)
