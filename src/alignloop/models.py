@@ -947,6 +947,17 @@ class ResponseBatch:
             "logits_to_keep": self.response_ids.shape[1] + 1,
         }
 
+    def padding(self) -> torch.Tensor:
+        """(padding positions, all positions) of a forward pass over this batch: (2,),
+        float64, on the masks' device (sums of the masks, no sync: read it where it is
+        logged). Padding share: padding[0] / padding[1] (issue 17)."""
+        real = self.query_mask.sum(dtype=torch.float64) + self.response_mask.sum(
+            dtype=torch.float64
+        )
+        B, Q, T = *self.query_ids.shape, self.response_ids.shape[1]
+        total = real.new_full((), float(B * (Q + T)))  # a fill on the device, no copy
+        return torch.stack([total - real, total])
+
 
 def response_logits(
     model: nn.Module, batch: ResponseBatch, temperature: float, *, value_head: bool = False

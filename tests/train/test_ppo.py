@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from alignloop.train.ppo import (
     Rollout,
     _optimizers,
     _prompt_rows,
+    _rollout_stats,
     build_models,
     compute_rewards,
     finish_scores,
@@ -28,9 +30,12 @@ from alignloop.train.ppo import (
     load_reward_fn,
     make_rollout,
     make_score_fn,
+    minibatch_loss,
     ppo_update,
     train_ppo,
 )
+
+ONE_PROCESS = SimpleNamespace(num_processes=1)  # what _rollout_stats asks an accelerator
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +165,21 @@ def test_rollout_select_trims_padding_columns():
     assert mb.response_ids.tolist() == [[10, 11], [5, 6]]  # longest response is 2
     assert mb.scores.tolist() == [3.0, 2.0] and mb.prompts == ["c", "b"]
     assert mb.logprobs.shape == (2, 2)
+    # padding (issue 17): 7 + 8 real of 3 x (4 + 5) positions; trimmed, 3 + 3 of 2 x 4
+    assert r.tokens.padding().tolist() == [12.0, 27.0]
+    assert mb.tokens.padding().tolist() == [2.0, 8.0]
+    stats = _rollout_stats(ONE_PROCESS, r, 0.1)
+    assert stats["pad_share_rollout"] == pytest.approx(12 / 27)
+
+
+def _untrimmed(rollout: Rollout, idx: torch.Tensor) -> Rollout:
+    """The episodes `idx` at the rollout's full width, as before trimming."""
+    import dataclasses
+
+    return Rollout(**{
+        f.name: [v[i] for i in idx.tolist()] if isinstance(v, list) else v[idx]
+        for f in dataclasses.fields(rollout) for v in [getattr(rollout, f.name)]
+    })  # fmt: skip
 
 
 # --- one rollout, one update -----------------------------------------------------------
@@ -221,6 +241,62 @@ def test_first_rollout_has_zero_kl_and_an_update_changes_the_parameters(tmp_path
             continue  # lora_B starts at 0, so lora_A gets no gradient on the first step
         elif p.requires_grad:
             assert not torch.equal(p, old), f"{name} did not change"
+
+
+@pytest.mark.parametrize("critic_kind", ["separate", "policy-head"])
+def test_trimmed_minibatch_computes_what_the_full_width_one_does(tmp_path, world, critic_kind):
+    """Issue 17: a minibatch cut to its own longest prompt (left) and response (right)
+    gives its real tokens the log-probs, values and losses of the full-width one (left
+    padding, positions from the mask), to 1e-5; the rollout and the update's draw of
+    minibatches are as before, and the update computes less padding."""
+    from alignloop.train.common import make_accelerator
+
+    config = make_config(world, tmp_path, critic=critic_kind)
+    policy, critic, reference, tokenizer, rows, texts, score_fn = _pieces(config)
+    rollout, _ = make_rollout(
+        policy, critic, reference, tokenizer, rows, texts, score_fn, 0.05, config
+    )
+    q_len, t_len = rollout.query_mask.sum(1), rollout.response_mask.sum(1)
+    assert len(set(q_len.tolist())) > 1  # prompts of different lengths
+    idx = torch.argsort(q_len, stable=True)[:3]  # the shortest prompts: columns to drop
+    trimmed, full = rollout.select(idx), _untrimmed(rollout, idx)
+    Q, T = rollout.query_ids.shape[1], rollout.response_ids.shape[1]
+    assert trimmed.query_ids.shape[1] == q_len[idx].max() < Q
+    assert trimmed.response_ids.shape[1] == t_len[idx].max() <= T
+    policy.eval()  # no dropout: the same function both times
+    if critic is not None:
+        critic.eval()
+    with torch.no_grad():
+        logits_t, values_t = forward(policy, critic, trimmed.tokens, config.temperature)
+        logits_f, values_f = forward(policy, critic, full.tokens, config.temperature)
+        loss_t, stats_t = minibatch_loss(policy, critic, trimmed, config)
+        loss_f, stats_f = minibatch_loss(policy, critic, full, config)
+    n = trimmed.response_ids.shape[1]
+    mask = trimmed.response_mask.bool()
+    from alignloop.losses import logprobs_from_logits
+
+    lp_t = logprobs_from_logits(logits_t, trimmed.response_ids)
+    lp_f = logprobs_from_logits(logits_f, full.response_ids)[:, :n]
+    assert torch.equal(full.response_mask[:, n:], torch.zeros_like(full.response_mask[:, n:]))
+    torch.testing.assert_close(lp_t[mask], lp_f[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(values_t[mask], values_f[:, :n][mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss_t, loss_f, atol=1e-5, rtol=1e-5)
+    for k in stats_f:
+        torch.testing.assert_close(stats_t[k], stats_f[k], atol=1e-5, rtol=1e-5)
+
+    shapes = {k: tuple(v.shape) for k, v in vars(rollout).items() if torch.is_tensor(v)}
+    generator = torch.Generator().manual_seed(0)
+    stats = ppo_update(
+        make_accelerator(mixed_precision="no", out=tmp_path), policy, critic,
+        _optimizers(config, policy, critic), rollout, config, generator,
+    )  # fmt: skip
+    assert {k: tuple(v.shape) for k, v in vars(rollout).items() if torch.is_tensor(v)} == shapes
+    drawn = torch.Generator().manual_seed(0)  # the update draws one permutation per epoch
+    for _ in range(config.ppo_epochs):
+        torch.randperm(len(rollout.scores), generator=drawn)
+    assert torch.equal(generator.get_state(), drawn.get_state())
+    full_share = _rollout_stats(ONE_PROCESS, rollout, 0.1)
+    assert 0 <= stats["pad_share_update"] <= full_share["pad_share_rollout"] < 1
 
 
 def test_rloo_has_no_critic_and_a_leave_one_out_baseline(tmp_path, world):

@@ -20,6 +20,7 @@ from alignloop.train.reward import (
     evaluate_pairs,
     group_pairs,
     load_pairs,
+    pad_share,
     tokenize_groups,
     train_reward_model,
 )
@@ -107,6 +108,22 @@ def test_group_pairs_forwards_each_distinct_completion_once():
     assert one.pairs == [(0, 1, 2.0), (0, 2, 0.0), (1, 2, 0.0)]
     assert two.texts == ["x", "w"]  # the same text under another prompt is another text
     assert no_id.texts == ["u", "v", "t"] and no_id.pairs == [(0, 1, 0.0), (1, 2, 0.0)]
+
+
+def test_pad_share_of_padded_and_packed_batches():
+    """rm/pad_share (issue 17) on a hand-built batch: padded, 14 real tokens in 4 rows
+    of 8 (widths in steps of 8); packed, each prompt's shared tokens once: block A is
+    2 + 1 + 2 tokens, block B 1 + 1 + 4, one block per row (neither fits beside the
+    other in 6), so 11 real of 2 x 6."""
+    groups = [
+        PromptGroup("A", ["a0", "a1"], [(0, 1, 0.0)], input_ids=[[1, 2, 3], [1, 2, 4, 5]]),
+        PromptGroup("B", ["b0", "b1"], [(1, 0, 0.0)], input_ids=[[6, 7], [6, 8, 9, 10, 11]]),
+    ]
+    padded = collate(groups, pad_id=0)
+    assert pad_share(padded, groups).item() == pytest.approx(18 / 32)
+    packed = collate(groups, pad_id=0, pack=True)
+    assert packed.input_ids.shape == (2, 6)
+    assert pad_share(packed, groups).item() == pytest.approx(1 / 12)
 
 
 def test_collate_offsets_each_prompts_indices():

@@ -356,12 +356,14 @@ def ppo_update(
     B = len(rollout.scores)
     micro_size = config.minibatch_size // config.grad_accum
     stats: dict[str, list[torch.Tensor]] = {}
+    padding = 0  # (padding, all) positions of the passes, on the device: read at the end
     for _ in range(config.ppo_epochs):
         b_inds = torch.randperm(B, generator=generator)
         for start in range(0, B, config.minibatch_size):
             mb_micro = b_inds[start : start + config.minibatch_size].split(micro_size)
             for i, mb_inds in enumerate(mb_micro):
-                mb = rollout.select(mb_inds)
+                mb = rollout.select(mb_inds)  # trimmed to its own longest prompt, response
+                padding = padding + mb.tokens.padding()
                 # DDP all-reduces gradients on the last micro-batch only.
                 with _no_sync(accelerator, models, last=i == len(mb_micro) - 1):
                     loss, diagnostics = minibatch_loss(policy, critic, mb, config)
@@ -381,7 +383,11 @@ def ppo_update(
             for opt in optimizers:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-    return {k: torch.stack(v).mean().item() for k, v in stats.items()}
+    means = {k: torch.stack(v).mean().item() for k, v in stats.items()}
+    # The share of padded positions the update's passes computed; untrimmed it would
+    # be the rollout's (`ppo/pad_share_rollout`): every episode once per epoch, full width.
+    means["pad_share_update"] = (padding[0] / padding[1]).item()
+    return means
 
 
 def minibatch_loss(
@@ -1058,12 +1064,14 @@ def _rollout_stats(accelerator, r: Rollout, beta: float) -> dict[str, float]:
             (~r.has_eos).float(),
             r.entropy.sum(1),
             (r.values * mask).sum(1),
+            r.query_mask.sum(1) + mask.sum(1),  # real positions of the episode's row
+            torch.full_like(kl_sum, r.query_ids.shape[1] + mask.shape[1]),  # all positions
         ],
         dim=1,
-    )  # (B, 6)
+    )  # (B, 8)
     if accelerator.num_processes > 1:
         per_episode = accelerator.gather(per_episode.to(accelerator.device)).cpu()
-    scores, kl, lengths, no_eos, entropy, values = per_episode.unbind(1)
+    scores, kl, lengths, no_eos, entropy, values, real, width = per_episode.unbind(1)
     local_ev = torch.tensor([explained_variance(r.values, r.returns, mask)])
     ev = _reduce_mean(accelerator, {"ev": local_ev.item()})["ev"]
     return {
@@ -1076,6 +1084,10 @@ def _rollout_stats(accelerator, r: Rollout, beta: float) -> dict[str, float]:
         "no_eos_frac": no_eos.mean().item(),
         "value_mean": (values.sum() / lengths.sum()).item(),
         "explained_variance": ev,
+        # Padded share of the rollout's passes: sampling (prefill of the left-padded
+        # prompts, then a step per row until the longest response ends) and the policy,
+        # reference and value passes all run on these (B, Q + T) rows (issue 17).
+        "pad_share_rollout": 1.0 - (real.sum() / width.sum()).item(),
     }
 
 

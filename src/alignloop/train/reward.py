@@ -335,6 +335,22 @@ def block_mask(block_id: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
     return (allowed | torch.eye(L, dtype=torch.bool))[:, None]
 
 
+def pad_share(batch: RewardBatch, groups: Sequence[PromptGroup]) -> torch.Tensor:
+    """The share of the batch's positions that are padding: () float64, no sync (the
+    loop reads it where it logs). Padded rows: from the attention mask; packed rows:
+    the tokens `collate` laid out (each prompt's shared tokens once, then each text's
+    own) over R x L (issue 17)."""
+    if batch.read_at is None:
+        mask = batch.attention_mask  # (N, L)
+        return 1.0 - mask.sum(dtype=torch.float64) / mask.numel()
+    real = 0
+    for g in groups:
+        shared = shared_prefix_length(g.input_ids)
+        real += shared + sum(len(ids) - shared for ids in g.input_ids)
+    share = 1.0 - real / batch.input_ids.numel()  # of R x L
+    return batch.input_ids.new_full((), share, dtype=torch.float64)  # a fill, no copy
+
+
 # --- loss and evaluation -------------------------------------------------------------
 
 
@@ -503,12 +519,13 @@ def train_reward_model(config: RewardConfig) -> dict:
     started = time.perf_counter()
 
     def step(indices: list[int]) -> StepResult:
-        batch = collate([train[i] for i in indices], pad_id, pack=pack).to(accelerator.device)
+        groups = [train[i] for i in indices]
+        batch = collate(groups, pad_id, pack=pack).to(accelerator.device)
         rewards = model(*batch.model_inputs()).float()
         loss, stats = batch_loss(
             rewards, batch, use_margin=config.use_margin, center_coef=config.center_coef
         )
-        return StepResult(loss, stats)
+        return StepResult(loss, {**stats, "pad_share": pad_share(batch, groups)})
 
     def evaluate() -> dict:
         metrics = evaluate_pairs(model, held, batch_size=config.eval_batch_size,
