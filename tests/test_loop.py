@@ -109,6 +109,15 @@ def test_gold_pairs_and_pair_accuracy():
     assert pair_accuracy(scores, []) is None
 
 
+def test_gold_pairs_leave_out_empty_completions():
+    """A policy can write nothing; a comparison needs two texts (it raised before)."""
+    [p] = make_prompts(1, 3)
+    texts = [p.metadata["ideal"], "", "  ", "weather"]
+    cs = [Completion(id=f"c{i}", prompt_id=p.id, completion=t) for i, t in enumerate(texts)]
+    pairs = gold_pairs([p], cs)
+    assert {(q.chosen_id, q.rejected_id) for q in pairs} == {("c0", "c3")}
+
+
 def test_split_ids_is_seeded_and_disjoint():
     ids = [f"p{i}" for i in range(50)]
     kept, held = split_ids(ids, 0.1, seed=0)

@@ -212,7 +212,9 @@ def split_ids(ids: Sequence[str], fraction: float, seed: int) -> tuple[set[str],
 
 def gold_pairs(prompts: Sequence[Prompt], completions: Sequence[Completion]) -> list[Comparison]:
     """Every pair of a prompt's completions that the gold judge does not tie, the
-    better one chosen: the judge's own labels, to test a reward model against."""
+    better one chosen: the judge's own labels, to test a reward model against. Pairs
+    with an empty completion are left out, as `rankings_to_pairs` leaves them out of
+    the labelers' pairs (a comparison needs two texts)."""
     from alignloop.world import judge_prefers
 
     by_prompt: dict[str, list[Completion]] = {}
@@ -223,6 +225,8 @@ def gold_pairs(prompts: Sequence[Prompt], completions: Sequence[Completion]) -> 
         cs = by_prompt.get(p.id, [])
         for i, a in enumerate(cs):
             for b in cs[i + 1 :]:
+                if not a.completion.strip() or not b.completion.strip():
+                    continue
                 verdict = judge_prefers(p, a.completion, b.completion)
                 if verdict == 0:
                     continue
