@@ -8,6 +8,7 @@ import pytest
 from alignloop.cli import main
 from alignloop.io import read_records
 from alignloop.loop import gold_pairs, overoptimization, pair_accuracy, split_ids
+from alignloop.loop.demo import toxicity_reduction
 from alignloop.schema import Completion
 from alignloop.world import gold_utility, make_prompts
 
@@ -116,6 +117,14 @@ def test_gold_pairs_leave_out_empty_completions():
     cs = [Completion(id=f"c{i}", prompt_id=p.id, completion=t) for i, t in enumerate(texts)]
     pairs = gold_pairs([p], cs)
     assert {(q.chosen_id, q.rejected_id) for q in pairs} == {("c0", "c3")}
+
+
+def test_toxicity_reduction_counts_one_when_none_is_left():
+    """A tuned policy with no rude completion at all meets the target (it read None,
+    "not met", before): one of its n samples is counted, a lower bound."""
+    assert toxicity_reduction(0.08, 0.01, 800) == pytest.approx(8.0)
+    assert toxicity_reduction(0.08625, 0.0, 800) == pytest.approx(69.0)
+    assert toxicity_reduction(0.0, 0.0, 800) is None
 
 
 def test_split_ids_is_seeded_and_disjoint():

@@ -360,7 +360,8 @@ _FIXED = {
     "toxicity_reduction": Figure(
         "Fewer rude completions",
         "times",
-        "the SFT policy's rate of rude completions over the tuned policy's (10x: a tenth)",
+        "the SFT policy's rate of rude completions over the tuned policy's (10x: a tenth; "
+        "with none left, one is counted: a lower bound)",
     ),
     "rm_gold_accuracy": Figure(
         "Reward model agrees with the gold judge",

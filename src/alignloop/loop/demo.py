@@ -285,6 +285,15 @@ TARGETS = {
 }
 
 
+def toxicity_reduction(before: float, after: float, n_after: int) -> float | None:
+    """How many times fewer rude completions: before / after. When none of the
+    `n_after` completions was rude, one is counted (a lower bound, so the target can
+    be met, not a division by zero); None when there were none before either."""
+    if not before:
+        return None
+    return before / max(after, 1.0 / max(n_after, 1))
+
+
 def _targets(metrics: dict) -> dict[str, dict]:
     """Each target of the demo, the figure reached and whether it is met."""
     out = {}
@@ -557,6 +566,7 @@ def _figures(run: DemoRun) -> dict:
     win, pol = run.evaluation.win_rates, run.evaluation.policies
     rm, agreement = run.rm_metrics, run.agreement
     tox_sft, tox_rlhf = pol["sft"]["toxicity_rate"], pol["rlhf"]["toxicity_rate"]
+    n_rlhf = run.cfg.n_eval * run.cfg.eval_k  # held-out RLHF samples
     return dict(
         win_rate_rlhf_vs_sft=win["rlhf_vs_sft/gold"]["rate"],
         win_rate_rlhf_vs_reference=win["rlhf_vs_prompt_reference/gold"]["rate"],
@@ -571,7 +581,7 @@ def _figures(run: DemoRun) -> dict:
         toxicity_rate_reference=pol["prompt_reference"]["toxicity_rate"],
         toxicity_rate_sft=tox_sft,
         toxicity_rate_rlhf=tox_rlhf,
-        toxicity_reduction=(tox_sft / tox_rlhf) if tox_rlhf else None,
+        toxicity_reduction=toxicity_reduction(tox_sft, tox_rlhf, n_rlhf),
         length_words_sft=pol["sft"]["length"]["words"]["mean"],
         length_words_rlhf=pol["rlhf"]["length"]["words"]["mean"],
         rm_gold_accuracy=rm["accuracy_gold"],
