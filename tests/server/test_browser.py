@@ -210,6 +210,13 @@ def sign_in(page, server, who: str, shots: Path | None = None) -> None:
     page.wait_for_url(server["url"] + "/")
 
 
+def open_task(page, server, who: str, project: str) -> None:
+    """Sign `who` in and open `project`'s labeling page at its first task."""
+    sign_in(page, server, who)
+    page.goto(server["url"] + f"/projects/{project}/label")
+    page.wait_for_selector("#task:not([hidden])")
+
+
 def card(page, letter: str):
     return page.locator("article.completion", has_text=f"Response {letter}")
 
@@ -599,9 +606,7 @@ def badges(page) -> list[str]:
 def test_keyboard_ranking_keeps_the_focus_on_the_responses_and_out_of_the_rationale(page, server):
     project = "keyboard"
     who = _fresh_project(server, project, criteria=["helpfulness"], n_prompts=2)
-    sign_in(page, server, who)
-    page.goto(server["url"] + f"/projects/{project}/label")
-    page.wait_for_selector("#task:not([hidden])")
+    open_task(page, server, who, project)
     first_prompt = page.inner_text("#prompt")
     assert focused(page) == "card A"  # a new task starts on its first response
 
@@ -670,9 +675,7 @@ def test_keyboard_ranking_keeps_the_focus_on_the_responses_and_out_of_the_ration
 def test_enter_on_a_response_submits_a_complete_ranking(page, server):
     project = "keyboard-enter"
     who = _fresh_project(server, project, criteria=["helpfulness"], n_prompts=1, k=3)
-    sign_in(page, server, who)
-    page.goto(server["url"] + f"/projects/{project}/label")
-    page.wait_for_selector("#task:not([hidden])")
+    open_task(page, server, who, project)
     page.keyboard.press("1")
     page.keyboard.press("Enter")  # not everything is ranked: nothing happens
     page.keyboard.press("Tab")
@@ -724,9 +727,7 @@ def test_the_whole_task_fits_1280x900_and_a_drag_to_the_worst_slot_stays_in_view
         ),
         completion=lambda name, i, j: f"**Not bold**: summary {j}. " + LONG * (j + 1),
     )
-    sign_in(page, server, who)
-    page.goto(server["url"] + f"/projects/{project}/label")
-    page.wait_for_selector("#task:not([hidden])")
+    open_task(page, server, who, project)
 
     # The prompt's Markdown as elements, with no raw ** and no live markup; the
     # responses are model output: text, asterisks and all.
@@ -784,9 +785,7 @@ def test_the_second_criterion_is_announced_in_view_and_skipping_after_the_first_
     page = make_page(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
     project = "second-criterion"
     who = _fresh_project(server, project, criteria=["helpfulness", "honesty"], n_prompts=2, k=3)
-    sign_in(page, server, who)
-    page.goto(server["url"] + f"/projects/{project}/label")
-    page.wait_for_selector("#task:not([hidden])")
+    open_task(page, server, who, project)
     first = _pending_task(server, who, project)
     assert page.evaluate("scrollY") == 0 and focused(page) == "card A"  # the prompt first
     assert page.inner_text("#skip-note") == ""
@@ -830,9 +829,7 @@ def drafts(page) -> dict:
 def test_a_half_done_ranking_survives_a_reload_per_criterion(page, server):
     project = "drafts"
     who = _fresh_project(server, project, criteria=["helpfulness", "honesty"], n_prompts=2, k=3)
-    sign_in(page, server, who)
-    page.goto(server["url"] + f"/projects/{project}/label")
-    page.wait_for_selector("#task:not([hidden])")
+    open_task(page, server, who, project)
     aid = _pending_task(server, who, project)["assignment_id"]
     page.keyboard.press("2")
     page.keyboard.press("Tab")
@@ -872,9 +869,7 @@ def test_one_progress_unit_on_every_page(make_page, server):
     page = make_page()
     project = "progress"
     who = _fresh_project(server, project, criteria=["helpfulness"], n_prompts=3, k=2)
-    sign_in(page, server, who)
-    page.goto(server["url"] + f"/projects/{project}/label")
-    page.wait_for_selector("#task:not([hidden])")
+    open_task(page, server, who, project)
     assert page.inner_text("#progress") == (
         "You have finished 0 tasks · the project has 0 of 3 tasks done"
     )
@@ -939,9 +934,7 @@ def test_a_phone_ranks_by_touch_dragging_and_tapping(make_page, server, shots):
         prompt=lambda name, i: "Summarize the **minutes** in one sentence.\n\n" + LONG,
         completion=lambda name, i, j: f"Summary {j}: " + LONG[: 60 * (j + 1)],
     )
-    sign_in(page, server, who)
-    page.goto(server["url"] + f"/projects/{project}/label")
-    page.wait_for_selector("#task:not([hidden])")
+    open_task(page, server, who, project)
     assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")  # no sideways
     xs = {round(c.bounding_box()["x"]) for c in page.locator("article.completion").all()}
     assert len(xs) == 1  # one column
@@ -1061,9 +1054,7 @@ def test_a_labeler_changes_their_last_ranking_and_gets_back_to_the_task(page, se
 
     project = "change-last"
     who = _fresh_project(server, project, criteria=["helpfulness"], n_prompts=2, k=3)
-    sign_in(page, server, who)
-    page.goto(server["url"] + f"/projects/{project}/label")
-    page.wait_for_selector("#task:not([hidden])")
+    open_task(page, server, who, project)
     assert page.is_hidden("#edit-last")  # nothing ranked yet
     first_prompt = page.inner_text("#prompt")
     texts = page.locator("article.completion .text").all_inner_texts()
@@ -1128,9 +1119,7 @@ def _project_completions(db, name: str):
 def test_a_ranking_submitted_after_the_session_ended_waits_for_the_sign_in(page, server):
     project = "session-ends"
     who = _fresh_project(server, project, criteria=["helpfulness"], n_prompts=1, k=2)
-    sign_in(page, server, who)
-    page.goto(server["url"] + f"/projects/{project}/label")
-    page.wait_for_selector("#task:not([hidden])")
+    open_task(page, server, who, project)
     aid = _pending_task(server, who, project)["assignment_id"]
     page.keyboard.press("2")
     page.keyboard.press("Tab")
@@ -1154,9 +1143,7 @@ def test_a_ranking_submitted_after_the_session_ended_waits_for_the_sign_in(page,
 def test_a_screen_reader_hears_each_responses_rank(page, server):
     project = "aria"
     who = _fresh_project(server, project, criteria=["helpfulness"], n_prompts=1, k=2)
-    sign_in(page, server, who)
-    page.goto(server["url"] + f"/projects/{project}/label")
-    page.wait_for_selector("#task:not([hidden])")
+    open_task(page, server, who, project)
 
     def labels() -> list[str]:
         return [c.get_attribute("aria-label") for c in page.locator("article.completion").all()]
@@ -1184,9 +1171,7 @@ def test_a_conversation_shows_as_labelled_turns_with_markup_as_text(page, server
         k=2,
         prompt=lambda n, i: conversation,
     )
-    sign_in(page, server, who)
-    page.goto(server["url"] + f"/projects/{project}/label")
-    page.wait_for_selector("#task:not([hidden])")
+    open_task(page, server, who, project)
     shown = page.locator("#prompt .turn")
     assert shown.count() == 4
     assert page.locator("#prompt .turn-role").all_text_contents() == [
