@@ -404,7 +404,7 @@ def admin_project(request: Request, project: str, who: Page) -> HTMLResponse:
     _admin(request, who)
     db = db_of(request)
     status = service.project_status(db, project, now=request.app.state.clock())
-    (summary,) = [p for p in service.list_projects(db) if p["name"] == status["project"]]
+    (summary,) = service.list_projects(db, name=status["project"])
     return render(
         request,
         "admin_project.html",
@@ -433,7 +433,7 @@ def admin_review(
     "contested" (some pair ordered both ways) or "flagged" (flagged unsafe)."""
     _admin(request, who)
     db = db_of(request)
-    (summary,) = [p for p in service.list_projects(db) if p["name"] == project] or [None]
+    (summary,) = service.list_projects(db, name=project) or [None]
     if summary is None:
         raise NotFound(f"no project named {project!r}")
     items = service.review_items(

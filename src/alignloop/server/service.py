@@ -940,10 +940,14 @@ def review_items(
     return list(items.values())
 
 
-def list_projects(db: Database) -> list[dict[str, Any]]:
-    """Every project with its size and progress (for the project lists)."""
+def list_projects(db: Database, *, name: str | None = None) -> list[dict[str, Any]]:
+    """Every project with its size and progress (for the project lists); with `name`,
+    only that one (none when there is no such project)."""
     with db.read() as session:
-        projects = session.scalars(select(Project).order_by(Project.id)).all()
+        query = select(Project).order_by(Project.id)
+        if name is not None:
+            query = query.where(Project.name == name)
+        projects = session.scalars(query).all()
         out = []
         for p in projects:
             n = session.scalar(
