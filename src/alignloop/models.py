@@ -52,8 +52,10 @@ __all__ = [
     "load_tokenizer",
     "pad_left",
     "pad_right",
+    "parse_head_weights",
     "position_ids_from_mask",
     "prompt_token_limit",
+    "read_user_weights",
     "response_logits",
     "response_logprobs",
     "save_pretrained",
@@ -463,6 +465,63 @@ def disable_dropout(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+
+
+# --- a reward model's heads and a user's weights over them (issue 16) -------------------
+
+
+def parse_head_weights(values: Sequence[str], field: str) -> dict[str, float]:
+    """`NAME=W` strings (`--reward helpfulness=1.0 --reward harmlessness=0.5`) -> {name:
+    weight}, in the order given. A malformed item, a weight that is not a finite number
+    or a name given twice is a `ConfigError` naming `field` (the flag or config key)."""
+    import math
+
+    from alignloop.config import ConfigError
+
+    weights: dict[str, float] = {}
+    for value in values:
+        name, sep, number = str(value).partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"{field} {value!r}: expected NAME=WEIGHT, e.g. helpfulness=1.0")
+        try:
+            weight = float(number)
+        except ValueError:
+            weight = math.nan
+        if not math.isfinite(weight):
+            raise ConfigError(f"{field} {value!r}: the weight {number.strip()!r} is not a number")
+        if name in weights:
+            raise ConfigError(f"{field} {value!r}: {name!r} is given twice")
+        weights[name] = weight
+    return weights
+
+
+def read_user_weights(path: str | Path, field: str = "--user-weights") -> dict[str, float]:
+    """A weights file's {head name: weight}: JSON `{"user": NAME, "weights": {head:
+    float}, ...}` (what `alignloop personal fit` writes; other keys are kept for people
+    and ignored here). Every failure is one `ConfigError` naming `field` and the file."""
+    import json
+    import math
+
+    from alignloop.config import ConfigError
+
+    where = f"{field} {path}"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{where}: not a JSON weights file ({e})") from None
+    weights = data.get("weights") if isinstance(data, dict) else None
+    if not isinstance(weights, dict) or not weights:
+        raise ConfigError(f'{where}: expected {{"user": NAME, "weights": {{HEAD: WEIGHT, ...}}}}')
+    out: dict[str, float] = {}
+    for name, weight in weights.items():
+        ok = isinstance(weight, int | float) and not isinstance(weight, bool)
+        if not ok or not math.isfinite(weight):
+            raise ConfigError(f"{where}: weights[{name!r}]: {weight!r} is not a number")
+        out[str(name)] = float(weight)
+    return out
 
 
 # --- reward model ---------------------------------------------------------------------
