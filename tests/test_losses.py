@@ -7,6 +7,7 @@ import torch
 
 from alignloop.losses import (
     centering_loss,
+    combine_heads,
     entropy_from_logits,
     gae,
     kl_k1,
@@ -19,6 +20,7 @@ from alignloop.losses import (
     ppo_policy_loss,
     ppo_value_loss,
     rloo_advantages,
+    safety_gate,
 )
 
 X = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
@@ -148,3 +150,19 @@ def test_rloo_advantages_by_hand():
     adv = rloo_advantages(torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0]), 3)
     assert close(adv, [-3.0, -1.5, 4.5, -1.5, -1.5, 3.0])
     assert close(adv.view(-1, 3).sum(1), [0.0, 0.0])  # a baseline: zero sum per prompt
+
+
+def test_combine_heads_and_the_safety_gate_by_hand():
+    # heads (helpful, harmless); weights 1 and 0.5
+    scores = torch.tensor([[2.0, 1.0], [1.0, -2.0], [-1.0, 0.0], [0.5, -0.25]])
+    combined = combine_heads(scores, torch.tensor([1.0, 0.5]))
+    assert close(combined, [2.5, 0.0, -1.0, 0.375])  # 2 + .5; 1 - 1; -1 + 0; .5 - .125
+    # gate on harmless below 0: rows 1 and 3 get their harmless score alone; row 2 at 0
+    # exactly is not below, so it keeps its combination
+    reward, gated = safety_gate(combined, scores[:, 1], threshold=0.0)
+    assert gated.tolist() == [False, True, False, True]
+    assert close(reward, [2.5, -2.0, -1.0, -0.25])
+    # a threshold of -1: only row 1 (-2) is below it
+    reward, gated = safety_gate(combined, scores[:, 1], threshold=-1.0)
+    assert gated.tolist() == [False, True, False, False]
+    assert close(reward, [2.5, -2.0, -1.0, 0.375])

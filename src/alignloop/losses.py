@@ -6,6 +6,8 @@ A `mask` is 1.0 on the response tokens that count and 0.0 on padding.
 - reward model: `pairwise_loss` (Bradley-Terry), `centering_loss`
 - PPO: `kl_k1` / `kl_k3` (per-token KL estimators), `gae`, `ppo_policy_loss`,
   `ppo_value_loss`, with the masked statistics they need; `rloo_advantages` (no critic)
+- a reward of several parts: `combine_heads` (weights over a reward model's heads),
+  `safety_gate` (the safety score alone where it is low)
 - log-probabilities and entropy from logits, without full-vocabulary copies
 
 A new variant is a new function here, never a branch on a string.
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 __all__ = [
     "PolicyLossStats",
     "centering_loss",
+    "combine_heads",
     "entropy_from_logits",
     "gae",
     "kl_k1",
@@ -33,6 +36,7 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "rloo_advantages",
+    "safety_gate",
 ]
 
 
@@ -162,6 +166,30 @@ def rloo_advantages(returns: torch.Tensor, k: int) -> torch.Tensor:
     grouped = returns.view(-1, k)  # (P, k)
     others = (grouped.sum(1, keepdim=True) - grouped) / (k - 1)  # (P, k) leave-one-out mean
     return (grouped - others).view(-1)  # (B,)
+
+
+# --- a reward of several parts (issue 16) -------------------------------------------
+
+
+def combine_heads(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """One reward from a reward model's heads: sum_h w_h * s_h. scores (N, H), each
+    head normalized; weights (H,) -> (N,)."""
+    return scores @ weights.to(scores.dtype)  # (N,)
+
+
+def safety_gate(
+    reward: torch.Tensor, safety: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the safety head's score is below `threshold`, that score alone is the
+    reward. reward (N,), safety (N,) -> (reward (N,), gated (N,) bool).
+
+    Touvron et al. 2023 (Llama 2), sec. 3.2.2, simplified: there the gate also closes
+    on every prompt tagged unsafe, its threshold (0.15) is on a safety model's
+    probability-like score, the other branch is the helpfulness score alone, and the
+    result is whitened after a logit; here it is one normalized head against
+    `threshold`, over any combination of heads, and nothing else."""
+    gated = safety < threshold  # (N,) bool
+    return torch.where(gated, safety.to(reward.dtype), reward), gated
 
 
 # --- PPO losses --------------------------------------------------------------------
