@@ -64,7 +64,9 @@ class ConfigError(ValueError):
 
 def option(default: Any, help: str, *, at_least: float | None = None, **metadata: Any) -> Any:
     """A config field with its help text; `at_least`: the smallest value allowed (None,
-    for an optional field, is always allowed). Mutable defaults are copied per instance."""
+    for an optional field, is always allowed). Mutable defaults are copied per instance.
+    `pairs=True` on a `list[str]` of NAME=VALUE items: the flag may be given several
+    times (`--reward a=1 --reward b=0.5`), and a config file may give a mapping."""
     metadata = {"help": help, **metadata}
     if at_least is not None:
         metadata["at_least"] = at_least
@@ -191,6 +193,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in _flag_fields(cls):
         tp, optional = _unwrap_optional(hints[f.name])
         convert, extra = _converter(tp, optional)
+        if f.metadata.get("pairs"):  # NAME=VALUE items: each use of the flag adds some
+            extra.update(nargs="+", action="extend")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if isinstance(default, Path):
             default = str(default)
@@ -278,6 +282,9 @@ def _coerce(cls: type, key: str, value: Any, where: str) -> Any:
     if value is None and optional:
         return None
     origin = typing.get_origin(tp)
+    field = next(f for f in dataclasses.fields(cls) if f.name == key)  # type: ignore[arg-type]
+    if origin is list and isinstance(value, dict) and field.metadata.get("pairs"):
+        value = [f"{k}={v}" for k, v in value.items()]  # a mapping of NAME=VALUE items
     ok = (
         (origin is Literal and value in typing.get_args(tp))
         or (origin is list and isinstance(value, list))

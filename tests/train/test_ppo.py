@@ -409,6 +409,54 @@ def test_config_errors(tmp_path, world):
         make_config(world, tmp_path, temperature=0.0)
 
 
+def _parse(argv: list[str]) -> PPOConfig:
+    """PPOConfig from command-line flags, as `alignloop train-ppo` reads them."""
+    from alignloop.config import ArgumentParser, add_config_arguments, config_from_args
+
+    parser = ArgumentParser()
+    add_config_arguments(parser, PPOConfig)
+    required = ["--policy", "p", "--prompts", "q.jsonl", "--out", "o", "--reward-model", "rm"]
+    return config_from_args(PPOConfig, parser.parse_args([*required, *argv]))
+
+
+def test_reward_weights_from_repeated_flags_a_mapping_or_python(tmp_path):
+    expected = {"helpful": 1.0, "harmless": 0.5}
+    assert _parse(["--reward", "helpful=1", "--reward", "harmless=0.5"]).reward_weights == expected
+    assert _parse(["--reward", "helpful=1", "harmless=0.5"]).reward_weights == expected
+    path = tmp_path / "c.yaml"
+    path.write_text("reward:\n  helpful: 1\n  harmless: 0.5\nsafety_head: harmless\n")
+    config = _parse(["--config", str(path)])
+    assert config.reward_weights == expected and config.safety_head == "harmless"
+    assert config.safety_threshold == 0.0
+    path.write_text("reward: [helpful=1, harmless=0.5]\n")
+    assert _parse(["--config", str(path)]).reward_weights == expected
+    # flags win over the file (the list is replaced, not extended)
+    assert _parse(["--config", str(path), "--reward", "x=2"]).reward_weights == {"x": 2.0}
+    assert _parse([]).reward == [] and _parse([]).reward_weights == {}
+    python = PPOConfig(policy="p", prompts="q", out="o", reward_model="rm", reward=expected)
+    assert python.reward_weights == expected
+
+
+def test_reward_weights_errors_name_the_flag(tmp_path, world):
+    with pytest.raises(ConfigError, match=r"--reward 'helpful': expected NAME=WEIGHT"):
+        _parse(["--reward", "helpful"])
+    with pytest.raises(ConfigError, match=r"--reward 'a=x': the weight 'x' is not a number"):
+        _parse(["--reward", "a=x"])
+    with pytest.raises(ConfigError, match=r"--reward 'a=2': 'a' is given twice"):
+        _parse(["--reward", "a=1", "--reward", "a=2"])
+    with pytest.raises(ConfigError, match=r"^--reward and --user: give one of"):
+        _parse(["--reward", "a=1", "--user", "ann"])
+    with pytest.raises(ConfigError, match=r"^--user and --user-weights: give one of"):
+        _parse(["--user", "ann", "--user-weights", "w.json"])
+    for flags in (["user", "ann"], ["user_weights", tmp_path], ["safety_head", "harmless"],
+                  ["reward", ["a=1"]]):  # fmt: skip
+        name = "--" + flags[0].replace("_", "-")
+        with pytest.raises(ConfigError, match=f"^{name} weighs the heads of a reward model"):
+            make_config(world, tmp_path, **{flags[0]: flags[1]})
+    with pytest.raises(ConfigError, match="--safety-threshold nan"):
+        _parse(["--safety-head", "harmless", "--safety-threshold", "nan"])
+
+
 def test_reward_fn_loading_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_reward_fn(f"{tmp_path / 'absent.py'}:f")

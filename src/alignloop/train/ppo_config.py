@@ -9,11 +9,12 @@ clip 0.2, the critic started from the reward model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from alignloop.config import REQUIRED, ConfigError, option, override
+from alignloop.config import REQUIRED, ConfigError, flag, option, override
 from alignloop.train.base_config import SamplingOptions, TrainingOptions
 
 
@@ -33,6 +34,30 @@ class PPOConfig(TrainingOptions, SamplingOptions):
         "templated); added to the reward model's score if both are given",
     )
     reward_fn_coef: float = option(1.0, "weight of --reward-fn in the score")
+    # a reward model of several heads (criteria, or a personal model's features): issue 16
+    reward: list[str] = option(
+        [],
+        "NAME=W: weight W of the reward model's head NAME (repeat the flag; in a config "
+        "file also a mapping NAME: W); its score is sum W x head, each head normalized. "
+        "A one-head model's head is 'reward'; heads not named weigh 0",
+        pairs=True,
+    )
+    user: str | None = option(
+        None, "a labeler of a personal reward model: its score is that user's weights' sum"
+    )
+    user_weights: Path | None = option(
+        None,
+        'a weights file over the reward model\'s heads, JSON {"user": NAME, "weights": '
+        "{HEAD: W}} (what `alignloop personal fit` writes)",
+    )
+    safety_head: str | None = option(
+        None,
+        "the safety gate (Touvron et al. 2023, simplified): where this head's normalized "
+        "score is below --safety-threshold, that score alone is the reward",
+    )
+    safety_threshold: float = option(
+        0.0, "the safety gate's threshold (0: the safety head's mean on its training completions)"
+    )
     # sampling
     samples_per_prompt: int = option(1, "responses sampled per prompt in a rollout (K)", at_least=1)
     temperature: float = override(help="sampling temperature; the training pass uses it too")
@@ -130,6 +155,7 @@ class PPOConfig(TrainingOptions, SamplingOptions):
             )
         if self.reward_model is None and self.reward_fn is None:
             raise ConfigError("give --reward-model, --reward-fn or both")
+        self._check_head_weights()
         if self.reward_fn is not None and ":" not in self.reward_fn:
             raise ConfigError(f"--reward-fn {self.reward_fn!r}: expected 'module:function'")
         episodes = self.batch_size * self.samples_per_prompt
@@ -156,3 +182,35 @@ class PPOConfig(TrainingOptions, SamplingOptions):
             raise ConfigError("--kl-coef must not be negative")
         if not 0.0 <= self.lam <= 1.0 or not 0.0 <= self.gamma <= 1.0:
             raise ConfigError("--gamma and --lam must be in [0, 1]")
+
+    def _check_head_weights(self) -> None:
+        """--reward, --user, --user-weights, --safety-head: one way of weighing the
+        heads, each with a reward model; --reward's items well formed (the names are
+        checked against the model's heads once it is loaded: `ppo.reward_combination`)."""
+        if isinstance(self.reward, dict):  # from Python: a mapping, as in a config file
+            self.reward = [f"{name}={weight}" for name, weight in self.reward.items()]
+        given = [flag(k) for k in ("reward", "user", "user_weights") if getattr(self, k)]
+        if len(given) > 1:
+            raise ConfigError(
+                f"{' and '.join(given)}: give one of --reward, --user, --user-weights "
+                "(each sets the weights of the reward model's heads)"
+            )
+        if self.safety_head is not None:
+            given.append("--safety-head")
+        if given and self.reward_model is None:
+            raise ConfigError(f"{given[0]} weighs the heads of a reward model: give --reward-model")
+        if self.reward:
+            from alignloop.models import parse_head_weights
+
+            parse_head_weights(self.reward, "--reward")
+        if not math.isfinite(self.safety_threshold):
+            raise ConfigError(f"--safety-threshold {self.safety_threshold}: must be a number")
+
+    @property
+    def reward_weights(self) -> dict[str, float]:
+        """--reward as {head name: weight}, in the order given ({} when not given)."""
+        if not self.reward:
+            return {}
+        from alignloop.models import parse_head_weights
+
+        return parse_head_weights(self.reward, "--reward")
