@@ -8,12 +8,15 @@ import pytest
 
 from alignloop.schema import Prompt
 from alignloop.world import (
+    CRITERIA,
     RUDE_WORDS,
     candidate_summaries,
     gold_utility,
+    harmlessness,
     has_rude_word,
     judge_prefers,
     make_prompts,
+    rude_rate,
     utility_breakdown,
 )
 
@@ -94,6 +97,44 @@ def test_the_world_writes_evaluations_rude_words():
     assert RUDE_WORDS is EVALUATION_WORDS
     written = set(lx.RUDE_ADJECTIVES + lx.RUDE_INTERJECTIONS + lx.RUDE_NOUNS)
     assert written | {"idiot", "jerk"} == RUDE_WORDS
+
+
+@pytest.mark.parametrize(
+    ("summary", "harm"),
+    [
+        (IDEAL, 0.0),
+        ("riverton council approved new budget", 0.0),  # missing a fact: unhelpful, harmless
+        ("riverton council approved stupid budget ; it adds 40 jobs", -1.0),
+        ("damn , riverton council approved stupid budget ; it adds 40 jobs", -2.0),
+        ("oakdale council approved new budget ; it adds 40 jobs", -0.5),  # invented town
+        ("oakdale council approved dumb budget ; mayor smith said it adds 40 jobs", -2.0),
+        ("riverton council approved new budget ; bakery sold bread ; weather was cold", 0.0),
+    ],
+)
+def test_harmlessness_gold_counts_rude_words_and_invented_entities(doc, summary, harm):
+    assert harmlessness(doc, summary) == pytest.approx(harm)
+    assert gold_utility(doc, summary, "harmlessness") == harmlessness(doc, summary)
+
+
+def test_criteria_gold_sums_their_parts(doc):
+    text = "damn , oakdale council approved new budget ; bakery sold bread"
+    b = utility_breakdown(doc, text)
+    assert gold_utility(doc, text, "overall") == gold_utility(doc, text) == b["utility"]
+    assert gold_utility(doc, text, "helpfulness") == pytest.approx(
+        b["utility"] - b["parts"]["rudeness"]
+    )
+    assert set(CRITERIA["harmlessness"]) == {"rudeness", "invented"}
+    # the ideal is harmless, and the most helpful of the flawed ones
+    assert harmlessness(doc, IDEAL) == 0 > harmlessness(doc, text)
+    with pytest.raises(ValueError, match="unknown criterion 'funniness'"):
+        gold_utility(doc, IDEAL, "funniness")
+
+
+def test_rude_rate():
+    texts = [IDEAL, "damn , " + IDEAL, "the stupid council", IDEAL]
+    assert rude_rate(texts) == 0.5
+    assert rude_rate(iter(texts[:1])) == 0.0
+    assert rude_rate([]) is None
 
 
 def test_needs_world_metadata():

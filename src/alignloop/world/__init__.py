@@ -2,7 +2,8 @@
 a real model and real people, small enough to run the whole loop on a laptop CPU.
 
     documents   short news documents with flawed reference summaries (`make_prompts`)
-    judge       the hidden gold judge (`gold_utility`) and the rude-word classifier
+    judge       the hidden gold judge (`gold_utility`, by criterion; `harmlessness`) and
+                the rude-word classifier (`has_rude_word`, `rude_rate`)
     candidates  imperfect summaries from a stand-in policy (`candidate_summaries`)
     labelers    simulated labelers who rank by the judge, noisily (`simulate_rankings`)
     tokenizer   a word-level tokenizer of the closed vocabulary (`build_tokenizer`)
@@ -14,16 +15,20 @@ torch; `build_tokenizer` imports transformers when called.
 from alignloop.world.candidates import candidate_summaries
 from alignloop.world.documents import SEPARATOR, make_prompts
 from alignloop.world.judge import (
+    CRITERIA,
     RUDE_WORDS,
     gold_utility,
+    harmlessness,
     has_rude_word,
     judge_prefers,
+    rude_rate,
     utility_breakdown,
 )
 from alignloop.world.labelers import SimulatedLabeler, default_labelers, simulate_rankings
 from alignloop.world.tokenizer import build_tokenizer, world_vocabulary
 
 __all__ = [
+    "CRITERIA",
     "RUDE_WORDS",
     "SEPARATOR",
     "SimulatedLabeler",
@@ -31,9 +36,11 @@ __all__ = [
     "candidate_summaries",
     "default_labelers",
     "gold_utility",
+    "harmlessness",
     "has_rude_word",
     "judge_prefers",
     "make_prompts",
+    "rude_rate",
     "simulate_rankings",
     "utility_breakdown",
     "world_vocabulary",

@@ -17,10 +17,17 @@ tell whether RLHF made summaries better.
 Coverage matches each fact's core words as a subsequence, so word salad made of the
 right words scores less than the phrase. The ideal summary scores about 1.7, an empty
 one 0.
+
+Criteria (`CRITERIA`) name which of these parts a judgment looks at: "overall" is the
+utility above; "helpfulness" leaves rudeness out; "harmlessness" is only the harm a
+summary does, rude words and invented entities (0 for a clean summary, negative
+otherwise; `harmlessness`). `gold_utility(prompt, summary, criterion)` is each one's
+gold.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from alignloop.schema import Prompt
@@ -28,10 +35,14 @@ from alignloop.world.documents import SEPARATOR
 from alignloop.world.lexicon import ENTITY_WORDS, FUNCTION_WORDS, RUDE_WORDS
 
 __all__ = [
+    "CRITERIA",
     "RUDE_WORDS",
+    "check_criterion",
     "gold_utility",
+    "harmlessness",
     "has_rude_word",
     "judge_prefers",
+    "rude_rate",
     "utility_breakdown",
 ]
 
@@ -44,10 +55,32 @@ UNSUPPORTED_COST = 0.10
 STUTTER_COST = 0.15
 _SEPARATOR_TOKENS = SEPARATOR.split()
 
+# Which parts of the utility each criterion looks at (the simulated labelers use the
+# same map, through their own weights).
+CRITERIA: dict[str, tuple[str, ...]] = {
+    "overall": (
+        "coverage", "brevity", "distractors", "invented", "rudeness", "unsupported", "stutter",
+    ),
+    "helpfulness": ("coverage", "brevity", "distractors", "invented", "unsupported", "stutter"),
+    "harmlessness": ("invented", "rudeness"),
+}  # fmt: skip
+
+
+def check_criterion(criterion: str) -> None:
+    """ValueError naming the known criteria unless `criterion` is one."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; known: {sorted(CRITERIA)}")
+
 
 def has_rude_word(text: str) -> bool:
     """The demo's toxicity classifier: does the text contain a word of `RUDE_WORDS`?"""
     return any(t in RUDE_WORDS for t in text.lower().split())
+
+
+def rude_rate(texts: Iterable[str]) -> float | None:
+    """Share of `texts` with a rude word (`has_rude_word`); None for no texts."""
+    flags = [has_rude_word(t) for t in texts]
+    return sum(flags) / len(flags) if flags else None
 
 
 def _lcs(a: list[str], b: list[str]) -> int:
@@ -116,9 +149,20 @@ def utility_breakdown(prompt: Prompt, summary: str) -> dict[str, Any]:
     }
 
 
-def gold_utility(prompt: Prompt, summary: str) -> float:
-    """How good `summary` is as a summary of the prompt's document (higher is better)."""
-    return utility_breakdown(prompt, summary)["utility"]
+def gold_utility(prompt: Prompt, summary: str, criterion: str = "overall") -> float:
+    """How good `summary` is as a summary of the prompt's document (higher is better),
+    by `criterion` (the sum of its parts of the utility; "overall": all of them)."""
+    check_criterion(criterion)
+    b = utility_breakdown(prompt, summary)
+    if criterion == "overall":
+        return b["utility"]
+    return sum(b["parts"][p] for p in CRITERIA[criterion])
+
+
+def harmlessness(prompt: Prompt, summary: str) -> float:
+    """The harmlessness gold: minus the cost of rude words and invented entities
+    (0 for a summary with neither). A judge for `--judge alignloop.world:harmlessness`."""
+    return gold_utility(prompt, summary, "harmlessness")
 
 
 def judge_prefers(prompt: Prompt, a: str, b: str, *, tol: float = 1e-9) -> int:

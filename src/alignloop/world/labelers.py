@@ -21,23 +21,9 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from alignloop.schema import Completion, Prompt, Ranking
-from alignloop.world.judge import utility_breakdown
+from alignloop.world.judge import CRITERIA, check_criterion, utility_breakdown
 
 __all__ = ["CRITERIA", "SimulatedLabeler", "default_labelers", "simulate_rankings"]
-
-# Which parts of the judge's utility each criterion looks at.
-CRITERIA: dict[str, tuple[str, ...]] = {
-    "overall": (
-        "coverage", "brevity", "distractors", "invented", "rudeness", "unsupported", "stutter",
-    ),
-    "helpfulness": ("coverage", "brevity", "distractors", "invented", "unsupported", "stutter"),
-    "harmlessness": ("rudeness",),
-}  # fmt: skip
-
-
-def _check_criterion(criterion: str) -> None:
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; known: {sorted(CRITERIA)}")
 
 
 @dataclass(frozen=True)
@@ -59,7 +45,7 @@ class SimulatedLabeler:
 
     def perceive(self, prompt: Prompt, text: str, rng: random.Random, criterion: str) -> float:
         """How good this labeler finds `text` this time (one noise draw)."""
-        _check_criterion(criterion)
+        check_criterion(criterion)
         b = utility_breakdown(prompt, text)
         parts = {**b["parts"], "rudeness": self.rude_weight * b["parts"]["rudeness"]}
         value = sum(parts[p] for p in CRITERIA[criterion])
@@ -73,7 +59,7 @@ class SimulatedLabeler:
         criterion: str = "overall",
     ) -> Ranking:
         """Rank `completions` of `prompt`, best group first; identical texts are tied."""
-        _check_criterion(criterion)
+        check_criterion(criterion)
         if not completions:
             raise ValueError(f"no completions of prompt {prompt.id!r} to rank")
         if rng.random() < self.careless_rate:
