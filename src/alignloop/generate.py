@@ -286,12 +286,29 @@ def generate_completions(
     batch_size: int = 16,
     policy_name: str | None = None,
     progress: Callable[[int], None] | None = None,
+    adapter: str | None = None,
 ) -> list[Completion]:
     """`k` completion records per prompt (ids "<prompt id>-<j>"), `batch_size`
     prompts per `sample` call; a conversation is rendered with the chat template and
     its completion is the assistant's turn (`chat.render_prompt`). `progress(n)` is
     called after each batch with its number of prompts (as `sequence_kl` does), to
-    drive a progress bar."""
+    drive a progress bar. `adapter`: which of a peft policy's adapters samples (a name
+    given to `adapters.load_adapters`, or `adapters.ADAPTER_OFF`: the base); None: the
+    policy as it is."""
+    from alignloop.adapters import adapter_active
+
+    with adapter_active(policy, adapter):
+        return _generate_completions(
+            policy, tokenizer, prompts, k=k, temperature=temperature,
+            max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length,
+            batch_size=batch_size, policy_name=policy_name, progress=progress,
+        )  # fmt: skip
+
+
+def _generate_completions(
+    policy, tokenizer, prompts, *, k, temperature, max_new_tokens, max_prompt_length,
+    batch_size, policy_name, progress,
+) -> list[Completion]:  # fmt: skip
     records: list[Completion] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
@@ -333,11 +350,15 @@ def generate_file(
     policy_name: str | None = None,
     show_progress: bool = True,
     options=None,
+    adapter: str | Path | None = None,
 ) -> int:
     """`alignloop generate`: sample `k` completions of every prompt of a file with a
     policy (local path or hub id) and write them as completion records (atomically).
     Seeded: the same seed, policy and prompts give the same file. Returns the count.
-    `options`: how the policy is loaded (`models.LoadOptions` or a config with them)."""
+    `options`: how the policy is loaded (`models.LoadOptions` or a config with them).
+    `adapter`: a saved LoRA adapter folder put on the policy, its base (a personalized
+    policy: train-ppo --lora-r R --save-adapter); the records' `policy` is then
+    "BASE+ADAPTER" unless `policy_name` is given."""
     from alignloop.io import read_prompts, write_records
     from alignloop.models import load_policy
     from alignloop.progress import progress
@@ -346,7 +367,8 @@ def generate_file(
     prompts = read_prompts(prompts_path)
     if not prompts:
         raise SchemaError(f"{prompts_path}: no prompts to generate from")
-    policy, tokenizer = load_policy(policy_path, options=options, what="--policy")
+    policy, tokenizer = load_policy(policy_path, options=options, what="--policy", adapter=adapter)
+    default_name = str(policy_path) if adapter is None else f"{policy_path}+{adapter}"
     require_template(tokenizer, prompts, str(policy_path))
     policy.eval()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -357,7 +379,7 @@ def generate_file(
         records = generate_completions(
             policy, tokenizer, prompts, k=k, temperature=temperature,
             max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length,
-            batch_size=batch_size, policy_name=policy_name or str(policy_path),
+            batch_size=batch_size, policy_name=policy_name or default_name,
             progress=lambda n: bar.update(task, advance=n),
         )  # fmt: skip
     return write_records(out, records)

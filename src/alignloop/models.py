@@ -830,15 +830,35 @@ class RewardModel(nn.Module):
 
 
 def load_policy(
-    name_or_path: str | Path, *, dtype: torch.dtype | None = None, options=None, what="policy"
+    name_or_path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    options=None,
+    what="policy",
+    adapter: str | Path | None = None,
+    adapter_what: str = "--adapter",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM to tune and its tokenizer (with a pad token); dropout off.
     `options`: `LoadOptions` (or a config with them); `dtype` overrides theirs.
+    `adapter`: a saved peft adapter folder (train-ppo --save-adapter) put on the model,
+    its base, frozen (`adapters.load_adapter`; its checks name `adapter_what`): the
+    model returned is then a peft model, the base being its adapter off.
 
     float32 by default: transformers 5 loads a checkpoint in its own dtype ("auto",
     bf16 for most hub models), and small AdamW updates of bf16 weights round away."""
     from transformers import AutoModelForCausalLM
 
+    from alignloop.adapters import ADAPTER_CONFIG, load_adapter, read_adapter_config
+
+    if adapter is not None:
+        read_adapter_config(adapter, adapter_what)  # before minutes of loading the base
+        if (Path(name_or_path).expanduser() / ADAPTER_CONFIG).is_file():
+            from alignloop.config import ConfigError
+
+            raise ConfigError(
+                f"{what} {name_or_path} is itself an adapter folder: give its base as {what} "
+                f"and the adapter as {adapter_what}"
+            )
     options = LoadOptions.of(options)
     tokenizer = load_tokenizer(name_or_path, options=options, what=what)
     kwargs = _model_kwargs(options)
@@ -848,6 +868,8 @@ def load_policy(
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     disable_dropout(model)
+    if adapter is not None:
+        model = load_adapter(model, adapter, base=name_or_path, what=adapter_what)
     return model, tokenizer
 
 
