@@ -27,8 +27,18 @@ class EvalConfig(SamplingOptions):
     out: Path = option(
         REQUIRED, "output directory: eval.json, completions_*.jsonl, scores.jsonl, report.html, ..."
     )
+    adapter: Path | None = option(
+        None,
+        "a LoRA adapter folder put on --policy, its base (a personalized policy: "
+        "train-ppo --lora-r R --save-adapter)",
+    )
     reference: str | None = option(
         None, "reference policy (the SFT model, say): KL to it and win rate against it"
+    )
+    reference_adapter: Path | None = option(
+        None,
+        "a LoRA adapter folder put on --reference (another user's policy, say; "
+        "without it, --reference as it is: the base of --policy --adapter)",
     )
     judge: str | None = option(
         None,
@@ -78,5 +88,7 @@ class EvalConfig(SamplingOptions):
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is taken")
         if self.judge_name in ("id", "prompt_id", "policy", "reward", "kl", "toxicity", "toxic"):
             raise ConfigError(f"--judge-name {self.judge_name!r} is taken by another score")
+        if self.reference_adapter is not None and self.reference is None:
+            raise ConfigError("--reference-adapter needs --reference, the base it goes on")
         if self.reference is not None and self.policy_name == self.reference_name:
             raise ConfigError("--policy-name and --reference-name must differ")

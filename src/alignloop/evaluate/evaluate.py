@@ -402,11 +402,14 @@ def _device(name: str):
     return torch.device(name)
 
 
-def _load_policy(name_or_path: str, flag: str, dtype, options=None):
+def _load_policy(name_or_path: str, flag: str, dtype, options=None, adapter=None, adapter_flag=""):
     from alignloop.models import load_policy
 
     try:
-        return load_policy(name_or_path, dtype=dtype, options=options, what=flag)
+        return load_policy(
+            name_or_path, dtype=dtype, options=options, what=flag, adapter=adapter,
+            adapter_what=adapter_flag,
+        )  # fmt: skip
     except OSError as e:  # no such directory, no weights, a hub id without network
         raise FileNotFoundError(f"{flag} {name_or_path}: cannot load a causal LM: {e}") from e
 
@@ -486,7 +489,9 @@ def _sample_policies(config: EvalConfig, prompts: Sequence[Prompt], device, dtyp
     from alignloop.models import prompt_token_limit
 
     out = Path(config.out)
-    policy, tokenizer = _load_policy(config.policy, "--policy", dtype, config)
+    policy, tokenizer = _load_policy(
+        config.policy, "--policy", dtype, config, config.adapter, "--adapter"
+    )
     require_template(tokenizer, prompts, config.policy)
     policy.to(device).eval()
     prompt_limit = prompt_token_limit(policy, config.max_prompt_length, config.max_new_tokens)
@@ -495,7 +500,10 @@ def _sample_policies(config: EvalConfig, prompts: Sequence[Prompt], device, dtyp
     completions = {config.policy_name: ours}
     kl = None
     if config.reference is not None:
-        reference, ref_tokenizer = _load_policy(config.reference, "--reference", dtype, config)
+        reference, ref_tokenizer = _load_policy(
+            config.reference, "--reference", dtype, config, config.reference_adapter,
+            "--reference-adapter",
+        )  # fmt: skip
         if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise ConfigError(
                 f"--reference {config.reference} and --policy {config.policy} have different "
@@ -574,6 +582,12 @@ def _write_results(config: EvalConfig, evaluation: Evaluation, prompts) -> dict[
     return result
 
 
+def _named(config: Mapping[str, Any], key: str) -> str:
+    """An eval config's policy or reference as given, "BASE+ADAPTER" with an adapter."""
+    adapter = config.get("adapter" if key == "policy" else f"{key}_adapter")
+    return f"{config[key]}+{adapter}" if adapter else str(config[key])
+
+
 def report_data(
     evaluation: Evaluation,
     prompts: Sequence[Prompt],
@@ -585,8 +599,8 @@ def report_data(
 ) -> dict[str, Any]:
     """The sections of `render_report` that an evaluation fills."""
     if subtitle is None and config is not None:
-        against = f" against {config['reference']}" if config.get("reference") else ""
-        subtitle = f"{config['policy']}{against} on {evaluation.n_prompts} prompts"
+        against = f" against {_named(config, 'reference')}" if config.get("reference") else ""
+        subtitle = f"{_named(config, 'policy')}{against} on {evaluation.n_prompts} prompts"
     data: dict[str, Any] = {
         "title": title,
         "metrics": evaluation.metrics(),
