@@ -69,6 +69,9 @@ APPEND_EOS_KEY = "alignloop_reward_appends_eos"  # in a reward model's config.js
 # The part of the normalization already in the head's weights (saved folders since issue
 # 15): the head outputs folded_gain * raw + folded_bias. Absent: (1, 0), nothing folded.
 FOLDED_KEY = "alignloop_reward_normalization_in_head"
+# A personal (factorized) reward model's users, issue 16: {"users": {labeler: [D floats]},
+# "default": [D floats]}, weights over its D normalized features (`head_scores`).
+PERSONAL_KEY = "alignloop_personal"
 
 
 def build_tiny_causal_lm(
@@ -419,12 +422,40 @@ def _should_append_eos(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
 
 
 def _output_head(model: PreTrainedModel) -> nn.Linear | None:
-    """The one-output linear layer a sequence classifier ends in: a decoder's `score`,
-    an encoder's `classifier` (or its `out_proj`: RoBERTa); None if it has none."""
+    """The linear layer of `num_labels` outputs a sequence classifier ends in: a
+    decoder's `score`, an encoder's `classifier` (or its `out_proj`: RoBERTa); None if
+    it has none."""
     head = getattr(model, "score", None) or getattr(model, "classifier", None)
     if head is not None and not isinstance(head, nn.Linear):
         head = getattr(head, "out_proj", None)
-    return head if isinstance(head, nn.Linear) and head.out_features == 1 else None
+    n = model.config.num_labels
+    return head if isinstance(head, nn.Linear) and head.out_features == n else None
+
+
+def _saved_heads(config) -> list[str] | None:
+    """The head names of an alignloop reward model of several outputs (its config
+    records a normalization or users, and `id2label` names the outputs); None for any
+    other checkpoint (one output, a backbone, a classifier of someone else's labels)."""
+    n = int(getattr(config, "num_labels", 1))
+    ours = any(getattr(config, k, None) is not None for k in (NORMALIZATION_KEY, PERSONAL_KEY))
+    if n < 2 or not ours:
+        return None
+    return [str(config.id2label[i]) for i in range(n)]
+
+
+def _new_heads(model: PreTrainedModel, fresh: list[str]) -> None:
+    """A model given outputs that are not its checkpoint's: a head of the same shape
+    that was loaded (other names) starts random like one that was not, and the
+    checkpoint's normalization, folded part and users (of other outputs) are dropped."""
+    head = _output_head(model)
+    if head is not None and not fresh:
+        std = getattr(model.config, "initializer_range", 0.02)
+        with torch.no_grad():
+            nn.init.normal_(head.weight, std=std)
+            if head.bias is not None:
+                nn.init.zeros_(head.bias)
+    for key in (NORMALIZATION_KEY, FOLDED_KEY, PERSONAL_KEY):
+        setattr(model.config, key, None)
 
 
 def _eos_appending(tokenizer: PreTrainedTokenizerBase, out: Path) -> PreTrainedTokenizerBase | None:
@@ -528,8 +559,10 @@ def read_user_weights(path: str | Path, field: str = "--user-weights") -> dict[s
 
 
 class RewardModel(nn.Module):
-    """A scalar reward for prompt + completion, from any HF sequence-classification
-    backbone with one label.
+    """A reward for prompt + completion, from any HF sequence-classification backbone:
+    one output (a scalar reward), or H named outputs ("heads", issue 16): one per
+    criterion, or the D reward features of a personal (factorized) model, whose users
+    are weight vectors over them.
 
     Decoder backbones (a `score` head over every token: Llama, Qwen, Mistral, GPT-2,
     ...) are read at the last real token, found from the attention mask, with
@@ -539,10 +572,11 @@ class RewardModel(nn.Module):
     Encoder backbones (BERT, MiniLM, DeBERTa) pool their first token in their own
     classification head; they are fed right-padded rows.
 
-    The normalization (gain, bias) learned after training is recorded in the config
-    and folded into the head's weights on save (`save_pretrained`), and the saved
-    tokenizer appends the EOS a decoder reads its score at: plain
-    `AutoModelForSequenceClassification` on the saved folder gives alignloop's scores.
+    The normalization (gain, bias) learned after training, one pair per head, is
+    recorded in the config and folded into the head's weights on save
+    (`save_pretrained`), and the saved tokenizer appends the EOS a decoder reads its
+    score at: plain `AutoModelForSequenceClassification` on the saved folder gives
+    alignloop's scores, head by head (its logits (N, H), `config.id2label` naming them).
     A decoder's head has no bias in transformers (Llama, Qwen, GPT-2, ...), so there
     only the gain is folded and plain transformers' score is alignloop's minus the
     recorded bias (a constant); folders saved before keep gain and bias in the config
@@ -563,6 +597,7 @@ class RewardModel(nn.Module):
         options=None,
         what="reward model",
         new_head: bool = True,
+        heads: Sequence[str] | None = None,
     ) -> RewardModel:
         """Load a backbone or a trained reward model directory; dropout off.
         `options`: `LoadOptions` (or a config with them); `dtype` overrides theirs.
@@ -570,12 +605,36 @@ class RewardModel(nn.Module):
         A checkpoint without a one-output head (a causal LM, a bare encoder) gets a
         new, random one when `new_head` (training a reward model, starting a critic);
         otherwise (scoring) that is a `ConfigError` naming `--new-head`, since its
-        scores would be noise."""
+        scores would be noise.
+
+        `heads`: names of the outputs wanted (at least two: `train-rm --heads criteria`
+        or `personal`). A checkpoint whose outputs are not these (a backbone, a
+        one-output reward model, other names) gets new, random ones (with `new_head`),
+        and its recorded normalization is dropped. None: the checkpoint's own outputs,
+        one unless it is an alignloop reward model with several."""
+        from transformers import AutoConfig
+
         from alignloop.config import ConfigError
 
         options = LoadOptions.of(options)
         tokenizer = load_tokenizer(name_or_path, options=options, what=what)
         kwargs = _model_kwargs(options, num_labels=1, output_loading_info=True)
+        names = [str(n) for n in heads] if heads is not None else None
+        if names is not None and (len(names) < 2 or len(set(names)) < len(names)):
+            raise ConfigError(f"{what}: heads {names}: give two or more different names")
+        saved = _saved_heads(from_pretrained(AutoConfig, name_or_path, what, options))
+        replace = names is not None and names != saved
+        if replace and not new_head:
+            raise ConfigError(
+                f"{what} {str(name_or_path)!r}: its outputs are "
+                f"{', '.join(saved) if saved else 'one reward'}, not {', '.join(names)}"
+            )
+        names = names if names is not None else saved
+        if names is not None:
+            kwargs.update(num_labels=len(names), id2label=dict(enumerate(names)),
+                          label2id={n: i for i, n in enumerate(names)})  # fmt: skip
+            if replace:  # a one-output head, or another number of outputs: not theirs
+                kwargs["ignore_mismatched_sizes"] = True
         if dtype is not None:
             kwargs["dtype"] = dtype
         with contextlib.nullcontext() if new_head else _quiet_transformers():
@@ -586,12 +645,15 @@ class RewardModel(nn.Module):
         fresh = sorted({*info.get("missing_keys", ()), *map(str, info.get("mismatched_keys", ()))})
         if fresh and not new_head:
             arch = ", ".join(getattr(model.config, "architectures", None) or ["a backbone"])
+            outputs = "one-output" if names is None else f"{len(names)}-output"
             raise ConfigError(
                 f"{what} {str(name_or_path)!r} is not a reward model ({arch}; no trained "
-                f"one-output head: {', '.join(fresh[:2])} would start random, and so would "
+                f"{outputs} head: {', '.join(fresh[:2])} would start random, and so would "
                 "its scores): give a directory from `alignloop train-rm`, or pass --new-head "
                 "to score with a new random head (a baseline only)"
             )
+        if replace:
+            _new_heads(model, fresh)
         if not new_head and getattr(model.config, NORMALIZATION_KEY, None) is None:
             warnings.warn(
                 f"{what} {str(name_or_path)!r} was not trained by alignloop (no "
@@ -612,6 +674,20 @@ class RewardModel(nn.Module):
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
     @property
+    def n_heads(self) -> int:
+        """How many outputs: 1 (a scalar reward) or H named ones."""
+        return int(self.hf_model.config.num_labels)
+
+    @property
+    def head_names(self) -> list[str]:
+        """The outputs' names: ["reward"] for one, else `config.id2label`'s (criterion
+        names, or "feature_0".."feature_{D-1}" for a personal model)."""
+        if self.n_heads == 1:
+            return ["reward"]
+        id2label = self.hf_model.config.id2label
+        return [str(id2label[i]) for i in range(self.n_heads)]
+
+    @property
     def reads_last_token(self) -> bool:
         return hasattr(self.hf_model, "score")
 
@@ -628,9 +704,10 @@ class RewardModel(nn.Module):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The head's output at every position of a decoder backbone: (N, L) -> (N, L).
-        (The value model of PPO starts from these.) A 4D boolean mask (N, 1, L, L)
-        with explicit positions runs packed rows (see `forward`)."""
+        """The head's output at every position of a decoder backbone: (N, L) -> (N, L),
+        or (N, L, H) for H outputs. (The value model of PPO starts from these.) A 4D
+        boolean mask (N, 1, L, L) with explicit positions runs packed rows (see
+        `forward`)."""
         hf = self.hf_model
         backbone = getattr(hf, hf.base_model_prefix)
         if position_ids is None:
@@ -642,8 +719,8 @@ class RewardModel(nn.Module):
             attention_mask = blocked.masked_fill(~attention_mask, torch.finfo(dtype).min)
         hidden = backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-        ).last_hidden_state  # (N, L, H)
-        return hf.score(hidden).squeeze(-1)  # (N, L)
+        ).last_hidden_state  # (N, L, hidden)
+        return hf.score(hidden).squeeze(-1)  # (N, L), or (N, L, H): squeeze leaves H > 1
 
     def forward(
         self,
@@ -652,12 +729,20 @@ class RewardModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         read_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Raw (unnormalized) rewards: (N, L) -> (N,), read at each row's last token.
+        """Raw (unnormalized) rewards: (N, L) -> (N,), or (N, H) for H outputs, read at
+        each row's last token.
 
         Packed rows (decoders, `packs_prompts`): input_ids (R, L) holding several
         texts, attention_mask (R, 1, L, L) bool saying which token sees which,
         position_ids (R, L), read_at (N,) flat indices into (R, L) of each text's
-        last token -> (N,)."""
+        last token -> (N,) or (N, H)."""
+        if self.n_heads > 1:
+            out = self.head_output(input_ids, attention_mask, position_ids, read_at)  # (N, H)
+            gain, bias = self.folded
+            if all(g == 1.0 for g in gain) and all(b == 0.0 for b in bias):
+                return out
+            gain_t, bias_t = (out.new_tensor(v) for v in (gain, bias))  # (H,) each
+            return (out - bias_t) / gain_t
         gain, bias = self.folded
         out = self.head_output(input_ids, attention_mask, position_ids, read_at)
         return out if (gain, bias) == (1.0, 0.0) else (out - bias) / gain
@@ -670,14 +755,19 @@ class RewardModel(nn.Module):
         read_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """What the head outputs where the reward is read, as plain transformers would
-        give it: `forward` before the normalization folded in is taken out. (N,)"""
+        give it: `forward` before the normalization folded in is taken out. (N,), or
+        (N, H) for H outputs."""
         if read_at is not None:
-            scores = self.token_scores(input_ids, attention_mask, position_ids)  # (R, L)
-            return scores.flatten()[read_at]
+            scores = self.token_scores(input_ids, attention_mask, position_ids)  # (R, L[, H])
+            return scores.flatten(0, 1)[read_at]  # (N[, H])
         if not self.reads_last_token:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
-        scores = self.token_scores(input_ids, attention_mask)  # (N, L)
-        return scores.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return logits[:, 0] if self.n_heads == 1 else logits  # (N,) or (N, H)
+        scores = self.token_scores(input_ids, attention_mask)  # (N, L[, H])
+        last = last_token_index(attention_mask)  # (N,)
+        if scores.dim() == 2:
+            return scores.gather(1, last[:, None]).squeeze(1)  # (N,)
+        return scores[torch.arange(len(last), device=last.device), last]  # (N, H)
 
     @property
     def appends_eos(self) -> bool:
@@ -685,35 +775,61 @@ class RewardModel(nn.Module):
         return bool(getattr(self.hf_model.config, APPEND_EOS_KEY, False))
 
     # normalization ---------------------------------------------------------------
+    # One output: (gain, bias) floats, as since issue 15. H outputs: lists of H floats.
 
     @property
-    def normalization(self) -> tuple[float, float]:
-        """(gain, bias): normalized reward = gain * raw + bias; (1, 0) before training."""
+    def normalization(self) -> tuple[float, float] | tuple[list[float], list[float]]:
+        """(gain, bias): normalized reward = gain * raw + bias; (1, 0) before training.
+        Per head (lists) for several outputs."""
         norm = getattr(self.hf_model.config, NORMALIZATION_KEY, None) or {}
+        if self.n_heads > 1:
+            return self._per_head(norm.get("gain", 1.0)), self._per_head(norm.get("bias", 0.0))
         return float(norm.get("gain", 1.0)), float(norm.get("bias", 0.0))
 
-    def set_normalization(self, gain: float, bias: float) -> None:
+    def set_normalization(self, gain, bias) -> None:
+        """Record (gain, bias): floats for one output; a float or H of them (a list or
+        a tensor) for several, one per head."""
+        if self.n_heads > 1:
+            gain, bias = self._per_head(gain), self._per_head(bias)
         setattr(self.hf_model.config, NORMALIZATION_KEY, {"gain": gain, "bias": bias})
 
     @property
-    def folded(self) -> tuple[float, float]:
+    def folded(self) -> tuple[float, float] | tuple[list[float], list[float]]:
         """(gain, bias) already in the head: head output = gain * raw + bias."""
         folded = getattr(self.hf_model.config, FOLDED_KEY, None) or {}
+        if self.n_heads > 1:
+            return self._per_head(folded.get("gain", 1.0)), self._per_head(folded.get("bias", 0.0))
         return float(folded.get("gain", 1.0)), float(folded.get("bias", 0.0))
 
     @property
-    def head_normalization(self) -> tuple[float, float]:
+    def head_normalization(self) -> tuple[float, float] | tuple[list[float], list[float]]:
         """(gain, bias) that map the head's output to the normalized reward: (1, 0)
         for a fully folded head, the recorded normalization for an older folder."""
         gain, bias = self.normalization
         folded_gain, folded_bias = self.folded
+        if self.n_heads > 1:
+            scale = [g / f for g, f in zip(gain, folded_gain, strict=True)]
+            shift = [b - s * f for b, s, f in zip(bias, scale, folded_bias, strict=True)]
+            return scale, shift
         scale = gain / folded_gain
         return scale, bias - scale * folded_bias
+
+    def _per_head(self, value) -> list[float]:
+        """A recorded float or H of them as H floats."""
+        if isinstance(value, torch.Tensor):
+            value = value.tolist()
+        if isinstance(value, int | float):
+            return [float(value)] * self.n_heads
+        values = [float(v) for v in value]
+        if len(values) != self.n_heads:
+            raise ValueError(f"{len(values)} values for a reward model of {self.n_heads} heads")
+        return values
 
     def fold_normalization(self, model: PreTrainedModel | None = None) -> bool:
         """Put the recorded normalization into the head's weights (of `model`, by
         default this one's transformers model): the gain always, the bias where the
-        head has one. Returns whether anything was folded."""
+        head has one; head by head for several outputs. Returns whether anything was
+        folded."""
         model = model if model is not None else self.hf_model
         head = _output_head(model)
         if head is None or getattr(model.config, NORMALIZATION_KEY, None) is None:
@@ -722,6 +838,8 @@ class RewardModel(nn.Module):
         folded_gain, folded_bias = self.folded
         if (gain, bias) == (folded_gain, folded_bias):
             return False
+        if self.n_heads > 1:
+            return self._fold_heads(model, head, gain, bias, folded_gain, folded_bias)
         scale = gain / folded_gain  # head output o = fg * raw + fb -> gain * raw + new bias
         with torch.no_grad():
             head.weight.mul_(scale)
@@ -731,7 +849,159 @@ class RewardModel(nn.Module):
         setattr(model.config, FOLDED_KEY, {"gain": gain, "bias": new_bias})
         return True
 
+    def _fold_heads(self, model, head: nn.Linear, gain, bias, folded_gain, folded_bias) -> bool:
+        """`fold_normalization` of H outputs: row h of the head's weight (H, hidden) and
+        bias (H,) take head h's gain and bias."""
+        as_t = lambda v: torch.tensor(v, dtype=head.weight.dtype, device=head.weight.device)  # noqa: E731
+        scale = as_t([g / f for g, f in zip(gain, folded_gain, strict=True)])  # (H,)
+        with torch.no_grad():
+            head.weight.mul_(scale[:, None])  # (H, hidden)
+            if head.bias is not None:
+                head.bias.copy_(scale * (head.bias - as_t(folded_bias)) + as_t(bias))
+        new_bias = bias if head.bias is not None else [0.0] * len(bias)
+        setattr(model.config, FOLDED_KEY, {"gain": gain, "bias": new_bias})
+        return True
+
+    # users: weights over the heads ---------------------------------------------------
+
+    @property
+    def users(self) -> dict[str, list[float]]:
+        """A personal model's users (the labelers it was trained on): name -> D weights
+        over the normalized features (`head_scores`); {} for any other model."""
+        personal = getattr(self.hf_model.config, PERSONAL_KEY, None) or {}
+        return {str(k): [float(x) for x in v] for k, v in personal.get("users", {}).items()}
+
+    @property
+    def default_weights(self) -> dict[str, float] | None:
+        """The combination `score` uses when given none: {"reward": 1.0} for one
+        output, a personal model's "average user" (the mean of its users' weights),
+        None for a criteria model (its heads do not add up by themselves)."""
+        if self.n_heads == 1:
+            return {"reward": 1.0}
+        personal = getattr(self.hf_model.config, PERSONAL_KEY, None) or {}
+        if personal.get("default") is None:
+            return None
+        return dict(zip(self.head_names, map(float, personal["default"]), strict=True))
+
+    def user_weights(self, name: str) -> dict[str, float]:
+        """A user's weights over the heads (`--user NAME`): a ConfigError naming the
+        model's users when it has no such user, or none (not a personal model)."""
+        from alignloop.config import ConfigError
+
+        users = self.users
+        if not users:
+            raise ConfigError(
+                f"--user {name}: the reward model has no users (only `train-rm --heads "
+                "personal` gives users); weigh its heads with --reward NAME=W"
+            )
+        if name not in users:
+            known = sorted(users)
+            more = f", ... ({len(known)} in all)" if len(known) > 8 else ""
+            raise ConfigError(
+                f"--user {name}: not a user of the reward model (its users: "
+                f"{', '.join(known[:8])}{more}); a new user: --user-weights FILE"
+            )
+        return dict(zip(self.head_names, users[name], strict=True))
+
+    def resolve_weights(
+        self,
+        *,
+        reward: Sequence[str] | dict[str, float] | None = None,
+        user: str | None = None,
+        user_weights: str | Path | None = None,
+    ) -> dict[str, float] | None:
+        """The combination of heads a command was given: `--reward NAME=W` items (or
+        their mapping), `--user NAME`, or `--user-weights FILE`; at most one of them.
+        Checked against the heads (a ConfigError naming the flag and the heads).
+        None when none was given: `score` then uses `default_weights`."""
+        from alignloop.config import ConfigError
+
+        given = [f for f, v in (("--reward", reward), ("--user", user),
+                                ("--user-weights", user_weights)) if v]  # fmt: skip
+        if len(given) > 1:
+            raise ConfigError(f"{' and '.join(given)}: give one of them (each is a combination)")
+        if reward:
+            weights = reward if isinstance(reward, dict) else parse_head_weights(reward, "--reward")
+            self.weight_vector(weights, field="--reward")
+            return {str(k): float(v) for k, v in weights.items()}
+        if user:
+            return self.user_weights(user)
+        if user_weights:
+            weights = read_user_weights(user_weights)
+            self.weight_vector(weights, field=f"--user-weights {user_weights}")
+            return weights
+        return None
+
+    def weight_vector(self, weights: dict[str, float] | None, field: str = "--reward"):
+        """(H,) float32 weights of the heads in order: `weights` (head name -> weight,
+        missing heads 0), or `default_weights` for None. An unknown name, or None for
+        a model without a default (a criteria model), is a ConfigError naming `field`
+        and the heads."""
+        from alignloop.config import ConfigError
+
+        names = self.head_names
+        if weights is None:
+            weights = self.default_weights
+            if weights is None:
+                raise ConfigError(
+                    f"the reward model has several heads ({', '.join(names)}) and no default "
+                    "combination: weigh them with --reward NAME=W (once per head that counts)"
+                )
+        unknown = [k for k in weights if k not in names]
+        if unknown:
+            raise ConfigError(
+                f"{field}: the reward model has no head {unknown[0]!r} (its heads: "
+                f"{', '.join(names)})"
+            )
+        return torch.tensor([float(weights.get(n, 0.0)) for n in names])
+
     # scoring text ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _head_outputs(self, prompts, completions, batch_size: int, max_length: int):
+        """The head's outputs for prompt + completion texts, float32 on the CPU: (N,)
+        for one output, (N, H) for several."""
+        pairs = zip(prompts, completions, strict=True)
+        texts = [render_text(self.tokenizer, p, c) for p, c in pairs]
+        rows, _ = tokenize_keep_end(self.tokenizer, texts, max_length, append_eos=self.appends_eos)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        device = next(self.parameters()).device
+        raw = torch.empty(len(rows)) if self.n_heads == 1 else torch.empty(len(rows), self.n_heads)
+        self.eval()
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            input_ids, attention_mask = pad_right(
+                [rows[i] for i in chunk], self.tokenizer.pad_token_id
+            )
+            out = self.head_output(input_ids.to(device), attention_mask.to(device))
+            raw[chunk] = out.float().cpu()  # the head's output (N,) or (N, H)
+        return raw
+
+    @torch.no_grad()
+    def head_scores(
+        self,
+        prompts: list[str],
+        completions: list[str],
+        *,
+        batch_size: int = 32,
+        max_length: int = 512,
+        normalized: bool = True,
+    ) -> torch.Tensor:
+        """Every head's reward of prompt + completion texts: (N, H) float32 on the CPU,
+        normalized head by head (mean 0, std 1 on the training completions); (N, 1)
+        for a one-output model. `normalized=False`: the training scale."""
+        raw = self._head_outputs(prompts, completions, batch_size, max_length)
+        raw = raw[:, None] if raw.dim() == 1 else raw  # (N, H)
+        if normalized:
+            gain, bias = self.head_normalization
+        else:  # back to the training scale
+            folded_gain, folded_bias = self.folded
+            if self.n_heads > 1:
+                gain = [1.0 / f for f in folded_gain]
+                bias = [-b / f for b, f in zip(folded_bias, folded_gain, strict=True)]
+            else:
+                gain, bias = 1.0 / folded_gain, -folded_bias / folded_gain
+        return raw * torch.tensor(gain, dtype=raw.dtype) + torch.tensor(bias, dtype=raw.dtype)
 
     @torch.no_grad()
     def score(
@@ -742,24 +1012,22 @@ class RewardModel(nn.Module):
         batch_size: int = 32,
         max_length: int = 512,
         normalized: bool = True,
+        weights: dict[str, float] | None = None,
     ) -> list[float]:
         """Rewards of prompt + completion texts (the prompt's start is cut when too
         long); a prompt may be a conversation, rendered with the chat template
-        (`chat.render_text`). Batches are formed by length, so little padding."""
-        pairs = zip(prompts, completions, strict=True)
-        texts = [render_text(self.tokenizer, p, c) for p, c in pairs]
-        rows, _ = tokenize_keep_end(self.tokenizer, texts, max_length, append_eos=self.appends_eos)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        device = next(self.parameters()).device
-        raw = torch.empty(len(rows))
-        self.eval()
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            input_ids, attention_mask = pad_right(
-                [rows[i] for i in chunk], self.tokenizer.pad_token_id
-            )
-            out = self.head_output(input_ids.to(device), attention_mask.to(device))
-            raw[chunk] = out.float().cpu()  # the head's output (N,)
+        (`chat.render_text`). Batches are formed by length, so little padding.
+
+        Several heads: sum_h weights[h] * head h's score (`head_scores`), `weights` a
+        mapping head name -> weight (missing heads weigh 0), or None for the model's
+        default (`default_weights`: a personal model's average user; a criteria model
+        has none, a ConfigError naming the heads and `--reward NAME=W`)."""
+        if self.n_heads > 1 or weights is not None:
+            w = self.weight_vector(weights)  # (H,), checked before any forward pass
+            scores = self.head_scores(prompts, completions, batch_size=batch_size,
+                                      max_length=max_length, normalized=normalized)  # fmt: skip
+            return (scores @ w).tolist()  # (N, H) @ (H,) -> (N,)
+        raw = self._head_outputs(prompts, completions, batch_size, max_length)
         if normalized:
             gain, bias = self.head_normalization
         else:  # back to the training scale
@@ -904,6 +1172,21 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return ref.eval()
 
 
+def _combined_head(
+    reward_model: RewardModel, weights: dict[str, float] | None, old: nn.Linear, head: nn.Linear
+) -> None:
+    """Set the one-output `head` to the combination sum_h w_h * normalized head h of the
+    H-output head `old`: normalized h = g_h * (W_h . x + c_h) + b_h (`head_normalization`),
+    so the weight is sum_h w_h g_h W_h and the bias sum_h w_h (g_h c_h + b_h)."""
+    w = reward_model.weight_vector(weights).to(old.weight)  # (H,)
+    gain, bias = (torch.tensor(v).to(old.weight) for v in reward_model.head_normalization)
+    wg = w * gain  # (H,)
+    old_bias = old.bias if old.bias is not None else torch.zeros_like(w)
+    with torch.no_grad():
+        head.weight.copy_((wg @ old.weight)[None])  # (1, hidden)
+        head.bias.copy_((wg * old_bias.to(w)).sum() + (w * bias).sum())
+
+
 class ValueModel(nn.Module):
     """PPO's critic as a separate model: a decoder reward model's head read at every
     token. Starting the critic from the reward model is what the TL;DR reproductions
@@ -913,7 +1196,7 @@ class ValueModel(nn.Module):
     saved folder has not done so already), so the first values are on the scale of
     the normalized rewards PPO sees."""
 
-    def __init__(self, reward_model: RewardModel):
+    def __init__(self, reward_model: RewardModel, weights: dict[str, float] | None = None):
         super().__init__()
         if not reward_model.reads_last_token:
             raise ValueError(
@@ -921,15 +1204,20 @@ class ValueModel(nn.Module):
                 "per-token `score` head); use --critic policy-head or --value-model"
             )
         hf = reward_model.hf_model
-        gain, bias = reward_model.head_normalization  # (1, 0) where already in the head
         old = hf.score
         head = nn.Linear(
             old.in_features, 1, bias=True, dtype=old.weight.dtype, device=old.weight.device
         )
-        with torch.no_grad():
-            head.weight.copy_(gain * old.weight)
-            old_bias = old.bias if old.bias is not None else torch.zeros(1)
-            head.bias.copy_(gain * old_bias.to(head.bias) + bias)
+        if reward_model.n_heads > 1:
+            _combined_head(reward_model, weights, old, head)
+            hf.config.num_labels = 1  # one output now: the combination's
+            setattr(hf.config, PERSONAL_KEY, None)
+        else:
+            gain, bias = reward_model.head_normalization  # (1, 0) where already in the head
+            with torch.no_grad():
+                head.weight.copy_(gain * old.weight)
+                old_bias = old.bias if old.bias is not None else torch.zeros(1)
+                head.bias.copy_(gain * old_bias.to(head.bias) + bias)
         hf.score = head
         reward_model.set_normalization(1.0, 0.0)
         setattr(hf.config, FOLDED_KEY, None)
@@ -937,12 +1225,15 @@ class ValueModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path, *, dtype=None, options=None, what="value model"
-    ) -> ValueModel:
+        cls, name_or_path: str | Path, *, dtype=None, options=None, what="value model",
+        weights: dict[str, float] | None = None,
+    ) -> ValueModel:  # fmt: skip
         """From a reward model directory, or from any decoder checkpoint (a new head).
-        float32 unless `options` or `dtype` say otherwise."""
+        float32 unless `options` or `dtype` say otherwise. A reward model of several
+        heads starts the critic from their combination by `weights` (None: the
+        model's default, `RewardModel.default_weights`)."""
         return cls(RewardModel.from_pretrained(name_or_path, dtype=dtype, options=options,
-                                               what=what))  # fmt: skip
+                                               what=what), weights)  # fmt: skip
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Values at every position: (N, L) -> (N, L)."""
