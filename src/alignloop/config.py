@@ -194,7 +194,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         tp, optional = _unwrap_optional(hints[f.name])
         convert, extra = _converter(tp, optional)
         if f.metadata.get("pairs"):  # NAME=VALUE items: each use of the flag adds some
-            extra.update(nargs="+", action="extend")
+            extra.update(nargs="+", action="extend", metavar="NAME=VALUE")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if isinstance(default, Path):
             default = str(default)

@@ -200,3 +200,25 @@ class Runs:
 @pytest.fixture(scope="session")
 def runs() -> Runs:
     return Runs()
+
+
+@pytest.fixture(scope="session")
+def two_head_rm(tmp_path_factory) -> Path:
+    """A 1-layer Llama reward model of two heads, "a" and "b" (`id2label`), each with
+    its own recorded normalization (a: 2 raw + 0.1, b: 0.5 raw - 0.2), and the world's
+    tokenizer, saved as an ordinary folder (seeded: the same weights every time)."""
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    from alignloop.models import build_tiny_causal_lm, save_pretrained
+    from alignloop.world import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config = build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=4).config
+    config.num_labels = 2
+    config.id2label, config.label2id = {0: "a", 1: "b"}, {"a": 0, "b": 1}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = LlamaForSequenceClassification(config)
+    model.config.alignloop_reward_normalization = {"gain": [2.0, 0.5], "bias": [0.1, -0.2]}
+    return save_pretrained(model, tokenizer, tmp_path_factory.mktemp("two-head-rm"))

@@ -17,11 +17,13 @@ from alignloop.train import TrainingError
 from alignloop.train.ppo import (
     AdaptiveKL,
     FixedKL,
+    HeadCombination,
     PPOConfig,
     Rollout,
     _optimizers,
     _prompt_rows,
     _rollout_stats,
+    _separate_critic,
     build_models,
     compute_rewards,
     finish_scores,
@@ -32,6 +34,7 @@ from alignloop.train.ppo import (
     make_score_fn,
     minibatch_loss,
     ppo_update,
+    reward_combination,
     train_ppo,
 )
 
@@ -393,6 +396,131 @@ def test_prompts_leave_room_for_the_response_in_the_context(world):
     assert prompt_token_limit(PolicyWithValueHead(policy), 100, 6) == 100
     with pytest.raises(ConfigError, match="--max-new-tokens 128 leaves no room"):
         prompt_token_limit(policy, 512, 128)
+
+
+# --- a reward model of several heads (issue 16) ------------------------------------------
+
+TEXTS = [
+    ("the cat sat on the mat . tl;dr :", " a cat sat ."),
+    ("the dog ran in the park . tl;dr :", " the dog ran"),
+    ("it rained all day . tl;dr :", " rain , rain ."),
+    ("the market was busy . tl;dr :", " busy"),
+    ("we walked home late . tl;dr :", " we walked home ."),
+    ("the sun set over the hills . tl;dr :", " sun"),
+]
+
+
+def test_head_combination_by_hand():
+    scores = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.0]])  # heads a, b
+    combination = HeadCombination(["a", "b"], torch.tensor([1.0, 0.5]))
+    reward, gated = combination(scores)
+    assert reward.tolist() == [2.0, 2.5, 0.5] and not gated.any()  # a + 0.5 b
+    # gate on b below 0.5: row 1 (b = -1) and row 2 (b = 0) get b alone
+    reward, gated = HeadCombination(["a", "b"], torch.tensor([1.0, 0.5]), 1, 0.5)(scores)
+    assert reward.tolist() == [2.0, -1.0, 0.0] and gated.tolist() == [False, True, True]
+
+
+def test_score_fn_weighs_the_heads_and_the_gate_keeps_the_safety_score_alone(
+    tmp_path, world, two_head_rm
+):
+    from alignloop.models import RewardModel
+
+    rm = RewardModel.from_pretrained(two_head_rm, new_head=False)
+    prompts, completions = map(list, zip(*TEXTS, strict=True))
+    heads = rm.head_scores(prompts, completions)  # (6, 2), normalized per head
+    a, b = heads.unbind(1)
+    threshold = b.median().item()  # some rows below it, some not
+    config = make_config(
+        world, tmp_path, reward_fn=None, reward_model=str(two_head_rm), reward=["a=1", "b=0.5"],
+        safety_head="b", safety_threshold=threshold,
+    )  # fmt: skip
+    raw = make_score_fn(rm, None, config)(prompts, completions)
+    gated = b < threshold
+    assert 0 < gated.sum() < len(b)
+    by_hand = [bi if bi < threshold else ai + 0.5 * bi for ai, bi in heads.tolist()]
+    assert torch.allclose(raw["reward_model"], torch.tensor(by_hand), atol=1e-6)
+    assert raw["safety_gated"].tolist() == gated.float().tolist()
+    assert raw["score_a"].tolist() == a.tolist() and raw["score_b"].tolist() == b.tolist()
+    # without the gate: the reward model's own combination, and no gated share
+    config = make_config(world, tmp_path, reward_fn=None, reward_model=str(two_head_rm),
+                         reward={"a": 1.0, "b": 0.5})  # fmt: skip
+    raw = make_score_fn(rm, None, config)(prompts, completions)
+    weighed = rm.score(prompts, completions, weights={"a": 1.0, "b": 0.5})
+    assert torch.allclose(raw["reward_model"], torch.tensor(weighed), atol=1e-6)
+    assert sorted(raw) == ["reward_model", "score_a", "score_b"]
+
+
+def test_head_errors_name_the_flag_and_the_heads(tmp_path, world, two_head_rm, tiny_rm):
+    from rich.console import Console
+
+    from alignloop.models import RewardModel
+
+    rm = RewardModel.from_pretrained(two_head_rm, new_head=False)
+
+    def config(**options):
+        return make_config(world, tmp_path, **{"reward_model": str(two_head_rm), **options})
+
+    with pytest.raises(ConfigError, match=r"^--reward: the reward model has no head 'c' \(its "
+                       r"heads: a, b\)"):  # fmt: skip
+        reward_combination(config(reward=["a=1", "c=1"]), rm)
+    with pytest.raises(ConfigError, match=r"several heads \(a, b\) and no default combination: "
+                       r"weigh them with --reward NAME=W"):  # fmt: skip
+        reward_combination(config(), rm)
+    with pytest.raises(ConfigError, match=r"^--user ann: the reward model has no users"):
+        reward_combination(config(user="ann"), rm)
+    with pytest.raises(ConfigError, match=r"^--safety-head c: the reward model .* has no such "
+                       r"head \(its heads: a, b\)"):  # fmt: skip
+        reward_combination(config(reward=["a=1"], safety_head="c"), rm)
+    weights = tmp_path / "ann.json"
+    weights.write_text(json.dumps({"user": "ann", "weights": {"b": 2.0, "z": 1.0}}))
+    with pytest.raises(ConfigError, match=r"--user-weights .*ann.json: the reward model has no "
+                       r"head 'z'"):  # fmt: skip
+        reward_combination(config(user_weights=weights), rm)
+    weights.write_text(json.dumps({"user": "ann", "weights": {"b": 2.0}}))
+    assert reward_combination(config(user_weights=weights), rm).weights.tolist() == [0.0, 2.0]
+    # a one-head model's head is "reward"; with none of the flags, today's score
+    one = RewardModel.from_pretrained(tiny_rm)
+    with pytest.raises(ConfigError, match=r"no head 'a' \(its heads: reward\)"):
+        reward_combination(config(reward_model=str(tiny_rm), reward=["a=1"]), one)
+    assert reward_combination(config(reward_model=str(tiny_rm)), one) is None
+    # checked as the models are built, before any rollout
+    with pytest.raises(ConfigError, match="no default combination"):
+        build_models(config(), Console(quiet=True))
+
+
+def test_a_one_head_model_weighs_its_head_reward(tmp_path, world, tiny_rm):
+    from alignloop.models import RewardModel
+
+    rm = RewardModel.from_pretrained(tiny_rm)
+    prompts, completions = map(list, zip(*TEXTS, strict=True))
+    config = make_config(world, tmp_path, reward_fn=None, reward_model=str(tiny_rm))
+    today = make_score_fn(rm, None, config)(prompts, completions)
+    assert sorted(today) == ["reward_model"]  # no per-head figures: today's answer
+    doubled = make_score_fn(rm, None, make_config(
+        world, tmp_path, reward_fn=None, reward_model=str(tiny_rm), reward=["reward=2"]
+    ))(prompts, completions)  # fmt: skip
+    assert torch.allclose(doubled["score_reward"], today["reward_model"], atol=1e-6)
+    assert torch.allclose(doubled["reward_model"], 2 * today["reward_model"], atol=1e-6)
+
+
+def test_the_critic_of_two_heads_starts_from_their_combination(tmp_path, world, two_head_rm):
+    from alignloop.models import RewardModel, load_tokenizer, pad_right
+
+    config = make_config(world, tmp_path, reward_fn=None, reward_model=str(two_head_rm),
+                         reward=["a=1", "b=0.5"], safety_head="b")  # fmt: skip
+    rm = RewardModel.from_pretrained(two_head_rm, new_head=False)
+    combination = reward_combination(config, rm)
+    critic = _separate_critic(config, load_tokenizer(world["policy"]), combination)
+    rows = [rm.tokenizer(p + c)["input_ids"] for p, c in TEXTS]
+    ids, mask = pad_right(rows, rm.tokenizer.pad_token_id)
+    with torch.no_grad():
+        values = critic(ids, mask)  # (N, L): one value per token
+        per_head = rm.token_scores(ids, mask)  # (N, L, 2): the heads' raw outputs
+    gain, bias = map(torch.tensor, rm.head_normalization)  # (2,) each
+    by_hand = (per_head * gain + bias) @ torch.tensor([1.0, 0.5])  # a + 0.5 b, ungated
+    assert values.shape == ids.shape
+    assert torch.allclose(values, by_hand, atol=1e-5)
+    assert critic.reward_model.n_heads == 1
 
 
 # --- configuration and bad input -------------------------------------------------------

@@ -355,3 +355,38 @@ def test_reward_model_with_another_tokenizer(tmp_path, world, minilm_path, one_t
     rm = RewardModel.from_pretrained(rm_dir)
     expected = rm.score([s["prompt"] for s in samples], [s["completion"] for s in samples])
     assert [s["score"] for s in samples] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_two_heads_weighed_and_gated_from_the_command_line(tmp_path, world, two_head_rm):
+    """`train-ppo --reward a=1 --reward b=0.5 --safety-head b` on a reward model of two
+    heads (issue 16): each step logs both heads' mean scores and the gated share; with
+    a threshold below every score the gate stays open and the mean reward is the mean
+    of a + 0.5 b, with one above every score it closes on every response: b alone."""
+    options = {"reward_model": two_head_rm, "reward_fn": "none", "max_steps": 2,
+               "safety_head": "b", "sample_every": 0}  # fmt: skip
+    out = tmp_path / "open"
+    args = [*cli_args(world, out, safety_threshold=-100, **options),
+            "--reward", "a=1", "--reward", "b=0.5"]  # fmt: skip
+    result = run_module(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [r for r in metrics(out) if "ppo/reward_mean" in r]
+    assert len(steps) == 2
+    for r in steps:
+        assert r["ppo/safety_gated"] == 0.0
+        assert r["ppo/reward_mean"] == pytest.approx(r["ppo/score_a"] + 0.5 * r["ppo/score_b"])
+    assert {"ppo/score_a", "ppo/score_b", "ppo/safety_gated"} <= set(final_metrics(out))
+
+    shut = tmp_path / "shut"
+    config = PPOConfig(
+        policy=str(world["policy"]), prompts=world["prompts"], out=shut,
+        reward_model=str(two_head_rm), reward={"a": 1.0, "b": 0.5}, safety_head="b",
+        safety_threshold=100.0, max_new_tokens=6, batch_size=8, minibatch_size=4,
+        max_steps=1, missing_eos_score=None, save_every=0, sample_every=0,
+        mixed_precision="no",
+    )  # fmt: skip
+    final = train_ppo(config)
+    assert final["ppo/safety_gated"] == 1.0
+    assert final["ppo/reward_mean"] == pytest.approx(final["ppo/score_b"])
+    weighed = final["ppo/score_a"] + 0.5 * final["ppo/score_b"]
+    assert final["ppo/reward_mean"] != pytest.approx(weighed)  # the gate made a difference

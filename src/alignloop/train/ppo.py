@@ -20,6 +20,12 @@ differ. A response that never ended
 gets --missing-eos-score in place of its score (or, TRL's way, --missing-eos-penalty
 subtracted from it: `finish_scores`).
 
+A reward model of several heads (criteria, or a personal model's features; issue 16)
+gives one score as a weighted sum of its normalized heads (--reward NAME=W, --user,
+--user-weights), optionally behind a safety gate (--safety-head: where that head is
+below --safety-threshold, it alone counts): `HeadCombination`. Each head's mean is
+logged as ppo/score_<head>, the gated share as ppo/safety_gated.
+
 With `advantage="rloo"` there is no critic: K responses per prompt, each one's
 advantage is its return (score - beta * KL) minus the mean return of the others
 (REINFORCE leave-one-out, Ahmadian et al. 2024), and the update has no value loss.
@@ -56,6 +62,7 @@ import torch
 from alignloop.chat import render_prompt, require_template
 from alignloop.config import ConfigError
 from alignloop.losses import (
+    combine_heads,
     entropy_from_logits,
     gae,
     kl_k1,
@@ -66,6 +73,7 @@ from alignloop.losses import (
     ppo_policy_loss,
     ppo_value_loss,
     rloo_advantages,
+    safety_gate,
 )
 from alignloop.progress import progress
 from alignloop.schema import SchemaError
@@ -84,6 +92,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AdaptiveKL",
     "FixedKL",
+    "HeadCombination",
     "PPOConfig",
     "Reference",
     "Rollout",
@@ -92,11 +101,15 @@ __all__ = [
     "main",
     "make_rollout",
     "ppo_update",
+    "reward_combination",
     "train_ppo",
 ]
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
 TIME_KEYS = ("ppo/episodes_per_sec", "ppo/seconds")  # differ between identical runs
+# The parts of a score function's answer that add up to the score; its other keys are
+# per-episode figures whose means are logged (score_<head>, safety_gated).
+SCORE_PARTS = ("reward_model", "reward_fn")
 
 
 # --- rollouts --------------------------------------------------------------------------
@@ -229,8 +242,10 @@ def make_rollout(
     config: PPOConfig,
     autocast=contextlib.nullcontext,
 ) -> tuple[Rollout, dict[str, torch.Tensor]]:
-    """Sample, score and evaluate one batch; returns the rollout and the raw score
-    parts {"reward_model": (B,), "reward_fn": (B,)} (checked for NaN by the caller)."""
+    """Sample, score and evaluate one batch; returns the rollout and the score
+    function's answer: the raw parts {"reward_model": (B,), "reward_fn": (B,)} (checked
+    for NaN by the caller), with a reward model of several heads also each head's
+    scores "score_<head>" (B,) and, behind a safety gate, "safety_gated" (B,) 0/1."""
     from alignloop.generate import sample
     from alignloop.models import ResponseBatch
 
@@ -259,8 +274,8 @@ def make_rollout(
     )
 
     prompts = [prompt_texts[i] for i in s.prompt_index.tolist()]  # texts or conversations
-    raw = score_fn(prompts, s.completions)  # {"reward_model": (B,), "reward_fn": (B,)}
-    total = sum(raw.values())
+    raw = score_fn(prompts, s.completions)  # {"reward_model": (B,), "reward_fn": (B,), ...}
+    total = sum(raw[k] for k in SCORE_PARTS if k in raw)  # (B,)
     scores = finish_scores(total.to(mask.device), s.has_eos, config)  # (B,)
 
     kl = kl_estimate(logprobs, ref_logprobs, mask, config.kl_estimator)  # (B, T)
@@ -478,25 +493,83 @@ def load_reward_fn(spec: str) -> RewardFn:
     return load_callable(spec, "--reward-fn")
 
 
+@dataclass(frozen=True)
+class HeadCombination:
+    """How one score is made of a reward model's heads (issue 16): the weighted sum of
+    its normalized heads (`losses.combine_heads`), and behind a safety gate, where the
+    gate's head is below the threshold, that head's score alone (`losses.safety_gate`:
+    Touvron et al. 2023, Llama 2 sec. 3.2.2, simplified)."""
+
+    heads: list[str]  # the reward model's head names, in the order of its outputs
+    weights: torch.Tensor  # (H,) each head's weight
+    gate: int | None = None  # index of --safety-head's head; None: no gate
+    threshold: float = 0.0  # --safety-threshold
+
+    def __call__(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """scores (N, H), normalized per head -> (reward (N,), gated (N,) bool)."""
+        reward = combine_heads(scores, self.weights)  # (N,)
+        if self.gate is None:
+            return reward, torch.zeros(len(reward), dtype=torch.bool)
+        return safety_gate(reward, scores[:, self.gate], self.threshold)
+
+
+def reward_combination(config: PPOConfig, reward_model) -> HeadCombination | None:
+    """The combination of `reward_model`'s heads that --reward, --user, --user-weights
+    and --safety-head ask for, checked against its heads (a ConfigError naming the flag
+    and the heads). None, for today's score bit for bit: no reward model, or a one-head
+    model with none of these flags. A model of several heads without weights takes its
+    default (a personal model's average user); a criteria model has none: an error
+    naming its heads and --reward NAME=W."""
+    if reward_model is None:
+        return None
+    weights = reward_model.resolve_weights(
+        reward=config.reward, user=config.user, user_weights=config.user_weights
+    )
+    if weights is None and reward_model.n_heads == 1 and config.safety_head is None:
+        return None
+    heads = reward_model.head_names
+    vector = reward_model.weight_vector(weights)  # (H,), the default for None
+    gate = None
+    if config.safety_head is not None:
+        if config.safety_head not in heads:
+            raise ConfigError(
+                f"--safety-head {config.safety_head}: the reward model {config.reward_model} "
+                f"has no such head (its heads: {', '.join(heads)})"
+            )
+        gate = heads.index(config.safety_head)
+    return HeadCombination(heads, vector, gate, config.safety_threshold)
+
+
 def make_score_fn(reward_model, reward_fn: RewardFn | None, config: PPOConfig, tokenizer=None):
     """f(prompts, completions) -> {"reward_model": (B,), "reward_fn": (B,)} raw scores.
     The reward model reads the decoded texts, re-encoded with its own tokenizer (a
     conversation rendered with its chat template, the completion as the assistant's
     turn); the reward fn gets each prompt as the policy read it (`tokenizer`'s
-    `chat.render_prompt`: a text prompt as it is)."""
+    `chat.render_prompt`: a text prompt as it is).
+
+    With a `reward_combination` (a reward model of several heads, or any of --reward,
+    --user, --user-weights, --safety-head), "reward_model" is the combination, and the
+    answer also holds each head's normalized scores, "score_<head>" (B,), and behind a
+    safety gate "safety_gated" (B,): 1.0 where the gate closed. Only the parts in
+    `SCORE_PARTS` add up to the score."""
+    combination = reward_combination(config, reward_model)
+    options = {"batch_size": config.reward_batch_size, "max_length": config.reward_max_length}
 
     def score(prompts: list, completions: list[str]) -> dict[str, torch.Tensor]:
         parts = {}
-        if reward_model is not None:
+        if reward_model is not None and combination is None:
             with torch.inference_mode():
                 parts["reward_model"] = torch.tensor(
-                    reward_model.score(
-                        prompts,
-                        completions,
-                        batch_size=config.reward_batch_size,
-                        max_length=config.reward_max_length,
-                    )
+                    reward_model.score(prompts, completions, **options)
                 )
+        elif reward_model is not None:
+            with torch.inference_mode():
+                heads = reward_model.head_scores(prompts, completions, **options)  # (B, H)
+            parts["reward_model"], gated = combination(heads)  # (B,) each
+            for h, name in enumerate(combination.heads):
+                parts[f"score_{name}"] = heads[:, h]
+            if combination.gate is not None:
+                parts["safety_gated"] = gated.float()
         if reward_fn is not None:
             texts = prompts if tokenizer is None else [render_prompt(tokenizer, p) for p in prompts]
             values = reward_fn(list(texts), list(completions))
@@ -559,6 +632,8 @@ def build_models(config: PPOConfig, console):
         )
         reward_model.requires_grad_(False)
         reward_model.eval()
+    # The heads' weights checked now, before minutes of work, and the critic's start.
+    combination = reward_combination(config, reward_model)
     if config.lora_r > 0:
         policy = add_lora(policy, r=config.lora_r, alpha=config.lora_alpha)
     if config.reference is not None:  # another policy than the start, e.g. the SFT one
@@ -579,18 +654,25 @@ def build_models(config: PPOConfig, console):
     elif config.critic == "policy-head":
         policy = PolicyWithValueHead(policy)
     else:
-        critic = _separate_critic(config, tokenizer)
+        critic = _separate_critic(config, tokenizer, combination)
     disable_dropout(policy)
     return policy, critic, reference, reward_model, tokenizer
 
 
-def _separate_critic(config: PPOConfig, tokenizer):
+def _separate_critic(config: PPOConfig, tokenizer, combination: HeadCombination | None = None):
     """A `ValueModel` from --value-model, else the reward model, else the policy's
-    checkpoint; it must read the policy's tokens."""
+    checkpoint; it must read the policy's tokens. A start of several heads gives one
+    value: the combination's weighted sum of its heads (the safety gate left out: the
+    critic learns the rest), one head is taken as it is."""
     from alignloop.models import ValueModel, disable_dropout
 
     source = config.value_model or config.reward_model or config.policy
-    critic = ValueModel.from_pretrained(source, options=config, what="the critic's start")
+    weights = None
+    if combination is not None:
+        weights = dict(zip(combination.heads, combination.weights.tolist(), strict=True))
+    critic = ValueModel.from_pretrained(
+        source, options=config, what="the critic's start", weights=weights
+    )
     rm = critic.reward_model
     if rm.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ConfigError(
@@ -908,7 +990,8 @@ def collect_rollout(run: PPORun, step: int) -> tuple[Rollout, dict[str, float]]:
         accelerator.autocast,
     )
     _check_scores(accelerator, raw, config, run.checkpoints, step, run.save)
-    return rollout, _rollout_stats(accelerator, rollout, run.kl_ctl.value)
+    stats = _rollout_stats(accelerator, rollout, run.kl_ctl.value)
+    return rollout, {**stats, **_score_figures(accelerator, raw)}
 
 
 def update_policy(run: PPORun, rollout: Rollout, stats: dict[str, float], step: int):
@@ -1032,7 +1115,7 @@ def finish_run(run: PPORun, step: int, stop_reason: str | None, record: dict, st
 
 def _check_scores(accelerator, raw, config, checkpoints, step, save) -> None:
     """A NaN score stops every process together, after saving the last good state."""
-    names = sorted(raw)
+    names = sorted(k for k in raw if k in SCORE_PARTS)
     bad = torch.tensor([float(torch.isnan(raw[n]).any()) for n in names])
     if accelerator.num_processes > 1:
         bad = accelerator.reduce(bad.to(accelerator.device), reduction="sum").cpu()
@@ -1089,6 +1172,18 @@ def _rollout_stats(accelerator, r: Rollout, beta: float) -> dict[str, float]:
         # reference and value passes all run on these (B, Q + T) rows (issue 17).
         "pad_share_rollout": 1.0 - (real.sum() / width.sum()).item(),
     }
+
+
+def _score_figures(accelerator, raw: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The means over every process's episodes of the score function's figures (each
+    head's score_<head>, safety_gated), the raw score parts left out."""
+    names = [k for k in raw if k not in SCORE_PARTS]
+    if not names:
+        return {}
+    per_episode = torch.stack([raw[k].float() for k in names], dim=1)  # (B, F)
+    if accelerator.num_processes > 1:
+        per_episode = accelerator.gather(per_episode.to(accelerator.device)).cpu()
+    return dict(zip(names, per_episode.mean(0).tolist(), strict=True))
 
 
 def _reduce_mean(accelerator, stats: dict[str, float]) -> dict[str, float]:

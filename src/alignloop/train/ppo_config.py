@@ -43,7 +43,7 @@ class PPOConfig(TrainingOptions, SamplingOptions):
         pairs=True,
     )
     user: str | None = option(
-        None, "a labeler of a personal reward model: its score is that user's weights' sum"
+        None, "a user (labeler) of a personal reward model: the heads weighed by their weights"
     )
     user_weights: Path | None = option(
         None,
