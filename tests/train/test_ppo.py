@@ -488,6 +488,29 @@ def test_head_errors_name_the_flag_and_the_heads(tmp_path, world, two_head_rm, t
         build_models(config(), Console(quiet=True))
 
 
+def test_a_personal_model_weighs_by_its_users_or_their_average(tmp_path, world, two_head_rm):
+    import shutil
+
+    from alignloop.models import RewardModel
+
+    folder = shutil.copytree(two_head_rm, tmp_path / "personal")
+    saved = json.loads((folder / "config.json").read_text())
+    saved["alignloop_personal"] = {"users": {"ann": [1.0, 0.0], "bob": [0.25, 2.0]},
+                                   "default": [0.625, 1.0]}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(saved))
+    rm = RewardModel.from_pretrained(folder, new_head=False)
+
+    def weights(**options):
+        config = make_config(world, tmp_path, reward_model=str(folder), **options)
+        return reward_combination(config, rm).weights.tolist()
+
+    assert weights(user="bob") == [0.25, 2.0]
+    assert weights() == [0.625, 1.0]  # no weights given: the average user
+    with pytest.raises(ConfigError, match=r"^--user cy: not a user of the reward model \(its "
+                       r"users: ann, bob\)"):  # fmt: skip
+        weights(user="cy")
+
+
 def test_a_one_head_model_weighs_its_head_reward(tmp_path, world, tiny_rm):
     from alignloop.models import RewardModel
 
