@@ -75,6 +75,42 @@ def pg_database():
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def bare_database(tmp_path):
+    """bare_database(backend) -> a Database with no tables yet, to migrate step by
+    step: a new SQLite file, or a new PostgreSQL database of its own (dropped at the
+    end; the test skips, saying why, when PostgreSQL does not answer)."""
+    made: list[tuple[Database, str | None]] = []
+
+    def make(backend: str) -> Database:
+        if backend == "sqlite":
+            database = Database(f"sqlite:///{tmp_path / f'bare-{len(made)}.db'}")
+            made.append((database, None))
+            return database
+        reason = _pg_unavailable()
+        if reason:
+            pytest.skip(reason)
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        name = f"alignloop_bare_{os.getpid()}_{secrets.token_hex(4)}"
+        with psycopg.connect(pg_server_url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = make_url(pg_server_url()).set(database=name).render_as_string(hide_password=False)
+        database = Database(url)
+        made.append((database, name))
+        return database
+
+    yield make
+    for database, name in made:
+        database.dispose()
+        if name is not None:
+            import psycopg
+
+            with psycopg.connect(pg_server_url(), autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def _empty(db: Database) -> None:
     tables = [t.name for t in Base.metadata.sorted_tables]
     with db.engine.begin() as conn:

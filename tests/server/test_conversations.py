@@ -18,7 +18,7 @@ from alignloop.feedback import rankings_to_pairs
 from alignloop.io import read_comparisons, read_records, write_records
 from alignloop.schema import Completion, Message, Prompt, Ranking, SchemaError
 from alignloop.server import assign, service
-from alignloop.server.db import Database, open_database, upgrade
+from alignloop.server.db import Database, head_revision, open_database, upgrade
 
 CONVERSATION = [
     {"role": "system", "content": "You are a *careful* assistant."},
@@ -195,7 +195,7 @@ def test_migration_0003_keeps_text_prompts_as_they_were(tmp_path):
             text("INSERT INTO projects VALUES (1, 'p', '[\"c\"]', 1, 0, 60, '2026-01-01')")
         )
         conn.execute(text("INSERT INTO prompts VALUES (1, 1, 'q', 'a text', NULL, '{}', 0)"))
-    assert upgrade(db) == ("0002", "0003")
+    assert upgrade(db) == ("0002", head_revision())  # through 0003, and on to the newest
     with db.read() as session:
         records = service.project_records(session, service.get_project(session, "p"))
     assert records.prompts == [Prompt(id="q", prompt="a text")]

@@ -13,6 +13,10 @@ Invariants the database itself keeps, whatever the code does:
   criterion), so a retried or double-clicked submission can never add a second row;
 - tokens and session ids are stored only as SHA-256 hex digests (UNIQUE).
 
+A personal project (`projects.personal`, "my own preferences") hands every prompt to
+every labeler who opens it, each ranking for themself: its rankings keep their
+labeler, and one labeler's pairs fit that labeler's weights (`alignloop personal fit`).
+
 Times are naive UTC datetimes (SQLite has no time zones; both backends store the same).
 """
 
@@ -90,6 +94,10 @@ class Project(Base):
     gold_rate: Mapped[float] = mapped_column(Float, default=0.0)  # share of tasks that are gold
     assignment_ttl_s: Mapped[int] = mapped_column(Integer)  # a pending task expires after this
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # "My own preferences" (issue 16): every labeler ranks every item for themself, and
+    # their rankings fit their own weights. No overlap cap (`overlap` is stored as 1 and
+    # unused), no gold items, no agreement: each ranks by their own taste.
+    personal: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
     guidelines: Mapped[list[Guidelines]] = relationship(
         back_populates="project", order_by="Guidelines.id"
