@@ -170,7 +170,10 @@ def make_project(
     gold_rate: float | None = None,
     ttl_s: int = 3600,
     guidelines: str = GUIDELINES,
+    personal: bool = False,
 ) -> service.ProjectSummary:
+    """A project of `n_prompts` prompts with `k` completions each; a personal one
+    takes no overlap."""
     prompts, completions = task_records(n_prompts, k)
     return service.create_project(
         db,
@@ -179,10 +182,11 @@ def make_project(
         guidelines=guidelines,
         prompts=prompts,
         completions=completions,
-        overlap=overlap,
+        overlap=None if personal else overlap,
         gold=gold,
         gold_rate=gold_rate,
         assignment_ttl_s=ttl_s,
+        personal=personal,
     )
 
 

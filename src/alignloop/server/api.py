@@ -17,6 +17,7 @@
     GET  /api/v1/admin/projects/{project}/items[?criterion=&prompt_id=]   per-item review
     GET  /api/v1/admin/projects/{project}/export?what=rankings|pairs|consensus
                                  [&criterion=NAME]  (needed for pairs/consensus of several)
+                                 [&labeler=NAME]    (one labeler's: a personal project's user)
     GET  /api/v1/admin/labelers
     POST /api/v1/admin/labelers                   201 with the new token (shown once)
     POST /api/v1/admin/labelers/{name}/deactivate  token and sessions end at once
@@ -83,11 +84,15 @@ class CompletionOut(BaseModel):
 
 
 class Progress(BaseModel):
-    labeler_done: int
+    labeler_done: int = Field(
+        description="your done tasks; in a personal project, of project_prompts (all yours)"
+    )
     project_complete_prompts: int
     project_prompts: int
     project_tasks_done: int = Field(description="tasks (a prompt ranked by one labeler) done")
-    project_tasks: int = Field(description="tasks the project needs: prompts x overlap")
+    project_tasks: int = Field(
+        description="tasks the project needs: prompts x overlap (personal: x its labelers)"
+    )
 
 
 class MessageOut(BaseModel):
@@ -98,6 +103,9 @@ class MessageOut(BaseModel):
 class TaskOut(BaseModel):
     assignment_id: int
     project: str
+    personal: bool = Field(
+        False, description="a personal project: rank by your own preferences, for yourself"
+    )
     prompt: str = Field(
         description="the prompt's text; for a conversation, its turns as plain text "
         '("role: content" paragraphs)'
@@ -144,7 +152,8 @@ class GuidelinesOut(BaseModel):
     project: str
     version: str
     markdown: str
-    acknowledged: bool
+    acknowledged: bool = Field(description="also true where none is needed (personal default)")
+    personal: bool = False
 
 
 class AcknowledgementOut(BaseModel):
@@ -329,7 +338,9 @@ def admin_projects(request: Request, who: Admin) -> list[dict[str, Any]]:
 class NewProjectIn(Strict):
     name: str = Field(min_length=1, max_length=service.NAME_MAX, description="no '/'")
     criteria: list[str] = Field(min_length=1, examples=[["helpfulness", "harmlessness"]])
-    guidelines: str = Field(min_length=1, description="the labelers' guidelines (Markdown)")
+    guidelines: str = Field(
+        "", description="the labelers' guidelines (Markdown); optional only when personal"
+    )
     prompts: list[dict[str, Any]] = Field(
         min_length=1, description='prompt records: {"id", "prompt", "reference"?, "metadata"?}'
     )
@@ -339,9 +350,16 @@ class NewProjectIn(Strict):
     gold: list[dict[str, Any]] = Field(
         default_factory=list, description="ranking records of gold prompts (known rankings)"
     )
-    overlap: StrictInt = Field(3, ge=1, le=service.DB_INT_MAX)
+    overlap: StrictInt | None = Field(
+        None, ge=1, le=service.DB_INT_MAX, description="default 3; none when personal"
+    )
     gold_rate: float | None = Field(None, description="default 0.1 with gold, else 0")
     assignment_ttl_s: StrictInt = Field(3600, ge=1, le=service.DB_INT_MAX)
+    personal: StrictBool = Field(
+        False,
+        description="my own preferences: every labeler ranks every prompt for themself "
+        "(no overlap, no gold, no agreement); one labeler's pairs fit their weights",
+    )
 
 
 @router.post(
@@ -368,6 +386,7 @@ def admin_create_project(request: Request, body: NewProjectIn, who: Admin) -> An
             gold=gold,
             gold_rate=body.gold_rate,
             assignment_ttl_s=body.assignment_ttl_s,
+            personal=body.personal,
         )
     except SchemaError as e:
         raise Invalid(str(e), "prompts") from None
@@ -421,6 +440,7 @@ def admin_items(
     responses={
         **ADMIN_ERRORS,
         200: {"content": {"application/x-ndjson": {}}},
+        404: {"description": "no such project, or no labeler of that name"},
         422: {"description": "pairs or consensus of several criteria without `criterion`"},
     },
 )
@@ -438,16 +458,33 @@ def admin_export(
         ),
     ] = None,
     include_gold: bool = False,
+    labeler: Annotated[
+        str | None,
+        Query(
+            max_length=service.NAME_MAX,
+            description="only this labeler's records (in a personal project: the pairs "
+            "that fit their weights, `alignloop personal fit --user NAME`)",
+        ),
+    ] = None,
 ) -> Response:
     records = service.export_project(
-        db_of(request), project, what, include_gold=include_gold, criterion=criterion
+        db_of(request),
+        project,
+        what,
+        include_gold=include_gold,
+        criterion=criterion,
+        labeler=labeler,
     )
-    return jsonl_response(records, export_filename(project, what, criterion))
+    return jsonl_response(records, export_filename(project, what, criterion, labeler))
 
 
-def export_filename(project: str, what: str, criterion: str | None = None) -> str:
-    """`demo-pairs-helpfulness.jsonl`: what an export is called when downloaded."""
-    return f"{project}-{what}{'' if criterion is None else '-' + criterion}.jsonl"
+def export_filename(
+    project: str, what: str, criterion: str | None = None, labeler: str | None = None
+) -> str:
+    """`demo-pairs-helpfulness.jsonl` (`demo-pairs-ann.jsonl`, one labeler's): what an
+    export is called when downloaded."""
+    parts = [project, what, *(x for x in (criterion, labeler) if x is not None)]
+    return "-".join(parts) + ".jsonl"
 
 
 def jsonl_response(records: list, filename: str) -> Response:

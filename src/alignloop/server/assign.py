@@ -9,6 +9,10 @@ Assignment (`next_task`):
   seen yet; else a regular prompt the labeler has never had (UNIQUE (labeler_id,
   prompt_id) in the database) whose done and live pending assignments number fewer
   than `overlap`, preferring prompts already under way so that they complete.
+- In a personal project ("my own preferences", issue 16) every labeler gets every
+  regular prompt, in the prompts' order, each ranking for themself: no overlap cap
+  (so nothing to lock but the labeler), no gold items, and an expired task is theirs
+  to finish whenever they come back (nobody else wants its slot).
 - The check-then-insert is made safe under concurrency: on SQLite the transaction
   starts with BEGIN IMMEDIATE (one writer at a time); on PostgreSQL the candidate
   prompt is locked with SELECT ... FOR UPDATE SKIP LOCKED (concurrent labelers take
@@ -80,8 +84,10 @@ from alignloop.server.service import (
     current_guidelines,
     done_tasks,
     get_project,
+    needs_acknowledgement,
     regular_prompts,
     shown,
+    tasks_per_prompt,
     text_problem,
 )
 
@@ -145,8 +151,15 @@ def _acknowledged(session: Session, labeler_id: int, guidelines_id: int) -> bool
     )
 
 
+def _may_rank(session: Session, labeler_id: int, project: Project, g: Guidelines) -> bool:
+    """Whether the labeler has acknowledged the current guidelines `g`, or needs not
+    (a personal project's default ones, `service.needs_acknowledgement`)."""
+    return not needs_acknowledgement(project, g) or _acknowledged(session, labeler_id, g.id)
+
+
 def guidelines_for(db: Database, labeler_id: int, project_name: str) -> dict[str, Any]:
-    """{"project", "version", "markdown", "acknowledged"} of the current guidelines."""
+    """{"project", "version", "markdown", "acknowledged", "personal"} of the current
+    guidelines; "acknowledged" is also true where none is needed."""
     with db.read() as session:
         project = get_project(session, project_name)
         g = current_guidelines(session, project)
@@ -154,7 +167,8 @@ def guidelines_for(db: Database, labeler_id: int, project_name: str) -> dict[str
             "project": project.name,
             "version": g.version,
             "markdown": g.markdown,
-            "acknowledged": _acknowledged(session, labeler_id, g.id),
+            "acknowledged": _may_rank(session, labeler_id, project, g),
+            "personal": project.personal,
         }
 
 
@@ -227,12 +241,14 @@ def _taken(session: Session, prompt_pk: int, now: dt.datetime, *, besides: int |
 
 
 def _has_room(db: Database, session: Session, a: Assignment, now: dt.datetime) -> bool:
-    """Whether an expired pending assignment may still be completed: gold always;
-    otherwise only if nobody took its slot meanwhile (the prompt row is locked on
-    PostgreSQL, as when a slot is handed out)."""
+    """Whether an expired pending assignment may still be completed: gold and
+    personal ones always (no slot to lose); otherwise only if nobody took its slot
+    meanwhile (the prompt row is locked on PostgreSQL, as when a slot is handed out)."""
     if a.is_gold:
         return True
     project = session.get(Project, a.project_id)
+    if project.personal:
+        return True
     session.execute(_lock(db, select(PromptRow.id).where(PromptRow.id == a.prompt_id)))
     return _taken(session, a.prompt_id, now, besides=a.id) < project.overlap
 
@@ -242,20 +258,23 @@ def _resume(
 ) -> Assignment | None:
     """The labeler's pending assignment in this project, renewed if it had expired
     and its slot is still free; expired ones whose slot went to someone else are
-    marked so."""
+    marked so. In a personal project an expired one (the labeler was deactivated, or
+    a submission came late) is pending again: every prompt stays the labeler's own."""
+    resumable = (PENDING, EXPIRED) if project.personal else (PENDING,)
     pending = session.scalars(
         select(Assignment)
         .where(
             Assignment.labeler_id == labeler.id,
             Assignment.project_id == project.id,
-            Assignment.status == PENDING,
+            Assignment.status.in_(resumable),
         )
         .order_by(Assignment.id)
     ).all()
     for a in pending:
-        if a.expires_at > now:
+        if a.status == PENDING and a.expires_at > now:
             return a
         if _has_room(db, session, a, now):
+            a.status = PENDING
             a.expires_at = now + dt.timedelta(seconds=project.assignment_ttl_s)
             return a
         a.status = EXPIRED
@@ -277,7 +296,14 @@ def _pick_gold(session: Session, labeler: Labeler, project: Project, rng: random
 
 def _open_prompts(labeler: Labeler, project: Project, now: dt.datetime):
     """The regular prompts the labeler could be given now: never theirs before, with
-    fewer than `overlap` live assignments, those already under way first."""
+    fewer than `overlap` live assignments, those already under way first; in a
+    personal project every one never theirs before, in the prompts' order."""
+    if project.personal:
+        return (
+            select(PromptRow.id)
+            .where(regular_prompts(project.id), ~_mine(labeler.id))
+            .order_by(PromptRow.id)
+        )
     taken = _taken_per_prompt(now)
     return (
         select(PromptRow.id)
@@ -299,8 +325,10 @@ def _pick_regular(
         q = _open_prompts(labeler, project, now).limit(1)
         if passed:
             q = q.where(PromptRow.id.not_in(passed))
-        if not db.is_postgres:
-            return session.scalar(q)  # BEGIN IMMEDIATE: nothing changed since we looked
+        if not db.is_postgres or project.personal:
+            # SQLite: BEGIN IMMEDIATE, nothing changed since we looked. Personal: no
+            # cap to count; the labeler's row is locked and UNIQUE (labeler, prompt).
+            return session.scalar(q)
         prompt_pk = session.scalar(q.with_for_update(skip_locked=True, of=PromptRow))
         if prompt_pk is None:
             return None
@@ -331,8 +359,10 @@ def _assign(
     regular = _pick_regular(db, session, labeler, project, now)
     if regular is None:
         return None  # gold items alone would score a labeler who has nothing to label
-    want_gold, rng = _wants_gold(session, labeler, project)
-    gold = _pick_gold(session, labeler, project, rng) if want_gold else None
+    gold = None
+    if not project.personal:  # nobody's own taste has a right answer to score
+        want_gold, rng = _wants_gold(session, labeler, project)
+        gold = _pick_gold(session, labeler, project, rng) if want_gold else None
     a = Assignment(
         project_id=project.id,
         prompt_id=gold if gold is not None else regular,
@@ -351,13 +381,14 @@ def _has_work(
     db: Database, session: Session, labeler: Labeler, project: Project, now: dt.datetime
 ) -> bool:
     """Without assigning anything: would the labeler get a task in this project?"""
+    resumable = (PENDING, EXPIRED) if project.personal else (PENDING,)  # as `_resume`
     pending = session.scalar(
         select(func.count())
         .select_from(Assignment)
         .where(
             Assignment.labeler_id == labeler.id,
             Assignment.project_id == project.id,
-            Assignment.status == PENDING,
+            Assignment.status.in_(resumable),
         )
     )
     if pending:
@@ -387,7 +418,7 @@ def _live_pending(db: Database, labeler_id: int, project_name: str, now: dt.date
         if row is None:
             return None
         project = session.get(Project, row.project_id)
-        if not _acknowledged(session, labeler_id, current_guidelines(session, project).id):
+        if not _may_rank(session, labeler_id, project, current_guidelines(session, project)):
             return None
         return row.id
 
@@ -424,7 +455,7 @@ def next_task(
             projects = session.scalars(select(Project).order_by(Project.id)).all()
         for project in projects:
             g = current_guidelines(session, project)
-            if not _acknowledged(session, labeler.id, g.id):
+            if not _may_rank(session, labeler.id, project, g):
                 if _has_work(db, session, labeler, project, now):
                     raise GuidelinesRequired(project.name, g.version)
                 continue
@@ -460,8 +491,11 @@ def _completions(session: Session, a: Assignment) -> list[CompletionRow]:
 def _task_payload(session: Session, a: Assignment, now: dt.datetime) -> dict[str, Any]:
     """An assignment as the labeler sees it (`get_task`): the prompt (a conversation's
     turns under "messages" too), its completions in the labeler's order, the
-    project's criteria, guidelines version and progress."""
+    project's criteria, guidelines version and progress. In a personal project the
+    labeler's progress is their own: `labeler_done` of `project_prompts` (every
+    prompt is theirs to rank), and the project's tasks are prompts x its labelers."""
     project = session.get(Project, a.project_id)
+    per = tasks_per_prompt(session, project)
     g = current_guidelines(session, project)
     ranked = session.scalars(
         select(RankingRow.criterion).where(RankingRow.assignment_id == a.id)
@@ -480,7 +514,7 @@ def _task_payload(session: Session, a: Assignment, now: dt.datetime) -> dict[str
         select(Assignment.prompt_id)
         .where(done_tasks(project.id))
         .group_by(Assignment.prompt_id)
-        .having(func.count() >= project.overlap)
+        .having(func.count() >= per)
         .subquery()
     )
     complete = select(func.count()).select_from(per_prompt).scalar_subquery()
@@ -488,7 +522,7 @@ def _task_payload(session: Session, a: Assignment, now: dt.datetime) -> dict[str
         select(func.count()).select_from(PromptRow).where(regular_prompts(project.id))
     ).scalar_subquery()
     # The pages' one progress unit: tasks (a prompt ranked by one labeler), of which a
-    # project needs prompts x overlap.
+    # project needs prompts x overlap (x its labelers, personal).
     tasks_done = (
         select(func.count()).select_from(Assignment).where(done_tasks(project.id))
     ).scalar_subquery()
@@ -500,6 +534,7 @@ def _task_payload(session: Session, a: Assignment, now: dt.datetime) -> dict[str
     return {
         "assignment_id": a.id,
         "project": project.name,
+        "personal": project.personal,
         "prompt": prompt_text,
         "messages": messages,
         "completions": [{"id": c.public_id, "text": c.text} for c in _completions(session, a)],
@@ -513,7 +548,7 @@ def _task_payload(session: Session, a: Assignment, now: dt.datetime) -> dict[str
             "project_complete_prompts": n_complete,
             "project_prompts": n_total,
             "project_tasks_done": n_tasks_done,
-            "project_tasks": n_total * project.overlap,
+            "project_tasks": n_total * per,
         },
     }
 

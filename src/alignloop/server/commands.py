@@ -129,7 +129,12 @@ def _project_create(args: argparse.Namespace) -> int:
             f"--assignment-ttl must be a positive number of minutes (under 35 million), "
             f"got {args.assignment_ttl}"
         )
-    guidelines = _read_text(args.guidelines)
+    if args.guidelines is None and not args.personal:
+        raise ConfigError(
+            "--guidelines FILE is needed (only a --personal project may go without: "
+            "each labeler ranks by their own preferences)"
+        )
+    guidelines = _read_text(args.guidelines) if args.guidelines is not None else ""
     prompts = read_records(args.prompts, "prompt")
     completions = read_records(args.completions, "completion")
     gold = read_records(args.gold, "ranking") if args.gold else []
@@ -138,10 +143,16 @@ def _project_create(args: argparse.Namespace) -> int:
         summary = _create(db, args, guidelines, prompts, completions, gold)
     except DBAPIError as e:  # what the checks did not foresee; nothing was stored
         raise ConfigError(f"the database refused the project: {str(e.orig).strip()}") from None
+    if summary.personal:
+        how = "by every labeler for themself (personal: their own preferences)"
+    else:
+        how = (
+            f"with overlap {summary.overlap}, "
+            f"{summary.gold_prompts} gold prompts (rate {summary.gold_rate})"
+        )
     print(
         f"project {summary.name!r}: {summary.prompts} prompts to rank by "
-        f"{', '.join(summary.criteria)} with overlap {summary.overlap}, "
-        f"{summary.gold_prompts} gold prompts (rate {summary.gold_rate}), "
+        f"{', '.join(summary.criteria)} {how}, "
         f"{summary.completions} completions; guidelines version {summary.guidelines_version[:12]}"
     )
     return 0
@@ -161,6 +172,7 @@ def _create(db, args: argparse.Namespace, guidelines: str, prompts, completions,
         gold=gold,
         gold_rate=args.gold_rate,
         assignment_ttl_s=int(args.assignment_ttl * 60),
+        personal=args.personal,
     )
 
 
@@ -184,10 +196,16 @@ def _project_export(args: argparse.Namespace) -> int:
     from alignloop.server.service import export_project
 
     records = export_project(
-        _open(args), args.name, args.what, include_gold=args.include_gold, criterion=args.criterion
+        _open(args),
+        args.name,
+        args.what,
+        include_gold=args.include_gold,
+        criterion=args.criterion,
+        labeler=args.labeler,
     )
     n = write_records(args.out, records)
-    print(f"wrote {n} {args.what} records to {args.out}")
+    of = "" if args.labeler is None else f" of {args.labeler!r}"
+    print(f"wrote {n} {args.what} records{of} to {args.out}")
     return 0
 
 
@@ -319,7 +337,10 @@ def add_server_commands(sub, command, group) -> None:
         required=True,
         help="comma-separated criteria, one ranking each (e.g. helpfulness,harmlessness)",
     )
-    p.add_argument("--guidelines", required=True, help="the labelers' guidelines (Markdown file)")
+    p.add_argument(
+        "--guidelines",
+        help="the labelers' guidelines (Markdown file); optional with --personal",
+    )
     p.add_argument("--prompts", required=True, help="prompts file (.jsonl or .parquet)")
     p.add_argument(
         "--completions",
@@ -327,7 +348,10 @@ def add_server_commands(sub, command, group) -> None:
         help="completions file, e.g. from `alignloop generate` or `world candidates`",
     )
     p.add_argument(
-        "--overlap", type=int, default=3, help="distinct labelers per prompt (default: 3)"
+        "--overlap",
+        type=int,
+        default=None,
+        help="distinct labelers per prompt (default: 3; none with --personal)",
     )
     p.add_argument(
         "--gold", help="rankings file of gold prompts (known rankings) to score labelers"
@@ -343,6 +367,13 @@ def add_server_commands(sub, command, group) -> None:
         type=float,
         default=60.0,
         help="minutes before a pending task returns to the pool (default: 60)",
+    )
+    p.add_argument(
+        "--personal",
+        action="store_true",
+        help="my own preferences: every labeler who opens the project ranks every prompt "
+        "for themself (no overlap, no gold, no agreement); `project export --labeler NAME` "
+        "writes one labeler's pairs, for `alignloop personal fit --user NAME`",
     )
 
     p = command(proj, "guidelines", _project_guidelines, "Replace a project's guidelines.")
@@ -367,6 +398,11 @@ def add_server_commands(sub, command, group) -> None:
     )
     p.add_argument(
         "--include-gold", action="store_true", help="also the labelers' rankings of gold prompts"
+    )
+    p.add_argument(
+        "--labeler",
+        help="only this labeler's records (a personal project's user: the pairs that fit "
+        "their weights)",
     )
 
     p = command(proj, "status", _project_status, "Progress, labelers, agreement, gold (JSON).")

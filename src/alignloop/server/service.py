@@ -8,6 +8,12 @@ pages do, as library functions over a `Database`:
     labelers    add_labeler, list_labelers, deactivate_labeler, reactivate_labeler,
                 rotate_token
 
+A personal project ("my own preferences", issue 16) gives every prompt to every labeler
+who opens it, each ranking for themself: no overlap cap, no gold items and no
+agreement (each ranks by their own taste, so disagreement is the point, not a
+quality problem). Its exports keep each pair's labeler, and `export_project(...,
+labeler=NAME)` gives one labeler's, what `alignloop personal fit --user NAME` reads.
+
 The feedback math (pairs, consensus, agreement) is `alignloop.feedback`'s: rankings
 leave the database as `alignloop.schema.Ranking` records and go through the very
 functions the file-based commands use, so an export is exactly what `alignloop
@@ -85,6 +91,17 @@ __all__ = [
 ]
 
 EXPORTS = ("rankings", "pairs", "consensus")
+# Comparisons (pairs) of one labeler that `alignloop personal fit` wants to fit their
+# weights (issue 16: "weights fit from 20 comparisons"); the admin page counts toward it.
+FIT_PAIRS = 20
+# A personal project's guidelines when none are given. Labelers need not acknowledge
+# these (they say only what the ranking page's banner says); guidelines an admin
+# writes for a personal project are acknowledged as in any project.
+PERSONAL_GUIDELINES = """# Your own preferences
+
+Rank the responses by what **you** prefer. There is no right answer and nobody else's
+ranking to agree with: your rankings teach a model your own taste.
+"""
 GOLD_LABELER = "gold"  # the labeler name of gold rankings when they are scored
 RESERVED_NAMES = (GOLD_LABELER, CONSENSUS_LABELER)  # labeler names the exports use
 
@@ -139,6 +156,12 @@ def guidelines_version(markdown: str) -> str:
     return hashlib.sha256(markdown.replace("\r\n", "\n").encode("utf-8")).hexdigest()
 
 
+def needs_acknowledgement(project: Project, guidelines: Guidelines) -> bool:
+    """Whether labelers must acknowledge these guidelines before ranking: always, but
+    for a personal project's default guidelines (`PERSONAL_GUIDELINES`)."""
+    return not (project.personal and guidelines.version == PERSONAL_GUIDELINES_VERSION)
+
+
 def regular_prompts(project_id: int) -> ColumnElement[bool]:
     """A condition on PromptRow: the project's prompts that are not gold."""
     return and_(PromptRow.project_id == project_id, PromptRow.is_gold.is_(False))
@@ -152,6 +175,9 @@ def done_tasks(project_id: int) -> ColumnElement[bool]:
         Assignment.status == DONE,
         Assignment.is_gold.is_(False),
     )
+
+
+PERSONAL_GUIDELINES_VERSION = guidelines_version(PERSONAL_GUIDELINES)
 
 
 def get_project(session: Session, name: str) -> Project:
@@ -316,6 +342,7 @@ class ProjectSummary:
     overlap: int
     gold_rate: float
     guidelines_version: str
+    personal: bool = False
 
 
 def create_project(
@@ -326,10 +353,11 @@ def create_project(
     guidelines: str,
     prompts: Sequence[Prompt],
     completions: Sequence[Completion],
-    overlap: int,
+    overlap: int | None = None,
     gold: Sequence[Ranking] = (),
     gold_rate: float | None = None,
     assignment_ttl_s: int = 3600,
+    personal: bool = False,
 ) -> ProjectSummary:
     """A new project with its prompts, completions, guidelines and gold rankings, in
     one transaction (all of it or nothing).
@@ -337,11 +365,21 @@ def create_project(
     Prompts that have a gold ranking become hidden gold items: every labeler may get
     each one once, at `gold_rate` of their tasks (default 0.1 when gold is given),
     and they are scored against the gold ranking instead of counting for overlap.
+    `overlap` defaults to 3.
+
+    `personal`: every labeler who opens the project ranks every prompt for themself
+    (see the module doc), so it takes no overlap and no gold, and its guidelines may
+    be empty (`PERSONAL_GUIDELINES` then, which need no acknowledging).
     """
     criteria = _check_criteria(criteria)
     if not name.strip():
         raise Invalid("--name: a project needs a name", "name")
     check_text(name, "--name", max_len=NAME_MAX, name=True)
+    if personal:
+        _check_personal(overlap, gold, gold_rate)
+        overlap, gold_rate = 1, 0.0  # stored, never used: no cap, no gold
+        guidelines = guidelines if guidelines.strip() else PERSONAL_GUIDELINES
+    overlap = 3 if overlap is None else overlap
     if overlap < 1:
         raise Invalid(f"--overlap must be at least 1, got {overlap}", "overlap")
     check_int(overlap, "--overlap")
@@ -367,6 +405,7 @@ def create_project(
         overlap=overlap,
         gold_rate=gold_rate,
         assignment_ttl_s=assignment_ttl_s,
+        personal=personal,
     )
     try:
         _store_project(db, project, guidelines, prompts, completions, gold)
@@ -382,7 +421,22 @@ def create_project(
         overlap=overlap,
         gold_rate=gold_rate,
         guidelines_version=guidelines_version(guidelines),
+        personal=personal,
     )
+
+
+def _check_personal(overlap: int | None, gold: Sequence[Ranking], gold_rate: float | None) -> None:
+    """A personal project takes no overlap (every labeler ranks every prompt) and no
+    gold (there is no right ranking of someone's own taste to score them against)."""
+    why = "in a personal project every labeler ranks every prompt for themself"
+    if overlap is not None and overlap != 1:
+        raise Invalid(f"--overlap does not apply to a personal project: {why}", "overlap")
+    if gold or (gold_rate is not None and gold_rate != 0):
+        raise Invalid(
+            f"a personal project has no gold items ({why}, by their own taste: there is "
+            "no right ranking to score them against); leave out --gold and --gold-rate",
+            "gold",
+        )
 
 
 def _store_project(
@@ -492,11 +546,27 @@ def add_labeler(db: Database, name: str, *, admin: bool = False) -> str:
     return token
 
 
-def _labeler_named(session: Session, name: str) -> Labeler:
+def _labeler_named(session: Session, name: str, *, project: str | None = None) -> Labeler:
+    """The labeler of that name, or NotFound naming it (and, given `project`, the
+    project's labelers: those who have had a task in it)."""
     fits = text_problem(name, max_len=NAME_MAX) is None
     labeler = session.scalar(select(Labeler).where(Labeler.name == name)) if fits else None
     if labeler is None:
-        raise NotFound(f"no labeler named {shown(name)}")
+        known = ""
+        if project is not None:
+            names = session.scalars(
+                select(Labeler.name)
+                .join(Assignment, Assignment.labeler_id == Labeler.id)
+                .join(Project, Assignment.project_id == Project.id)
+                .where(Project.name == project)
+                .distinct()
+                .order_by(Labeler.name)
+                .limit(21)
+            ).all()
+            more = ", ..." if len(names) > 20 else ""
+            listed = ", ".join(repr(n) for n in names[:20]) or "none yet"
+            known = f" (labelers of project {project!r}: {listed}{more})"
+        raise NotFound(f"no labeler named {shown(name)}{known}")
     return labeler
 
 
@@ -647,7 +717,13 @@ def project_records(session: Session, project: Project) -> ProjectRecords:
 
 
 def export_project(
-    db: Database, name: str, what: str, *, include_gold: bool = False, criterion: str | None = None
+    db: Database,
+    name: str,
+    what: str,
+    *,
+    include_gold: bool = False,
+    criterion: str | None = None,
+    labeler: str | None = None,
 ) -> list[Record]:
     """The project's rankings, pairs or consensus rankings as schema records, ready
     for `alignloop.io.write_records` and then `alignloop train-rm`.
@@ -659,7 +735,11 @@ def export_project(
     for them (one file each), since the same two responses may be ordered one way by
     helpfulness and the other by harmlessness, and a reward model trained on both
     orders learns nothing. Rankings carry their criterion and may be exported
-    together."""
+    together.
+
+    Every record keeps its labeler; `labeler` keeps one labeler's only (in a personal
+    project, the pairs that fit their own weights). An unknown labeler is NotFound;
+    a known one who ranked nothing here exports nothing."""
     if what not in EXPORTS:
         raise Invalid(f"--what must be one of {', '.join(EXPORTS)}, got {shown(what)}", "what")
     with db.read() as session:
@@ -678,12 +758,15 @@ def export_project(
                 f"{project.criteria[0]}",
                 "criterion",
             )
+        if labeler is not None:
+            _labeler_named(session, labeler, project=project.name)
         records = project_records(session, project)
     rankings = [
         r
         for r in records.rankings
         if (include_gold or r.prompt_id not in records.gold_prompt_ids)
         and (criterion is None or r.criterion == criterion)
+        and (labeler is None or r.labeler == labeler)
     ]
     if what == "rankings":
         return list(rankings)
@@ -741,13 +824,21 @@ def _assignment_counts(session: Session, project: Project) -> tuple[dict, dict, 
                 seconds[name].append((completed - created).total_seconds())
             if not is_gold:
                 done_per_prompt[prompt_pk] += 1
-    complete = sum(1 for n in done_per_prompt.values() if n >= project.overlap)
+    # A personal project's prompt is complete once every labeler who opened it ranked it.
+    needed = len(counts) if project.personal else project.overlap
+    complete = sum(1 for n in done_per_prompt.values() if n >= needed)
     return counts, seconds, complete
 
 
 def project_status(db: Database, name: str, *, now: dt.datetime | None = None) -> dict[str, Any]:
     """Progress, per-labeler throughput, agreement (`feedback.agreement_report` over
-    the non-gold rankings), gold accuracy and flagged items, as one JSON-safe dict."""
+    the non-gold rankings), gold accuracy and flagged items, as one JSON-safe dict.
+
+    A personal project (`"personal": true`) has no agreement (None: each labeler ranks
+    by their own taste) and no gold; each labeler has instead `"pairs"` (their
+    comparisons per criterion, as the export writes them) and `"fit_ready"` (at least
+    `FIT_PAIRS` of them by every criterion: enough to fit their weights). Its tasks
+    needed are prompts x the labelers who opened it."""
     now = now or utcnow()
     with db.read() as session:
         project = get_project(session, name)
@@ -784,9 +875,11 @@ def project_status(db: Database, name: str, *, now: dt.datetime | None = None) -
             )
         ]
         criteria, overlap, gold_rate = list(project.criteria), project.overlap, project.gold_rate
+        personal = project.personal
     regular = [r for r in records.rankings if r.prompt_id not in records.gold_prompt_ids]
-    agreement = agreement_report(regular)
+    agreement = {"labelers": {}} if personal else agreement_report(regular)
     gold = _gold_scores(records.rankings, records.gold)
+    pairs = _pairs_per_labeler(records) if personal else {}
     labelers: dict[str, dict[str, Any]] = {}
     for labeler in sorted(set(counts) | {r.labeler for r in records.rankings}):
         own = [r for r in records.rankings if r.labeler == labeler]
@@ -807,9 +900,14 @@ def project_status(db: Database, name: str, *, now: dt.datetime | None = None) -
             .get("agreement_with_consensus"),
             "gold": gold.get(labeler, {"accuracy": None, "pairs": 0, "items": 0}),
         }
+        if personal:
+            own_pairs = {c: pairs.get((labeler, c), 0) for c in criteria}
+            labelers[labeler]["pairs"] = own_pairs
+            labelers[labeler]["fit_ready"] = min(own_pairs.values()) >= FIT_PAIRS
     n_regular = len(records.prompts) - len(records.gold_prompt_ids)
     return {
         "project": name,
+        "personal": personal,
         "criteria": criteria,
         "overlap": overlap,
         "gold_rate": gold_rate,
@@ -823,9 +921,20 @@ def project_status(db: Database, name: str, *, now: dt.datetime | None = None) -
             "share_complete": round(complete / n_regular, 4) if n_regular else None,
         },
         "labelers": labelers,
-        "agreement": {k: v for k, v in agreement.items() if k != "labelers"},
+        "agreement": (
+            None if personal else {k: v for k, v in agreement.items() if k != "labelers"}
+        ),
+        "fit_pairs": FIT_PAIRS,
         "flagged_unsafe": flagged,
     }
+
+
+def _pairs_per_labeler(records: ProjectRecords) -> Counter:
+    """(labeler, criterion) -> the pairs an export of that labeler's rankings by that
+    criterion holds (`feedback.rankings_to_pairs`, gold prompts left out as there)."""
+    regular = [r for r in records.rankings if r.prompt_id not in records.gold_prompt_ids]
+    result = rankings_to_pairs(regular, records.completions, records.prompts)
+    return Counter((p.labeler, p.criterion) for p in result.pairs)
 
 
 def _contested(rankings: Sequence[Ranking]) -> list[list[str]]:
@@ -942,7 +1051,8 @@ def review_items(
 
 def list_projects(db: Database, *, name: str | None = None) -> list[dict[str, Any]]:
     """Every project with its size and progress (for the project lists); with `name`,
-    only that one (none when there is no such project)."""
+    only that one (none when there is no such project). A personal project's tasks
+    needed are its prompts x the labelers who opened it (`tasks_per_prompt`)."""
     with db.read() as session:
         query = select(Project).order_by(Project.id)
         if name is not None:
@@ -961,10 +1071,23 @@ def list_projects(db: Database, *, name: str | None = None) -> list[dict[str, An
                     "name": p.name,
                     "criteria": list(p.criteria),
                     "overlap": p.overlap,
+                    "personal": p.personal,
                     "prompts": n,
                     "assignments_done": done,
-                    "assignments_needed": n * p.overlap,
+                    "assignments_needed": n * tasks_per_prompt(session, p),
                     "guidelines_version": current_guidelines(session, p).version,
                 }
             )
     return out
+
+
+def tasks_per_prompt(session: Session, project: Project) -> int:
+    """The tasks each prompt needs: `overlap`, or in a personal project one per labeler
+    who opened it (everyone who comes ranks everything)."""
+    if not project.personal:
+        return project.overlap
+    return session.scalar(
+        select(func.count(Assignment.labeler_id.distinct())).where(
+            Assignment.project_id == project.id
+        )
+    )
