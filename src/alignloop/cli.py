@@ -21,6 +21,7 @@ from alignloop.evaluate.eval_config import EvalConfig
 from alignloop.generate_config import GenerateConfig
 from alignloop.loop import DemoConfig
 from alignloop.loop.loop_config import LoopConfig
+from alignloop.personal import PersonalFitConfig
 from alignloop.schema import SchemaError
 from alignloop.train import TrainingError
 from alignloop.train.ppo_config import PPOConfig
@@ -185,6 +186,13 @@ def _train_ppo(config: PPOConfig) -> int:
     from alignloop.train.ppo import train_ppo
 
     train_ppo(config)
+    return 0
+
+
+def _personal_fit(config: PersonalFitConfig) -> int:
+    from alignloop.personal.fit import fit_user
+
+    _print_json(fit_user(config))
     return 0
 
 
@@ -371,6 +379,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rm-log", help="a reward-model run's metrics.jsonl, for its curves")
     p.add_argument("--out", required=True, help="HTML file to write")
 
+    personal = _group(sub, "personal", "A user's own reward: weights over a model's features.")
+    _typed(personal, "fit", _personal_fit, "Fit a user's weights from their pairs (seconds).",
+           PersonalFitConfig)  # fmt: skip
     _add_data_commands(_group(sub, "data", "Validate, convert and import record files."))
     _add_feedback_commands(_group(sub, "feedback", "Rankings to pairs, agreement and consensus."))
     world = _group(sub, "world", "The built-in synthetic summarization task.")
