@@ -1,12 +1,14 @@
 """Personal projects ("my own preferences", issue 16), on SQLite and PostgreSQL: every
 labeler who opens one ranks every prompt for themself (no overlap cap, no gold, no
 agreement), one labeler's pairs export on their own (what `alignloop personal fit
---user NAME` reads), and the progress counts the labeler's own rankings. Migration
-0004: test_migrations.py."""
+--user NAME` reads), the progress counts the labeler's own rankings, and the pages
+say so (the admin page: what a fit of a labeler's weights needs). Migration 0004:
+test_migrations.py."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from sqlalchemy import func, select, text
@@ -277,3 +279,86 @@ def test_a_labeler_is_ready_for_a_fit_from_20_comparisons(db, as_labeler, new_pr
     ann.rank(task["assignment_id"], [[c["id"]] for c in task["completions"]])
     labeler = service.project_status(db, "demo")["labelers"]["ann"]
     assert labeler["pairs"] == {"helpfulness": 21} and labeler["fit_ready"] is True
+
+
+# --- the pages --------------------------------------------------------------------------
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def signed_in(client, token: str):
+    client.cookies.clear()
+    form = client.get("/login")
+    data = {"token": token, "csrf_token": csrf_of(form.text), "next": "/"}
+    assert client.post("/login", data=data, follow_redirects=False).status_code == 303
+    return client
+
+
+def test_the_pages_say_personal_in_both_languages(db, client, new_project):
+    new_project(n_prompts=7, k=3, personal=True, guidelines="")
+    new_project("pooled", n_prompts=1)
+    ann = service.add_labeler(db, "ann")
+    boss = service.add_labeler(db, "boss", admin=True)
+    signed_in(client, ann)
+    home = client.get("/").text
+    assert home.count("your own preferences") == 1  # demo's card, not pooled's
+    page = client.get("/projects/demo/label")  # no guidelines to acknowledge first
+    assert page.status_code == 200
+    assert "Your own preferences: rank by what you prefer." in page.text
+    assert 'data-personal="1"' in page.text
+    zh = client.get("/projects/demo/label", headers={"Accept-Language": "zh-CN"}).text
+    assert "你自己的偏好：按你喜欢的程度排序。" in zh
+    assert "Your own preferences" not in client.get("/projects/pooled/guidelines").text
+
+    from alignloop.server import assign
+
+    with db.read() as session:
+        ann_id = session.scalar(text("SELECT id FROM labelers WHERE name = 'ann'"))
+    for _ in range(2):
+        task = assign.next_task(db, ann_id, "demo")
+        groups = [[c["id"]] for c in task["completions"]]
+        assign.submit_ranking(db, ann_id, task["assignment_id"], assign.Submission(None, groups))
+
+    signed_in(client, boss)
+    admin = client.get("/admin/projects/demo").text
+    assert "Personal: each labeler ranks every prompt by their own preferences" in admin
+    assert "agreement between labelers is not meaningful" in admin
+    assert "gold rate" not in admin and "Kendall" not in admin
+    assert "2 rankings by ann; 14 more comparisons to fit their weights (the fit needs 20)" in admin
+    assert "/admin/projects/demo/export/pairs?labeler=ann" in admin
+    download = client.get("/admin/projects/demo/export/pairs?labeler=ann")
+    assert download.status_code == 200 and len(download.text.splitlines()) == 6
+    r = client.get("/admin/projects/demo/export/pairs?labeler=zed")
+    assert r.status_code == 404 and "no labeler named &#39;zed&#39;" in r.text
+    zh = client.get("/admin/projects/demo", headers={"Accept-Language": "zh"}).text
+    assert "个人项目：每位标注员按自己的偏好为每个提示排序" in zh and "还差 14 个比较" in zh
+    index = client.get("/admin").text
+    assert re.search(r"<td>personal</td>", index) and re.search(r"<td>2</td>", index)
+    review = client.get("/admin/projects/demo/review").text
+    assert "each labeler ranked by their own taste" in review
+    assert "pairwise agreement" not in review and "ordered both ways:" not in review
+    pooled = client.get("/admin/projects/pooled").text
+    assert "Personal:" not in pooled and "Kendall" in pooled
+
+
+def test_the_admin_page_creates_a_personal_project_without_guidelines(db, client, records):
+    boss = service.add_labeler(db, "boss", admin=True)
+    signed_in(client, boss)
+    prompts, completions = records(2, 3)
+    files = {
+        "prompts": ("p.jsonl", "".join(json.dumps(p.to_dict()) + "\n" for p in prompts)),
+        "completions": ("c.jsonl", "".join(json.dumps(c.to_dict()) + "\n" for c in completions)),
+    }
+    form = client.get("/admin/projects/new").text
+    assert 'name="personal"' in form
+    fields = {"name": "mine", "criteria": "taste", "overlap": "3", "assignment_ttl_min": "30"}
+    fields["csrf_token"] = csrf_of(form)
+    r = client.post("/admin/projects/new", data=fields, files=files, follow_redirects=False)
+    assert r.status_code == 422 and "the guidelines are empty" in r.text  # not personal
+    fields["personal"] = "true"
+    r = client.post("/admin/projects/new", data=fields, files=files, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    (summary,) = service.list_projects(db)
+    assert summary["personal"] is True and summary["overlap"] == 1

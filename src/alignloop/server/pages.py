@@ -270,6 +270,7 @@ def label_page(request: Request, project: str, who: Page) -> Response:
         js_strings=i18n.js_strings(language(request)),
         guidelines_html=_markdown.render(g["markdown"]),
         guidelines_version=g["version"],
+        personal=g["personal"],
     )
 
 
@@ -321,13 +322,15 @@ async def admin_new_project(
     assignment_ttl_min: Annotated[str, Form()] = "60",
     gold_rate: Annotated[str, Form()] = "",
     guidelines: Annotated[str, Form()] = "",
+    personal: Annotated[bool, Form()] = False,
     prompts: Annotated[UploadFile | None, File()] = None,
     completions: Annotated[UploadFile | None, File()] = None,
     gold: Annotated[UploadFile | None, File()] = None,
 ) -> Response:
     """A project from uploaded JSONL files (prompts, completions, optional gold
     rankings), as `alignloop project create` makes it: all of it or nothing. A
-    mistake shows the form again, filled in, with what is wrong (the file and line)."""
+    mistake shows the form again, filled in, with what is wrong (the file and line).
+    A personal project takes no overlap (the field is not read) and no gold."""
     _admin(request, who)
     form = {
         "name": name,
@@ -336,6 +339,7 @@ async def admin_new_project(
         "assignment_ttl_min": assignment_ttl_min,
         "gold_rate": gold_rate,
         "guidelines": guidelines,
+        "personal": personal,
     }
     t = i18n.translator(language(request))
     try:
@@ -364,10 +368,11 @@ async def admin_new_project(
             guidelines=guidelines,
             prompts=files["prompt"],
             completions=files["completion"],
-            overlap=_form_int(overlap, "overlap", t),
+            overlap=None if personal else _form_int(overlap, "overlap", t),
             gold=files["ranking"],
             gold_rate=_form_float(gold_rate, "gold_rate", t) if gold_rate.strip() else None,
             assignment_ttl_s=60 * _form_int(assignment_ttl_min, "assignment_ttl_min", t),
+            personal=personal,
         )
     except (SchemaError, ServerError) as e:
         problems = getattr(e, "problems", None) or [str(e)]
@@ -494,13 +499,21 @@ def _review_view(item: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/admin/projects/{project}/export/{what}")
 def admin_export(
-    request: Request, project: str, what: str, who: Page, criterion: str | None = None
+    request: Request,
+    project: str,
+    what: str,
+    who: Page,
+    criterion: str | None = None,
+    labeler: str | None = None,
 ) -> Response:
     """A download; pairs and consensus of a project with several criteria come one
-    criterion at a time (the page offers a button per criterion)."""
+    criterion at a time (the page offers a button per criterion), and a personal
+    project's page offers each labeler's pairs (`labeler`)."""
     _admin(request, who)
-    records = service.export_project(db_of(request), project, what, criterion=criterion)
-    return jsonl_response(records, export_filename(project, what, criterion))
+    records = service.export_project(
+        db_of(request), project, what, criterion=criterion, labeler=labeler
+    )
+    return jsonl_response(records, export_filename(project, what, criterion, labeler))
 
 
 def _labelers_page(

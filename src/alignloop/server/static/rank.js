@@ -21,6 +21,9 @@
   const project = root.dataset.project;
   const csrf = root.dataset.csrf;
   const guidelinesUrl = root.dataset.guidelinesUrl;
+  // A personal project ("my own preferences"): every prompt is the labeler's own to
+  // rank, nobody else gets a skipped one, and the progress counts their own rankings.
+  const personal = root.dataset.personal === "1";
   const draftPrefix = "alignloop.draft." + root.dataset.labeler + ".";
   const $ = (id) => document.getElementById(id);
   const el = (tag, cls, text) => {
@@ -224,6 +227,13 @@
 
   function showProgress() {
     const p = task.progress;
+    if (personal) {
+      $("progress").textContent = t("js.progress_personal", {
+        done: p.labeler_done,
+        total: p.project_prompts,
+      });
+      return;
+    }
     $("progress").textContent = t("js.progress", {
       done: p.labeler_done,
       tasks: t(p.labeler_done === 1 ? "js.task_one" : "js.task_many"),
@@ -396,7 +406,9 @@
     const restored = loadDraft();
     const ranked = task.criteria.filter((c) => !todo.slice(step).includes(c));
     $("skip-note").textContent = ranked.length && !editing
-      ? t("js.skip_after_first", { ranked: ranked.join(", ") })
+      ? t(personal ? "js.skip_after_first_personal" : "js.skip_after_first", {
+        ranked: ranked.join(", "),
+      })
       : "";
     place();
     if (restored) say(t("js.draft_restored"), "info");
@@ -719,7 +731,7 @@
         keys.forEach(dropDraft);
         say("");
         await loadNext();
-        say(t("js.skipped"), "info");
+        say(t(personal ? "js.skipped_personal" : "js.skipped"), "info");
       }
     } catch (err) {
       say(t("js.offline_load"), "error");
