@@ -1,7 +1,8 @@
 """The pages in a real headless Chromium (Debian's `chromium`, driven by Playwright
 for Python) against a real server process (`alignloop serve`) on a free port:
 sign in, acknowledge the guidelines, rank by keyboard and by dragging with a tie,
-submit, see the next task; a completion holding markup shows as text; the admin page.
+submit, see the next task; a completion holding markup shows as text; the admin page; a
+personal project ("my own preferences") at a desk and on a phone.
 
 Screenshots go to a temporary directory, or to docs/screenshots/ (the README shows
 them) when ALIGNLOOP_SCREENSHOTS=1.
@@ -1199,3 +1200,88 @@ def test_a_conversation_shows_as_labelled_turns_with_markup_as_text(page, server
     (pair,) = service.export_project(server["db"], project, "pairs")
     assert pair.prompt == Prompt(id="x", prompt=conversation).prompt
     assert [m.role for m in pair.chosen] == ["assistant"]
+
+
+# --- a personal project ("my own preferences", issue 16) ------------------------------
+
+
+def test_a_personal_project_shows_its_banner_and_gives_each_labeler_every_prompt(
+    make_page, server, shots
+):
+    """Two labelers, one at a desk ranking by keyboard and one on a phone tapping rank
+    buttons, each rank every prompt of a personal project for themself, in opposite
+    orders, under its banner, the progress counting their own rankings; the admin
+    page counts each one's comparisons toward a fit of their weights."""
+    db, project, n = server["db"], "my-taste", 3
+    service.create_project(
+        db,
+        name=project,
+        criteria=["preference"],
+        guidelines="",  # the default ones, which need no acknowledging
+        prompts=[Prompt(id=f"t{i}", prompt=f"Write a title for story {i}.") for i in range(n)],
+        completions=[
+            Completion(id=f"t{i}-{j}", prompt_id=f"t{i}", completion=f"Title {j} of story {i}")
+            for i in range(n)
+            for j in range(3)
+        ],
+        personal=True,
+    )
+    desk = make_page(viewport={"width": 1280, "height": 900})
+    phone = make_page(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    shown: dict[str, list[list[str]]] = {}  # labeler -> each task's texts, A first
+    prompts: dict[str, list[str]] = {}
+    for page, who in ((desk, "pia"), (phone, "pat")):
+        server["tokens"][who] = service.add_labeler(db, who)
+        open_task(page, server, who, project)  # straight to the task: nothing to read first
+        banner = page.locator("#personal-banner")
+        assert banner.inner_text().startswith("Your own preferences: rank by what you prefer")
+        assert in_view(page, "#personal-banner")
+        assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+        shown[who], prompts[who] = [], []
+        for i in range(n):
+            assert page.inner_text("#progress") == (
+                f"You have ranked {i} of {n} prompts by your own preferences"
+            )
+            prompt = page.inner_text("#prompt")
+            prompts[who].append(prompt)
+            cards = page.locator("article.completion")
+            shown[who].append([cards.nth(c).locator(".text").inner_text() for c in range(3)])
+            if page is desk:  # A best, then B, then C
+                rank_all(page, "keyboard")
+                page.keyboard.press("Control+Enter")
+            else:  # C best, then B, then A
+                for c in range(3):
+                    cards.nth(c).locator(f'.rank-button[data-rank="{3 - c}"]').tap()
+                if i == 0:
+                    page.evaluate("scrollTo(0, 0)")
+                    page.screenshot(path=str(shots / "personal-phone.png"))
+                page.locator("#submit").tap()
+            page.wait_for_function(
+                "(p) => !document.querySelector('#task').hidden"
+                " && document.querySelector('#prompt').textContent.trim() !== p"
+                " || !document.querySelector('#done').hidden",
+                arg=prompt,
+            )
+        page.wait_for_selector("#done:not([hidden])")  # every prompt, and then no more
+    everything = [f"Write a title for story {i}." for i in range(n)]
+    assert sorted(prompts["pia"]) == sorted(prompts["pat"]) == everything
+
+    # What the server stored: each one's own rankings, each in their own order.
+    with db.read() as session:
+        records = service.project_records(session, service.get_project(session, project))
+    text_of = {c.id: c.completion for c in records.completions}
+    for who, order in (("pia", 1), ("pat", -1)):
+        mine = service.export_project(db, project, "rankings", labeler=who)
+        assert [[text_of[c] for (c,) in r.ranking] for r in mine] == [
+            texts[::order] for texts in shown[who]
+        ]
+
+    admin = make_page()  # a browser of its own
+    sign_in(admin, server, "boss")
+    admin.goto(server["url"] + f"/admin/projects/{project}")
+    assert "agreement between labelers is not meaningful" in admin.inner_text("#no-agreement")
+    row = admin.locator("#personal-labelers tr[data-labeler=pat] .fit")
+    assert row.inner_text() == (
+        "3 rankings by pat; 11 more comparisons to fit their weights (the fit needs 20)"
+    )
+    admin.screenshot(path=str(shots / "personal-admin.png"), full_page=True)
