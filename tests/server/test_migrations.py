@@ -70,3 +70,18 @@ def test_migration_0004_keeps_every_project_as_it_was(bare_database, backend):
     assert [(p.chosen_id, p.rejected_id, p.labeler) for p in pairs] == [("q-0", "q-1", "ann")]
     assert downgrade(db, "0003") == ("0004", "0003")
     assert counts() == every_one
+
+
+def test_downgrading_0003_keeps_the_completions_of_its_prompts(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    upgrade(db, "0003")
+    with db.engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO projects VALUES (1, 'p', '[\"c\"]', 1, 0, 60, '2026-01-01')")
+        )
+        conn.execute(text("INSERT INTO prompts VALUES (1, 1, 'q', 'a text', NULL, '{}', 0, NULL)"))
+        conn.execute(text("INSERT INTO completions VALUES (1, 1, 1, 'q-0', 'a', 'one', NULL)"))
+    assert downgrade(db, "0002") == ("0003", "0002")
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM completions")).scalar() == 1
+    db.dispose()

@@ -25,5 +25,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("prompts", schema=None) as batch_op:
-        batch_op.drop_column("messages")
+    # In place (ALTER TABLE ... DROP COLUMN, SQLite 3.35+), not by batch mode's copy
+    # of the table: on SQLite, with foreign keys on, dropping the old `prompts` table
+    # deletes by ON DELETE CASCADE every completion, assignment and ranking.
+    op.drop_column("prompts", "messages")
