@@ -139,17 +139,21 @@ def _train_rm(config: RewardConfig) -> int:
 
 def _eval_rm(config: EvalRMConfig) -> int:
     from alignloop.models import RewardModel
-    from alignloop.train.reward import evaluate_pairs, group_pairs, load_pairs, tokenize_groups
+    from alignloop.train.reward import (
+        evaluate_reward_model,
+        group_pairs,
+        load_pairs,
+        tokenize_groups,
+    )
 
     model = RewardModel.from_pretrained(config.model, options=config, what="--model",
                                         new_head=config.new_head)  # fmt: skip
+    weights = model.resolve_weights(reward=config.reward, user=config.user,
+                                    user_weights=config.user_weights)  # fmt: skip
     groups = group_pairs(load_pairs(config.data))
     tokenize_groups(groups, model.tokenizer, config.max_length, append_eos=model.appends_eos)
-    result = evaluate_pairs(model, groups, batch_size=config.batch_size)
-    if result["mean_margin"] is not None:  # on the scale `score` gives (the bias cancels)
-        result["mean_margin"] *= model.normalization[0]
-    result["scale"] = "mean_margin: normalized rewards, as `alignloop score` gives them; loss: raw"
-    _print_json(result)
+    _print_json(evaluate_reward_model(model, groups, batch_size=config.batch_size,
+                                      weights=weights, where=str(config.data)))  # fmt: skip
     return 0
 
 
@@ -168,17 +172,31 @@ def _score(config: ScoreConfig) -> int:
         )
     model = RewardModel.from_pretrained(config.model, options=config, what="--model",
                                         new_head=config.new_head)  # fmt: skip
+    weights = model.resolve_weights(reward=config.reward, user=config.user,
+                                    user_weights=config.user_weights)  # fmt: skip
     require_template(model.tokenizer, prompts.values(), config.model)
-    rewards = model.score(
-        [prompts[c.prompt_id].prompt for c in completions],
-        [c.completion for c in completions],
-        batch_size=config.batch_size,
-        max_length=config.max_length,
-    )
+    texts = ([prompts[c.prompt_id].prompt for c in completions],
+             [c.completion for c in completions])  # fmt: skip
+    sizes = {"batch_size": config.batch_size, "max_length": config.max_length}
+    rows = [{"id": c.id, "prompt_id": c.prompt_id} for c in completions]
+    if model.n_heads == 1 and weights is None:
+        for row, r in zip(rows, model.score(*texts, **sizes), strict=True):
+            row["reward"] = r
+    else:  # every head's score, and the combination where there is one
+        table = model.head_scores(*texts, **sizes)  # (N, H) normalized
+        weights = weights if weights is not None else model.default_weights
+        if weights is not None:
+            for row, r in zip(rows, (table @ model.weight_vector(weights)).tolist(), strict=True):
+                row["reward"] = r
+        if model.n_heads > 1:
+            for row, scores in zip(rows, table.tolist(), strict=True):
+                row["rewards"] = dict(zip(model.head_names, scores, strict=True))
     with atomic_write(config.out) as f:
-        for c, r in zip(completions, rewards, strict=True):
-            f.write(json.dumps({"id": c.id, "prompt_id": c.prompt_id, "reward": r}) + "\n")
-    print(f"wrote {len(rewards)} rewards to {config.out}")
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    what = "rewards" if model.n_heads == 1 else f"scores of heads {', '.join(model.head_names)}"
+    combined = "" if model.n_heads == 1 or weights is None else " and their combination"
+    print(f"wrote {len(rows)} {what}{combined} to {config.out}")
     return 0
 
 
@@ -364,9 +382,15 @@ def make_parser() -> argparse.ArgumentParser:
            GenerateConfig)  # fmt: skip
     _typed(sub, "train-rm", _train_rm, "Train a reward model on preference pairs.", RewardConfig)
     _typed(sub, "train-ppo", _train_ppo, "Tune a policy with PPO against a reward.", PPOConfig)
-    _typed(sub, "eval-rm", _eval_rm, "Accuracy of a reward model on pairs, as JSON.",
+    _typed(sub, "eval-rm", _eval_rm, "Accuracy of a reward model on pairs, as JSON: overall, "
+           "by_labeler and by_criterion. A model of several heads without --reward, --user or "
+           "--user-weights reads each pair on its own criterion's head, or (personal) with its "
+           "labeler's weights (one not trained on: the default weights).",
            EvalRMConfig)  # fmt: skip
-    _typed(sub, "score", _score, "Reward of every completion of a file.", ScoreConfig)
+    _typed(sub, "score", _score, "Reward of every completion of a file. A model of several "
+           'heads: "rewards" {head: score} too, and "reward" the combination of --reward, '
+           "--user or --user-weights (a personal model: its default user's weights; a "
+           'criteria model given none: "rewards" only).', ScoreConfig)  # fmt: skip
     _typed(sub, "eval", _eval, "Reward, win rates, KL, length and toxicity of a policy.",
            EvalConfig)  # fmt: skip
     p = _command(sub, "report", _report, "A self-contained report.html from report data.")

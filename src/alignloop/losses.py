@@ -3,10 +3,11 @@
 Shapes: B = batch (sequences), T = response tokens, V = vocabulary, P = pairs.
 A `mask` is 1.0 on the response tokens that count and 0.0 on padding.
 
-- reward model: `pairwise_loss` (Bradley-Terry), `centering_loss`
+- reward model: `pairwise_loss` (Bradley-Terry), `centering_loss`, `user_weight_penalty`
 - PPO: `kl_k1` / `kl_k3` (per-token KL estimators), `gae`, `ppo_policy_loss`,
   `ppo_value_loss`, with the masked statistics they need; `rloo_advantages` (no critic)
-- a reward of several parts: `combine_heads` (weights over a reward model's heads),
+- a reward of several parts: `combine_heads` (weights over a reward model's heads;
+  `combine_heads_per_sample`, a user's weights each),
   `safety_gate` (the safety score alone where it is low)
 - log-probabilities and entropy from logits, without full-vocabulary copies
 
@@ -24,6 +25,7 @@ __all__ = [
     "PolicyLossStats",
     "centering_loss",
     "combine_heads",
+    "combine_heads_per_sample",
     "entropy_from_logits",
     "gae",
     "kl_k1",
@@ -92,6 +94,13 @@ def centering_loss(rewards: torch.Tensor) -> torch.Tensor:
     """Mean squared reward: a small multiple of it keeps scores near 0, since the
     pairwise loss sees only differences (Eisenstein et al. 2023, "reward centering")."""
     return (rewards**2).mean()
+
+
+def user_weight_penalty(user_weights: torch.Tensor) -> torch.Tensor:
+    """Mean over users of the squared norm of their weights (U, D) -> (): a factorized
+    reward w_u . f is the same for c * w_u and f / c, and a small multiple of this
+    pins the scale of the weights (the features take the rest)."""
+    return (user_weights.float() ** 2).sum(-1).mean()
 
 
 # --- log-probabilities -------------------------------------------------------------
@@ -175,6 +184,16 @@ def combine_heads(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """One reward from a reward model's heads: sum_h w_h * s_h. scores (N, H), each
     head normalized; weights (H,) -> (N,)."""
     return scores @ weights.to(scores.dtype)  # (N,)
+
+
+def combine_heads_per_sample(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """`combine_heads` with each sample's own weights (a user each): scores (N, H),
+    weights (N, H) -> (N,). Each distinct row of weights is applied to the whole batch
+    as `combine_heads` applies it, so a sample's reward is bit for bit the one its row
+    alone gives (one user's samples among others score as that user's alone)."""
+    distinct, which = torch.unique(weights, dim=0, return_inverse=True)  # (U, H), (N,)
+    per_row = torch.stack([combine_heads(scores, w) for w in distinct], dim=1)  # (N, U)
+    return per_row.gather(1, which[:, None]).squeeze(1)  # (N,)
 
 
 def safety_gate(

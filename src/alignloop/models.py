@@ -631,8 +631,10 @@ class RewardModel(nn.Module):
             )
         names = names if names is not None else saved
         if names is not None:
-            kwargs.update(num_labels=len(names), id2label=dict(enumerate(names)),
-                          label2id={n: i for i, n in enumerate(names)})  # fmt: skip
+            del kwargs["num_labels"]  # id2label says how many (num_labels first: a warning)
+            kwargs.update(
+                id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+            )
             if replace:  # a one-output head, or another number of outputs: not theirs
                 kwargs["ignore_mismatched_sizes"] = True
         if dtype is not None:

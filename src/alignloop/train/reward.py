@@ -33,13 +33,15 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from alignloop.chat import encode, render_text, require_template
 from alignloop.io import read_comparisons
-from alignloop.losses import centering_loss, pairwise_loss
+from alignloop.losses import centering_loss, pairwise_loss, user_weight_penalty
 from alignloop.models import pad_right, tokenize_keep_end
 from alignloop.schema import Comparison, Conversation, SchemaError
 from alignloop.train.common import (
@@ -55,13 +57,18 @@ from alignloop.train.common import (
 from alignloop.train.reward_config import RewardConfig
 
 __all__ = [
+    "Heads",
+    "PersonalRewardModel",
     "PromptGroup",
     "RewardBatch",
     "collate",
     "evaluate_pairs",
+    "evaluate_reward_model",
     "group_pairs",
     "load_pairs",
+    "pair_columns",
     "select_criterion",
+    "select_labeler",
     "train_reward_model",
 ]
 
@@ -80,10 +87,13 @@ class PromptGroup:
     pairs: list[tuple[int, int, float]] = field(default_factory=list)  # (chosen, rejected, margin)
     input_ids: list[list[int]] = field(default_factory=list)  # one per text, once tokenized
     where: str = "<memory>"  # file and line of the prompt's first pair
+    labelers: list[str | None] = field(default_factory=list)  # one per pair (or none at all)
+    criteria: list[str | None] = field(default_factory=list)  # one per pair (or none at all)
 
 
 def group_pairs(pairs: Sequence[Comparison]) -> list[PromptGroup]:
-    """Pairs grouped by prompt (its id when set, else its text), in first-seen order."""
+    """Pairs grouped by prompt (its id when set, else its text), in first-seen order;
+    each pair keeps its labeler and criterion."""
     groups: dict[str, PromptGroup] = {}
     index: dict[str, dict[str, int]] = {}
     for p in pairs:
@@ -95,7 +105,69 @@ def group_pairs(pairs: Sequence[Comparison]) -> list[PromptGroup]:
                 where[text] = len(group.texts)
                 group.texts.append(text)
         group.pairs.append((where[p.chosen], where[p.rejected], p.margin or 0.0))
+        group.labelers.append(p.labeler)
+        group.criteria.append(p.criterion)
     return list(groups.values())
+
+
+@dataclass(frozen=True)
+class Heads:
+    """Which of the model's outputs scores each pair (issue 16), and the names that
+    `collate`'s per-pair `labeler` and `criterion` indices stand for (a pair without
+    one is "unspecified"; a name not listed is -1).
+
+    read None: the model has one output (N,), every pair is read on it.
+    read "criterion": output h (N, H) is criterion `criteria[h]`'s reward; each pair is
+        read on its own criterion's output.
+    read "labeler": output u < n_users (N, U + 1) is labeler `labelers[u]`'s reward,
+        output n_users the default user's; each pair is read on its labeler's output,
+        or, for a labeler not among the first n_users (not in training), the default's.
+    """
+
+    read: str | None = None
+    labelers: tuple[str, ...] = ()
+    criteria: tuple[str, ...] = ()
+    n_users: int = 0
+
+    @cached_property
+    def labeler_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.labelers)}
+
+    @cached_property
+    def criterion_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.criteria)}
+
+    @classmethod
+    def names_of(cls, groups: Sequence[PromptGroup], **kwargs) -> Heads:
+        """Heads that name every labeler and criterion of `groups` (sorted), when any
+        pair names one: the names `evaluate_pairs` breaks its accuracy down by."""
+        return cls(labelers=_names(groups, "labelers"), criteria=_names(groups, "criteria"),
+                   **kwargs)  # fmt: skip
+
+    def columns(self, batch: RewardBatch) -> torch.Tensor | None:
+        """(P,) the output column each pair is read on; None for one output."""
+        return pair_columns(batch, self.read, self.n_users)
+
+
+def _names(groups: Sequence[PromptGroup], what: str) -> tuple[str, ...]:
+    """The sorted names of `what` ("labelers" or "criteria") of the groups' pairs, with
+    "unspecified" for pairs that name none; () when no pair names one."""
+    names = {n for g in groups for n in getattr(g, what)}
+    if not names - {None}:
+        return ()
+    return tuple(sorted({n or UNSPECIFIED for n in names}))
+
+
+def pair_columns(batch: RewardBatch, read: str | None, n_users: int = 0) -> torch.Tensor | None:
+    """(P,) which output of the model reads each pair (see `Heads`): its criterion's,
+    its labeler's (a labeler past `n_users`, or none, the default's: `n_users`), or
+    None when the model has one output."""
+    if read is None:
+        return None
+    if read == "criterion":
+        return batch.criterion
+    known = (batch.labeler >= 0) & (batch.labeler < n_users)
+    return torch.where(known, batch.labeler, n_users)
 
 
 def load_pairs(path: Path, source: str = "--data") -> list[Comparison]:
@@ -211,6 +283,8 @@ class RewardBatch:
     n_groups: int
     position_ids: torch.Tensor | None = None  # packed: (R, L) restarting at each prompt
     read_at: torch.Tensor | None = None  # packed: (N,) flat index in (R, L) of each text's end
+    labeler: torch.Tensor | None = None  # (P,) each pair's labeler, index in Heads.labelers; -1
+    criterion: torch.Tensor | None = None  # (P,) each pair's criterion in Heads.criteria; -1
 
     def model_inputs(self) -> tuple:
         """The reward model's arguments: (input_ids, attention_mask[, positions, read_at])."""
@@ -227,28 +301,39 @@ class RewardBatch:
         )
 
 
-def collate(groups: Sequence[PromptGroup], pad_id: int, *, pack: bool = False) -> RewardBatch:
+def collate(
+    groups: Sequence[PromptGroup], pad_id: int, *, pack: bool = False, heads: Heads | None = None
+) -> RewardBatch:
     """One RewardBatch from tokenized groups: a right-padded row per text, or, with
     `pack` (decoders only), each prompt as one block (the tokens its texts share, then
     each text's own tokens) and the blocks packed into as few rows as hold the
     longest, with a block mask and positions that make every text's reward exactly
-    what it would be alone."""
+    what it would be alone. Each pair's labeler and criterion become indices into
+    `heads`' names (-1 for a name not there, all -1 without `heads`)."""
     texts: list[list[int]] = []
-    chosen, rejected, margin, group = [], [], [], []
+    chosen, rejected, margin, group, labeler, criterion = [], [], [], [], [], []
+    labeler_index = heads.labeler_index if heads is not None else {}
+    criterion_index = heads.criterion_index if heads is not None else {}
     for g_index, g in enumerate(groups):
         offset = len(texts)
         texts.extend(g.input_ids)
-        for c, r, m in g.pairs:
+        for i, (c, r, m) in enumerate(g.pairs):
             chosen.append(offset + c)
             rejected.append(offset + r)
             margin.append(m)
             group.append(g_index)
+            name = g.labelers[i] if i < len(g.labelers) else None
+            labeler.append(labeler_index.get(name or UNSPECIFIED, -1))
+            name = g.criteria[i] if i < len(g.criteria) else None
+            criterion.append(criterion_index.get(name or UNSPECIFIED, -1))
     pairs = {
         "chosen": torch.tensor(chosen),
         "rejected": torch.tensor(rejected),
         "margin": torch.tensor(margin, dtype=torch.float32),
         "group": torch.tensor(group),
         "n_groups": len(groups),
+        "labeler": torch.tensor(labeler, dtype=torch.long),
+        "criterion": torch.tensor(criterion, dtype=torch.long),
     }
     if not pack:
         # Widths in steps of 8: a few shapes, not one per batch (the kernels and the
@@ -355,10 +440,21 @@ def pad_share(batch: RewardBatch, groups: Sequence[PromptGroup]) -> torch.Tensor
 
 
 def batch_loss(
-    rewards: torch.Tensor, batch: RewardBatch, *, use_margin: bool, center_coef: float
+    rewards: torch.Tensor,
+    batch: RewardBatch,
+    *,
+    use_margin: bool,
+    center_coef: float,
+    columns: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-prompt mean of the pairwise loss, averaged over prompts; rewards (N,)."""
-    r_chosen, r_rejected = rewards[batch.chosen], rewards[batch.rejected]  # (P,)
+    """Per-prompt mean of the pairwise loss, averaged over prompts; rewards (N,), or
+    (N, C) with `columns` (P,) the output each pair is read on (`Heads.columns`): a
+    pair's loss reaches its own output only."""
+    if columns is None:
+        r_chosen, r_rejected = rewards[batch.chosen], rewards[batch.rejected]  # (P,)
+    else:
+        r_chosen = rewards[batch.chosen, columns]  # (P,)
+        r_rejected = rewards[batch.rejected, columns]  # (P,)
     per_pair = pairwise_loss(r_chosen, r_rejected, batch.margin if use_margin else None)
     sums = torch.zeros(batch.n_groups, device=rewards.device).index_add(0, batch.group, per_pair)
     counts = torch.bincount(batch.group, minlength=batch.n_groups).clamp(min=1)
@@ -375,15 +471,22 @@ def batch_loss(
 
 
 @torch.no_grad()
-def evaluate_pairs(model, groups: Sequence[PromptGroup], *, batch_size: int, accelerator=None):
+def evaluate_pairs(
+    model, groups: Sequence[PromptGroup], *, batch_size: int, accelerator=None,
+    heads: Heads | None = None,
+):  # fmt: skip
     """Accuracy (share of pairs with r(chosen) > r(rejected)), mean margin, mean loss
-    and n over `groups`, sharded across processes and summed.
+    and n over `groups`, sharded across processes and summed; with `by_labeler` and
+    `by_criterion` ({name: {"accuracy", "n"}}) where the pairs name labelers or
+    criteria. `heads`: which output reads each pair and the names (default: one
+    output, the groups' names).
 
     Every process runs as many forward passes as the busiest one: the forward pass of
     a DDP model broadcasts its buffers, that of an FSDP model gathers its weights, so
     a process with fewer batches (fewer held-out prompts than processes, say) would
     leave the others waiting for ever. A process short of batches runs another's
     first batch again and drops its results."""
+    heads = heads if heads is not None else Heads.names_of(groups)
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
     device = accelerator.device if accelerator else torch.device("cpu")
@@ -391,29 +494,150 @@ def evaluate_pairs(model, groups: Sequence[PromptGroup], *, batch_size: int, acc
     rounds = max(map(len, shards))
     stand_in = next((b for shard in shards for b in shard), [])
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct, margin, loss, n
+    n_lab, n_crit = len(heads.labelers), len(heads.criteria)
+    by_name = torch.zeros(2, n_lab + n_crit, dtype=torch.float64, device=device)  # correct, n
     pack = _packs(accelerator.unwrap_model(model) if accelerator else model)
     model.eval()
     for i in range(rounds):
         mine = i < len(shards[rank])
-        batch = collate(shards[rank][i] if mine else stand_in, pad_id=0, pack=pack).to(device)
+        batch = collate(shards[rank][i] if mine else stand_in, pad_id=0, pack=pack,
+                        heads=heads).to(device)  # fmt: skip
         rewards = model(*batch.model_inputs()).float()
         if not mine:
             continue
-        diff = rewards[batch.chosen] - rewards[batch.rejected]
+        columns = heads.columns(batch)
+        if columns is None:
+            diff = rewards[batch.chosen] - rewards[batch.rejected]
+        else:
+            diff = rewards[batch.chosen, columns] - rewards[batch.rejected, columns]  # (P,)
         totals += torch.stack([
             (diff > 0).sum(), diff.sum(), pairwise_loss(diff, torch.zeros_like(diff)).sum(),
             torch.tensor(float(len(diff)), device=device),
         ]).to(totals)  # fmt: skip
+        if n_lab + n_crit:
+            by_name += _counts_by_name(diff, batch, n_lab, n_crit)
     if accelerator is not None and world > 1:
         totals = accelerator.reduce(totals, reduction="sum")
+        if n_lab + n_crit:
+            by_name = accelerator.reduce(by_name, reduction="sum")
     correct, margin, loss, n = totals.tolist()  # note: a CPU-GPU sync point
     n_int = int(n)
-    return {
+    result = {
         "accuracy": correct / n if n else None,
         "mean_margin": margin / n if n else None,
         "loss": loss / n if n else None,
         "n": n_int,
     }
+    counts = by_name.tolist()
+    for key, names, start in (("by_labeler", heads.labelers, 0),
+                              ("by_criterion", heads.criteria, n_lab)):  # fmt: skip
+        table = {}
+        for j, name in enumerate(names):
+            right, total = counts[0][start + j], counts[1][start + j]
+            if total:
+                table[name] = {"accuracy": right / total, "n": int(total)}
+        if table:
+            result[key] = table
+    return result
+
+
+def _counts_by_name(diff: torch.Tensor, batch: RewardBatch, n_lab: int, n_crit: int):
+    """(2, n_lab + n_crit): pairs right and pairs, per labeler, then per criterion."""
+    out = torch.zeros(2, n_lab + n_crit, dtype=torch.float64, device=diff.device)
+    right = (diff > 0).double()  # (P,)
+    for index, start, n in ((batch.labeler, 0, n_lab), (batch.criterion, n_lab, n_crit)):
+        if n == 0:
+            continue
+        known = index >= 0
+        column = index[known] + start
+        out[0].index_add_(0, column, right[known])
+        out[1].index_add_(0, column, torch.ones_like(right[known]))
+    return out
+
+
+class CombinedHeads(nn.Module):
+    """A reward model's normalized head scores weighed by C weight vectors: forward
+    gives (N, C) = (gain * raw + bias) @ weights.T over its H heads, or (N,) for one
+    vector (H,). `evaluate_reward_model` reads pairs from it."""
+
+    def __init__(self, reward_model, weights: torch.Tensor):
+        super().__init__()
+        self.reward_model = reward_model
+        gain, bias = reward_model.normalization
+        self.register_buffer("gain", torch.tensor(gain, dtype=torch.float32).reshape(-1))
+        self.register_buffer("bias", torch.tensor(bias, dtype=torch.float32).reshape(-1))
+        self.vector = weights.dim() == 1  # one combination: (N,) out
+        self.register_buffer("weights", weights.float().reshape(-1, weights.shape[-1]))  # (C, H)
+
+    @property
+    def packs_prompts(self) -> bool:
+        return self.reward_model.packs_prompts
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        raw = self.reward_model(*inputs).float()  # (N,) or (N, H), the training scale
+        scores = raw.reshape(len(raw), -1) * self.gain + self.bias  # (N, H) normalized
+        out = scores @ self.weights.T  # (N, C)
+        return out[:, 0] if self.vector else out
+
+
+def evaluate_reward_model(
+    model, groups: Sequence[PromptGroup], *, batch_size: int, weights=None, where="--data"
+) -> dict:
+    """`alignloop eval-rm`: `evaluate_pairs` of a loaded reward model, its margins on
+    the scale `alignloop score` gives. One head: as ever. Several: with `weights`
+    (head -> weight) every pair on that combination; without, each pair on its own
+    head: a criteria model's pair on its criterion's (a criterion without a head is a
+    SchemaError naming `where`), a personal model's with its labeler's weights (a
+    labeler it has not seen, or none: the default weights, said in
+    "unseen_labelers")."""
+    if model.n_heads == 1 and weights is None:
+        result = evaluate_pairs(model, groups, batch_size=batch_size)
+        if result["mean_margin"] is not None:  # on the scale `score` gives (the bias cancels)
+            result["mean_margin"] *= model.normalization[0]
+        result["scale"] = (
+            "mean_margin: normalized rewards, as `alignloop score` gives them; loss: raw"
+        )
+        return result
+    names = Heads.names_of(groups)
+    users = model.users
+    if weights is not None or model.n_heads == 1:
+        module, heads = CombinedHeads(model, model.weight_vector(weights)), names
+    elif users:
+        known = tuple(users)
+        others = tuple(n for n in names.labelers if n not in users)
+        matrix = torch.tensor([*users.values(), model.weight_vector(None).tolist()])  # (U+1, D)
+        module = CombinedHeads(model, matrix)
+        heads = Heads(read="labeler", labelers=known + others, criteria=names.criteria,
+                      n_users=len(known))  # fmt: skip
+    else:
+        missing = [c for c in names.criteria or (UNSPECIFIED,) if c not in model.head_names]
+        if missing:
+            raise SchemaError(
+                f"{where}: pairs of criterion {missing[0]!r}, which the reward model has no "
+                f"head for (its heads: {', '.join(model.head_names)}); weigh the heads with "
+                "--reward NAME=W to read every pair on one combination"
+            )
+        module = CombinedHeads(model, torch.eye(model.n_heads))
+        heads = Heads(read="criterion", labelers=names.labelers,
+                      criteria=tuple(model.head_names))  # fmt: skip
+    result = evaluate_pairs(module, groups, batch_size=batch_size, heads=heads)
+    if heads.read == "labeler":
+        unseen = [n for n in result.get("by_labeler", {}) if n not in users]
+        if unseen:
+            result["unseen_labelers"] = {
+                "names": unseen, "weights": "default: the mean of the training labelers' weights",
+            }  # fmt: skip
+    result["read"] = {
+        None: "every pair on one combination of the heads (weights)",
+        "labeler": "each pair with its own labeler's weights",
+        "criterion": "each pair on its own criterion's head",
+    }[heads.read]
+    if heads.read is None:
+        result["weights"] = weights if weights is not None else model.default_weights
+    result["scale"] = (
+        "mean_margin and loss: normalized head scores, as `alignloop score` gives them"
+    )
+    return result
 
 
 def _eval_batches(groups: Sequence[PromptGroup], batch_size: int) -> list[list[PromptGroup]]:
@@ -434,7 +658,15 @@ def _eval_batches(groups: Sequence[PromptGroup], batch_size: int) -> list[list[P
 @torch.no_grad()
 def normalization(model, groups: Sequence[PromptGroup], *, n: int, batch_size: int, device):
     """(gain, bias) that map the raw rewards of up to `n` training completions to
-    mean 0 and std 1."""
+    mean 0 and std 1; for a model of H outputs, H gains and H biases (lists), head
+    by head."""
+    return gain_and_bias(raw_rewards(model, groups, n=n, batch_size=batch_size, device=device))
+
+
+@torch.no_grad()
+def raw_rewards(model, groups: Sequence[PromptGroup], *, n: int, batch_size: int, device):
+    """The model's raw rewards of up to `n` training completions, on the CPU: (M,) or
+    (M, H), in an order of their own (by length)."""
     rows = [ids for g in groups for ids in g.input_ids][:n]
     rows.sort(key=len)  # batches of similar lengths: little padding (the order is moot)
     model.eval()
@@ -442,7 +674,15 @@ def normalization(model, groups: Sequence[PromptGroup], *, n: int, batch_size: i
     for start in range(0, len(rows), batch_size):
         input_ids, attention_mask = pad_right(rows[start : start + batch_size], pad_id=0)
         rewards.append(model(input_ids.to(device), attention_mask.to(device)).float().cpu())
-    r = torch.cat(rewards)
+    return torch.cat(rewards)
+
+
+def gain_and_bias(r: torch.Tensor):
+    """(gain, bias) taking rewards r (M,) to mean 0 and std 1: floats; for r (M, H),
+    a list of H gains and one of H biases, column by column."""
+    if r.dim() == 2:
+        pairs = [gain_and_bias(r[:, h]) for h in range(r.shape[1])]
+        return [g for g, _ in pairs], [b for _, b in pairs]
     std = r.std().item() if len(r) > 1 else 1.0
     std = std if std > 1e-6 else 1.0
     return 1.0 / std, -r.mean().item() / std
@@ -477,19 +717,124 @@ def select_criterion(pairs: list[Comparison], criterion: str | None, path: Path)
     return chosen
 
 
+def select_labeler(pairs: list[Comparison], labeler: str, path: Path) -> list:
+    """The pairs of one labeler (`--labeler`: a reward model of that labeler alone)."""
+    chosen = [p for p in pairs if p.labeler == labeler]
+    if not chosen:
+        names = sorted({p.labeler for p in pairs if p.labeler is not None})
+        holds = f"it holds pairs of {', '.join(names[:8])}" if names else "its pairs name none"
+        more = f", ... ({len(names)} labelers)" if len(names) > 8 else ""
+        raise SchemaError(f"{path}: no pairs of labeler {labeler!r} ({holds}{more})")
+    return chosen
+
+
+def _select(pairs: list[Comparison], config: RewardConfig, path: Path) -> list:
+    """The pairs of a file that train (or evaluate) the model `config` asks for: one
+    labeler's with --labeler; one criterion's unless --heads criteria."""
+    if config.labeler is not None:
+        pairs = select_labeler(pairs, config.labeler, path)
+    if config.heads == "criteria":
+        return pairs  # every criterion: a head each
+    return select_criterion(pairs, config.criterion, path)
+
+
+def _check_heads_data(config: RewardConfig, train_pairs: list, held_pairs: list) -> None:
+    """What --heads criteria and personal need of the pairs, each failure one line naming
+    the file (and line): criteria, two criteria or more in --data and no held-out pair
+    of a criterion it lacks (no head would read it); personal, a labeler on every
+    training pair."""
+    if config.heads == "criteria":
+        names = sorted({p.criterion or UNSPECIFIED for p in train_pairs})
+        if len(names) < 2:
+            raise SchemaError(
+                f"{config.data}: --heads criteria: its pairs are of one criterion only "
+                f"({names[0]}); train with --heads one"
+            )
+        for p in held_pairs:
+            if (p.criterion or UNSPECIFIED) not in names:
+                raise SchemaError(
+                    f"{p.where}: criterion {p.criterion or UNSPECIFIED!r}: --data has no pairs "
+                    f"of it, so no head reads it (the heads: {', '.join(names)})"
+                )
+    if config.heads == "personal":
+        for p in train_pairs:
+            if p.labeler is None:
+                raise SchemaError(
+                    f"{p.where}: field 'labeler': --heads personal learns each labeler's "
+                    "weights, and this pair names no labeler"
+                )
+
+
 def _read_data(config: RewardConfig) -> tuple[list, list]:
-    """Read, validate, choose the criterion, group and split: every data error before
-    the model is loaded and before anything is written."""
-    criterion = config.criterion
-    train = group_pairs(select_criterion(load_pairs(config.data), criterion, config.data))
+    """Read, validate, choose the criterion (and labeler), group and split: every data
+    error before the model is loaded and before anything is written."""
+    train_pairs = _select(load_pairs(config.data), config, config.data)
+    held_pairs: list[Comparison] = []
     if config.eval_data is not None:
-        held_pairs = load_pairs(config.eval_data, "--eval-data")
-        held = group_pairs(select_criterion(held_pairs, criterion, config.eval_data))
+        held_pairs = _select(load_pairs(config.eval_data, "--eval-data"), config,
+                             config.eval_data)  # fmt: skip
+    _check_heads_data(config, train_pairs, held_pairs)
+    train = group_pairs(train_pairs)
+    if config.eval_data is not None:
+        held = group_pairs(held_pairs)
     else:
         train, held = split_groups(train, config.eval_fraction, config.seed)
     if not train:
         raise SchemaError(f"{config.data}: no training prompts left after the held-out split")
     return train, held
+
+
+def heads_for(config: RewardConfig, train: list[PromptGroup], held: list[PromptGroup]) -> Heads:
+    """The outputs `config.heads` trains and which reads each pair: one; one per
+    criterion of the training pairs (sorted); or, personal, the training labelers
+    (sorted) then the held-out pairs' other labelers (read with the default weights)."""
+    names = Heads.names_of([*train, *held])
+    if config.heads == "criteria":
+        return Heads(read="criterion", labelers=names.labelers, criteria=_names(train, "criteria"))
+    if config.heads == "personal":
+        users = _names(train, "labelers")
+        others = tuple(n for n in names.labelers if n not in users)
+        return Heads(read="labeler", labelers=users + others, criteria=names.criteria,
+                     n_users=len(users))  # fmt: skip
+    return names
+
+
+class PersonalRewardModel(nn.Module):
+    """A reward model of D features and the weights of the U labelers it learns from
+    (reward factorization: Shenfeld et al. 2025, "Language Model Personalization via
+    Reward Factorization"; Barreto et al. 2025, "Capturing Individual Human Preferences
+    with Reward Features"), one module, so that the accelerator prepares (DDP),
+    clips, checkpoints and resumes them together.
+
+    forward: (N, U + 1), each text's reward for each labeler, w_u . f(text), and in
+    the last column for the default user, whose weights are the mean of the U."""
+
+    def __init__(self, reward_model, n_users: int, *, seed: int = 0):
+        super().__init__()
+        self.reward_model = reward_model
+        D = reward_model.n_heads
+        generator = torch.Generator().manual_seed(seed)
+        # Random, not equal: labelers who start apart pull the features apart (equal
+        # weights would make every labeler's first gradient on the features the same).
+        init = torch.randn(n_users, D, generator=generator) / D**0.5
+        self.labeler_weights = nn.Parameter(init)  # (U, D)
+        # The default user's weights (D,) once fixed (`_finish`: the mean of the saved,
+        # rescaled users); None: the mean of the labelers' weights as they train.
+        self.default_weights: torch.Tensor | None = None
+
+    @property
+    def packs_prompts(self) -> bool:
+        return self.reward_model.packs_prompts
+
+    def all_weights(self) -> torch.Tensor:
+        """(U + 1, D): the labelers' weights, then the default user's (their mean)."""
+        w = self.labeler_weights
+        default = w.mean(0) if self.default_weights is None else self.default_weights.to(w)
+        return torch.cat([w, default[None]])
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        features = self.reward_model(*inputs)  # (N, D) raw features
+        return features @ self.all_weights().to(features.dtype).T  # (N, U + 1)
 
 
 def _tokenize_data(config: RewardConfig, train: list, held: list, reward_model, log) -> None:
@@ -508,9 +853,14 @@ def train_reward_model(config: RewardConfig) -> dict:
     Returns the final held-out metrics (also written to `out/eval.json`)."""
     accelerator, console = start_accelerator(config)
     train, held = _read_data(config)
-    reward_model = _load_model(config, train, held, console)
+    heads = heads_for(config, train, held)
+    reward_model = _load_model(config, train, held, console, heads)
+    module, user_weights = reward_model, None
+    if config.heads == "personal":
+        module = PersonalRewardModel(reward_model, heads.n_users, seed=config.seed)
+        user_weights = module.labeler_weights  # (U, D), the same parameter once prepared
     model, optimizer, scheduler, total_steps = prepare_training(
-        accelerator, config, reward_model, len(train)
+        accelerator, config, module, len(train)
     )
     checkpoints, log, state = start_run(accelerator, config, "alignloop-rm", console)
 
@@ -520,17 +870,14 @@ def train_reward_model(config: RewardConfig) -> dict:
 
     def step(indices: list[int]) -> StepResult:
         groups = [train[i] for i in indices]
-        batch = collate(groups, pad_id, pack=pack).to(accelerator.device)
-        rewards = model(*batch.model_inputs()).float()
-        loss, stats = batch_loss(
-            rewards, batch, use_margin=config.use_margin, center_coef=config.center_coef
-        )
+        batch = collate(groups, pad_id, pack=pack, heads=heads).to(accelerator.device)
+        loss, stats = step_loss(model, batch, heads, config, user_weights=user_weights)
         return StepResult(loss, {**stats, "pad_share": pad_share(batch, groups)})
 
     def evaluate() -> dict:
         metrics = evaluate_pairs(model, held, batch_size=config.eval_batch_size,
-                                 accelerator=accelerator)  # fmt: skip
-        return {f"eval/{k}": v for k, v in metrics.items()}
+                                 accelerator=accelerator, heads=heads)  # fmt: skip
+        return _flat("eval/", metrics)
 
     loop = TrainLoop(
         accelerator, model, optimizer, scheduler, config, checkpoints, log,
@@ -544,7 +891,8 @@ def train_reward_model(config: RewardConfig) -> dict:
     )  # fmt: skip
     steps = loop.run(state, total_steps, "reward model")
     train_seconds = time.perf_counter() - started  # the training loop alone
-    final = _finish(config, accelerator, model, train, held, log, steps=steps, started=started)
+    final = _finish(config, accelerator, model, train, held, log, steps=steps, started=started,
+                    heads=heads)  # fmt: skip
     final["train_seconds"] = round(train_seconds, 2)  # returned only: the log stays reproducible
     console.print(
         f"held-out accuracy {final['accuracy']}, mean margin {final['mean_margin']} "
@@ -553,16 +901,54 @@ def train_reward_model(config: RewardConfig) -> dict:
     return final
 
 
-def _load_model(config: RewardConfig, train: list, held: list, console):
-    """The reward model (its head seeded), the data tokenized for it, LoRA and
-    gradient checkpointing as configured."""
+def step_loss(
+    model, batch: RewardBatch, heads: Heads, config: RewardConfig, *, user_weights=None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One micro-step's loss and figures: each pair's Bradley-Terry loss on the output
+    that reads it (`Heads.columns`), per prompt, and for a personal model
+    `personal_l2` times the mean squared norm of the labelers' weights (U, D)."""
+    rewards = model(*batch.model_inputs()).float()  # (N,) or (N, C)
+    loss, stats = batch_loss(
+        rewards, batch, use_margin=config.use_margin, center_coef=config.center_coef,
+        columns=heads.columns(batch),
+    )  # fmt: skip
+    if user_weights is not None and config.personal_l2:
+        loss = loss + config.personal_l2 * user_weight_penalty(user_weights)
+    return loss, stats
+
+
+def _flat(prefix: str, metrics: dict) -> dict:
+    """{prefix + key: value}, a nested table's entries as prefix/key/name/field (the
+    log holds figures, one per key)."""
+    flat = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            flat.update(_flat(f"{prefix}{k}/", v))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def _load_model(config: RewardConfig, train: list, held: list, console, heads: Heads):
+    """The reward model (its head seeded; H heads: one per criterion, or the D
+    features), the data tokenized for it, LoRA and gradient checkpointing as
+    configured."""
     from alignloop.models import RewardModel
 
+    names = None
+    if config.heads == "criteria":
+        names = list(heads.criteria)
+    elif config.heads == "personal":
+        names = [f"feature_{i}" for i in range(config.features)]
     torch.manual_seed(config.seed)
-    reward_model = RewardModel.from_pretrained(config.model, options=config, what="--model")
+    reward_model = RewardModel.from_pretrained(config.model, options=config, what="--model",
+                                               heads=names)  # fmt: skip
     _tokenize_data(config, train, held, reward_model, console.print)
     console.print(f"reward model: {config.model}; {len(train)} training prompts "
                   f"({sum(len(g.pairs) for g in train)} pairs), {len(held)} held out")  # fmt: skip
+    if names is not None:
+        who = f"{heads.n_users} labelers' weights over " if config.heads == "personal" else ""
+        console.print(f"heads: {who}{', '.join(names)}")
     reward_model.prepare_for_training(
         lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         gradient_checkpointing=config.gradient_checkpointing,
@@ -587,29 +973,71 @@ def _record(accelerator, window: RunningMean, epoch: int, lr: float) -> dict:
     return {f"rm/{k}": v for k, v in {**record, "epoch": epoch, "lr": lr}.items()}
 
 
-def _finish(config, accelerator, model, train, held, log, *, steps: int, started: float) -> dict:
-    """Evaluate on the held-out pairs, normalize on the training completions, save
-    the model, eval.json and the log's last line. Returns the final metrics."""
-    from alignloop.io import write_json
+def personal_record(
+    features: torch.Tensor, user_weights: torch.Tensor, gain: list[float], users: Sequence[str]
+) -> dict:
+    """A personal model's `alignloop_personal` record: each user's weights expressed
+    against the normalized features (gain_d * f_d + bias_d, what `head_scores` gives)
+    and scaled so that their reward has std 1 on the training completions (a positive
+    scale: their preferences do not change), and the default user, their mean.
 
+    features (M, D) raw, user_weights (U, D) over the raw features, gain (D,). On the
+    normalized features w_u . f = (w_u / gain) . f_norm + a constant."""
+    rewards = features.double() @ user_weights.double().T  # (M, U)
+    std = rewards.std(0) if len(features) > 1 else torch.ones(len(users), dtype=torch.float64)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))  # (U,)
+    v = user_weights.double() / torch.tensor(gain, dtype=torch.float64) / std[:, None]  # (U, D)
+    return {"users": dict(zip(users, v.tolist(), strict=True)), "default": v.mean(0).tolist()}
+
+
+def _finish(config, accelerator, model, train, held, log, *, steps: int, started: float,
+            heads: Heads | None = None) -> dict:  # fmt: skip
+    """Evaluate on the held-out pairs, normalize on the training completions (head by
+    head), save the model (a personal model's users in its config), eval.json and
+    the log's last line. Returns the final metrics."""
+    from alignloop.io import write_json
+    from alignloop.models import PERSONAL_KEY
+
+    heads = heads if heads is not None else Heads()
+    unwrapped = accelerator.unwrap_model(model)
+    personal = isinstance(unwrapped, PersonalRewardModel)
+    reward_model = unwrapped.reward_model if personal else unwrapped
+
+    def normalize() -> tuple:  # the raw rewards of training completions, (gain, bias)
+        raw = raw_rewards(reward_model, train, n=config.norm_samples,
+                          batch_size=config.eval_batch_size, device=accelerator.device)  # fmt: skip
+        return raw, *gain_and_bias(raw)
+
+    record, users = None, heads.labelers[: heads.n_users]
+    if personal:  # first: the saved default user reads the held-out labelers not in training
+        raw, gain, bias = normalize()
+        record = personal_record(raw, unwrapped.labeler_weights.detach().float().cpu(), gain, users)
+        unwrapped.default_weights = torch.tensor(record["default"]) * torch.tensor(gain)  # raw
     final = (
-        evaluate_pairs(model, held, batch_size=config.eval_batch_size, accelerator=accelerator)
+        evaluate_pairs(model, held, batch_size=config.eval_batch_size, accelerator=accelerator,
+                       heads=heads)  # fmt: skip
         if held else {"accuracy": None, "mean_margin": None, "loss": None, "n": 0}
     )  # fmt: skip
-    unwrapped = accelerator.unwrap_model(model)
-    gain, bias = normalization(
-        unwrapped, train, n=config.norm_samples, batch_size=config.eval_batch_size,
-        device=accelerator.device,
-    )  # fmt: skip
+    if not personal:
+        _, gain, bias = normalize()
+    unseen = [n for n in final.get("by_labeler", {}) if n not in users] if personal else []
+    if unseen:
+        final["unseen_labelers"] = {
+            "names": unseen, "weights": "default: the mean of the training labelers' weights",
+        }  # fmt: skip
     final.update(
         steps=steps, seconds=round(time.perf_counter() - started, 2), gain=gain, bias=bias,
         num_processes=accelerator.num_processes,
     )  # fmt: skip
+    if reward_model.n_heads > 1:
+        final["heads"] = reward_model.head_names
     if accelerator.is_main_process:
-        unwrapped.set_normalization(gain, bias)
-        unwrapped.save_pretrained(config.out)
+        reward_model.set_normalization(gain, bias)
+        if record is not None:
+            setattr(reward_model.hf_model.config, PERSONAL_KEY, record)
+        reward_model.save_pretrained(config.out)
         write_json(Path(config.out) / "eval.json", final)
-        log.write({"step": steps, **{f"eval/{k}": v for k, v in final.items()}})
+        log.write({"step": steps, **_flat("eval/", final)})
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final

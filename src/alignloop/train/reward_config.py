@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from alignloop.config import REQUIRED, option, override
+from alignloop.config import REQUIRED, ConfigError, option, override
 from alignloop.train.base_config import EpochOptions, ModelOptions
+
+HeadsMode = Literal["one", "criteria", "personal"]
 
 
 @dataclass
@@ -20,7 +23,23 @@ class RewardConfig(EpochOptions):
     out: Path = option(REQUIRED, "output directory: the reward model, metrics.jsonl, checkpoints/")
     eval_data: Path | None = option(None, "held-out pairs (default: --eval-fraction of --data)")
     criterion: str | None = option(
-        None, "train on the pairs of this criterion; required when the file holds several"
+        None, "train on the pairs of this criterion; required when the file holds several "
+        "(unless --heads criteria)"
+    )  # fmt: skip
+    heads: HeadsMode = option(
+        "one", "the reward model's outputs: one (a scalar reward); criteria (one head per "
+        "criterion of --data, each pair's loss on its own criterion's head); personal (D = "
+        "--features reward features and a learned weight vector per labeler: each pair's "
+        "reward difference is w_labeler . (f(chosen) - f(rejected)); every pair of --data "
+        "must name its labeler)"
+    )  # fmt: skip
+    features: int = option(8, "--heads personal: D, the reward features", at_least=2)
+    personal_l2: float = option(
+        0.01, "--heads personal: coefficient of the labelers' mean squared weight norm (it "
+        "pins the weights' scale; the features take the rest)", at_least=0.0
+    )  # fmt: skip
+    labeler: str | None = option(
+        None, "train (and evaluate) on this labeler's pairs only: the per-labeler baseline"
     )
     eval_fraction: float = override(
         help="share of the prompts of --data held out when no eval data"
@@ -41,10 +60,22 @@ class RewardConfig(EpochOptions):
         32, "sequences per forward pass when evaluating and scoring", at_least=1
     )
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.heads == "criteria" and self.criterion is not None:
+            raise ConfigError(
+                f"--criterion {self.criterion} trains on one criterion's pairs, --heads "
+                "criteria on every criterion's (a head each): give one of them"
+            )
+
 
 @dataclass
 class EvalRMConfig(ModelOptions):
-    """`alignloop eval-rm`: a reward model's accuracy on pairs."""
+    """`alignloop eval-rm`: a reward model's accuracy on pairs, overall and by labeler and
+    criterion (where the pairs name them). A model of several heads without --reward,
+    --user or --user-weights reads each pair on its own head: a criteria model on the
+    pair's criterion's, a personal model with the pair's labeler's weights (a labeler it
+    was not trained on: the default weights, the mean user's)."""
 
     model: str = option(REQUIRED, "reward model directory")
     data: Path = option(REQUIRED, "comparisons file or HH-RLHF file")
@@ -55,12 +86,28 @@ class EvalRMConfig(ModelOptions):
         "accept a --model without a trained reward head (a causal LM, a bare encoder): "
         "a new random head, a baseline only",
     )
+    reward: list[str] = option(
+        [], "a model of several heads: NAME=W weighs head NAME by W (repeatable; heads not "
+        "named weigh 0)", pairs=True,
+    )  # fmt: skip
+    user: str | None = option(
+        None, "a personal reward model: weigh its heads as this labeler (one it was trained on)"
+    )
+    user_weights: Path | None = option(
+        None, 'a JSON file {"user": NAME, "weights": {HEAD: W, ...}} (from `alignloop '
+        "personal fit`): weigh the heads so"
+    )  # fmt: skip
 
 
 @dataclass
 class ScoreConfig(EvalRMConfig):
-    """`alignloop score`: the reward of every completion of a file."""
+    """`alignloop score`: the reward of every completion of a file. A model of several
+    heads also writes "rewards" {head: score} (each normalized); its "reward" is the
+    combination of --reward, --user or --user-weights, else a personal model's default
+    weights (the mean user's); a criteria model given none writes "rewards" only."""
 
     data: Path = override(help="completions file")
     prompts: Path = option(REQUIRED, "prompts file the completions refer to")
-    out: Path = option(REQUIRED, 'JSONL to write: {"id", "prompt_id", "reward"}')
+    out: Path = option(
+        REQUIRED, 'JSONL to write: {"id", "prompt_id", "reward"} (several heads: and "rewards")'
+    )
