@@ -79,9 +79,11 @@ def test_flat_lists_get_the_same_message_everywhere():
     assert "got a flat list" in message and message in str(record.value)
 
 
-def test_has_work_agrees_with_the_picker(db, new_project, as_labeler):
-    """_has_work and _pick_regular ask the same question (one query)."""
-    new_project(n_prompts=2, overlap=1)
+@pytest.mark.parametrize("personal", [False, True])
+def test_has_work_agrees_with_the_picker(db, new_project, as_labeler, personal):
+    """_has_work and _pick_regular ask the same question (one query), in a personal
+    project too (where each labeler ranks every prompt)."""
+    new_project(n_prompts=2, overlap=1, personal=personal)
     ann, bob = as_labeler("ann", acknowledge="demo"), as_labeler("bob", acknowledge="demo")
     now = dt.datetime(2026, 1, 1, 12, 0, 0)
 
@@ -100,4 +102,4 @@ def test_has_work_agrees_with_the_picker(db, new_project, as_labeler):
         task = api.next().json()
         r = api.rank(task["assignment_id"], [[c["id"]] for c in task["completions"]])
         assert r.status_code == 201
-    assert not agree("ann") and not agree("bob")
+    assert agree("ann") == agree("bob") == personal  # personal: the other prompt is theirs

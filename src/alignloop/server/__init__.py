@@ -7,7 +7,8 @@ database and leave it in the schema's formats, ready for `alignloop train-rm`.
     migrations/    Alembic migrations of those tables, shipped with the package
     security.py    tokens (random, stored as SHA-256), sessions, CSRF
     service.py     what the CLI and the admin pages do: projects, labelers, status, export
-    assign.py      who ranks what: overlap, gold items, expiry, idempotent submission
+    assign.py      who ranks what: overlap, gold items, personal projects, expiry,
+                   idempotent submission
     api.py         the JSON API under /api/v1 (the pages use it too)
     pages.py       the HTML pages (Jinja2 templates, static CSS and JavaScript)
     app.py         the FastAPI application
