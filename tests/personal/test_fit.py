@@ -1,6 +1,7 @@
 """alignloop personal fit: Bradley-Terry weights recovered from synthetic feature
 differences, the prior's pull, a user's pairs picked from a file of several labelers,
-and the command end to end on a tiny personal reward model."""
+and the command end to end on a tiny personal reward model, its weights file read back
+by alignloop score --user-weights."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from alignloop.config import ConfigError
 from alignloop.io import read_records, write_records
 from alignloop.personal import PersonalFitConfig
 from alignloop.personal.fit import bradley_terry_fit, pairwise_accuracy, user_pairs
-from alignloop.schema import Comparison
+from alignloop.schema import Comparison, Completion
 
 
 @pytest.fixture(autouse=True)
@@ -175,3 +176,23 @@ def test_personal_fit_refuses_a_one_output_model_and_a_user_without_pairs(
     assert main([*args, "--user", "carl", "--model", str(tiny_rm)]) == 2
     assert "a reward model of one output has no features to weigh" in capsys.readouterr().err
     assert not (tmp_path / "w.json").exists()
+
+
+def test_score_with_the_fitted_weights_file(world, tmp_path):
+    """alignloop score --user-weights W.json: each completion's reward is the fitted
+    weights' combination of its normalized features."""
+    from alignloop.models import RewardModel
+
+    weights = _fit(world, tmp_path / "carl.json")["weights"]
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", "--model", str(world["rm"]), "--data", str(world["completions"]),
+                 "--prompts", str(world["prompts"]), "--out", str(out),
+                 "--user-weights", str(tmp_path / "carl.json")]) == 0  # fmt: skip
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    completions: list[Completion] = read_records(world["completions"], "completion")
+    prompts = {p.id: p for p in read_records(world["prompts"], "prompt")}
+    model = RewardModel.from_pretrained(world["rm"], new_head=False)
+    f = model.head_scores([prompts[c.prompt_id].prompt for c in completions],
+                          [c.completion for c in completions])  # fmt: skip
+    expected = f @ torch.tensor([weights[h] for h in model.head_names])
+    assert torch.allclose(torch.tensor([r["reward"] for r in rows]), expected, atol=1e-5)
