@@ -221,7 +221,7 @@ def _train(tiny_rm, data: Path, held: Path, out: Path, *extra: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_rm, taste_data, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+def taste_runs(tiny_rm, taste_data, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     root = tmp_path_factory.mktemp("taste-runs")
     found = {}
     for name, extra in (("one", ()), ("personal", ("--heads", "personal", "--features", "4"))):
@@ -230,8 +230,8 @@ def runs(tiny_rm, taste_data, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     return found
 
 
-def test_a_personal_model_learns_opposite_tastes_that_one_reward_cannot(runs):
-    pooled, personal = runs["one"][1], runs["personal"][1]
+def test_a_personal_model_learns_opposite_tastes_that_one_reward_cannot(taste_runs):
+    pooled, personal = taste_runs["one"][1], taste_runs["personal"][1]
     tastes = ("likes-long", "likes-short")
     # one reward serves one taste at the other's expense: about half right on average
     pooled_acc = [pooled["by_labeler"][n]["accuracy"] for n in tastes]
@@ -250,13 +250,13 @@ def test_a_personal_model_learns_opposite_tastes_that_one_reward_cannot(runs):
     assert "heads" not in pooled and "unseen_labelers" not in pooled
 
 
-def test_a_saved_personal_model_has_its_users_on_the_normalized_features(runs, taste_data):
+def test_a_saved_personal_model_has_its_users_on_the_normalized_features(taste_runs, taste_data):
     from transformers import AutoModelForSequenceClassification
 
     from alignloop.models import PERSONAL_KEY, RewardModel
     from alignloop.train.reward import load_pairs
 
-    out, final = runs["personal"]
+    out, final = taste_runs["personal"]
     record = json.loads((out / "config.json").read_text())[PERSONAL_KEY]
     assert sorted(record["users"]) == ["likes-long", "likes-short"]
     users = torch.tensor(list(record["users"].values()))  # (2, 4)
@@ -280,9 +280,9 @@ def test_a_saved_personal_model_has_its_users_on_the_normalized_features(runs, t
     assert not info["missing_keys"] and model.config.num_labels == 4
 
 
-def test_eval_rm_reads_each_pair_with_its_labelers_weights_as_training_did(runs, taste_data,
+def test_eval_rm_reads_each_pair_with_its_labelers_weights_as_training_did(taste_runs, taste_data,
                                                                           capsys):  # fmt: skip
-    out, final = runs["personal"]
+    out, final = taste_runs["personal"]
     capsys.readouterr()
     assert main(["eval-rm", "--model", str(out), "--data", str(taste_data["eval"])]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -326,10 +326,10 @@ def _score(model: Path, prompts: Path, completions: Path, out: Path, *extra: str
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def test_score_writes_every_heads_score_and_the_combination(runs, taste_data, tmp_path):
+def test_score_writes_every_heads_score_and_the_combination(taste_runs, taste_data, tmp_path):
     from alignloop.models import RewardModel
 
-    out, _ = runs["personal"]
+    out, _ = taste_runs["personal"]
     prompts, completions = _score_files(tmp_path, taste_data["eval"])
     rows = _score(out, prompts, completions, tmp_path / "s.jsonl")
     rm = RewardModel.from_pretrained(out)
@@ -349,7 +349,7 @@ def test_score_writes_every_heads_score_and_the_combination(runs, taste_data, tm
     torch.testing.assert_close(torch.tensor([r["reward"] for r in summed]),
                                features[:, 0] - 0.5 * features[:, 3])  # fmt: skip
     # a one-output model's rows are as they were
-    plain = _score(runs["one"][0], prompts, completions, tmp_path / "one.jsonl")
+    plain = _score(taste_runs["one"][0], prompts, completions, tmp_path / "one.jsonl")
     assert set(plain[0]) == {"id", "prompt_id", "reward"}
 
 
@@ -455,11 +455,11 @@ def test_training_errors_name_the_flag_or_file(tiny_rm, taste_data, tmp_path, ca
     assert not out.exists()
 
 
-def test_scoring_errors_name_the_flag(runs, criteria_run, taste_data, tmp_path, capsys):
+def test_scoring_errors_name_the_flag(taste_runs, criteria_run, taste_data, tmp_path, capsys):
     prompts, completions = _score_files(tmp_path, taste_data["eval"])
     base = ["score", "--data", str(completions), "--prompts", str(prompts), "--out",
             str(tmp_path / "s.jsonl")]  # fmt: skip
-    personal, criteria = str(runs["personal"][0]), str(criteria_run[0])
+    personal, criteria = str(taste_runs["personal"][0]), str(criteria_run[0])
     assert _error(capsys, [*base, "--model", personal, "--reward", "feature_0"]) == (
         "error: --reward 'feature_0': expected NAME=WEIGHT, e.g. helpfulness=1.0"
     )
@@ -479,3 +479,46 @@ def test_scoring_errors_name_the_flag(runs, criteria_run, taste_data, tmp_path, 
     line = _error(capsys, ["eval-rm", "--model", criteria, "--data", str(taste_data["eval"])])
     assert line.startswith(f"error: {taste_data['eval']}: pairs of criterion 'unspecified', "
                            "which the reward model has no head for")  # fmt: skip
+
+
+# --- 5. a personal model's labeler weights on two processes and through a resume -------------
+
+
+def _personal_args(model: Path, data: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["train-rm", "--model", str(model), "--data", str(data["train"]), "--eval-data",
+            str(data["eval"]), "--out", str(out), "--lr", "3e-3", "--epochs", "2",
+            "--warmup-ratio", "0", "--heads", "personal", "--features", "4", *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_personal_on_two_processes_gives_the_result_of_one(tiny_rm, taste_data, tmp_path, runs):
+    """The labelers' weights are part of the prepared model: DDP averages their
+    gradients as the backbone's, so 2 x 4 prompts a step learn what 8 do."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(_personal_args(tiny_rm, taste_data, one, "--batch-size", "8",
+                               "--save-every", "0")) == 0  # fmt: skip
+    runs.run(_personal_args(tiny_rm, taste_data, two, "--batch-size", "4", "--save-every", "0"),
+             processes=2)  # fmt: skip
+    a, b = (json.loads((d / "eval.json").read_text()) for d in (one, two))
+    assert b["num_processes"] == 2 and b["steps"] == a["steps"] and b["n"] == a["n"]
+    for name, row in a["by_labeler"].items():
+        assert b["by_labeler"][name]["n"] == row["n"]
+        assert b["by_labeler"][name]["accuracy"] == pytest.approx(row["accuracy"], abs=0.05)
+    users = [json.loads((d / "config.json").read_text())["alignloop_personal"]["users"]
+             for d in (one, two)]  # fmt: skip
+    for name in users[0]:
+        torch.testing.assert_close(torch.tensor(users[1][name]), torch.tensor(users[0][name]),
+                                   rtol=0, atol=2e-3)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_killed_personal_run_resumes_with_its_labelers_weights(tiny_rm, taste_data, tmp_path,
+                                                                 runs):  # fmt: skip
+    """The checkpoint holds the labelers' weights: the resumed run leaves the same log,
+    model bytes and users as an uninterrupted one."""
+    args = ("--batch-size", "4", "--save-every", "2", "--log-every", "5", "--eval-every", "10")
+    whole, killed = runs.resume_after_sigkill(
+        lambda out: _personal_args(tiny_rm, taste_data, out, *args), tmp_path, step=8, steps=40
+    )
+    saved = [json.loads((d / "config.json").read_text()) for d in (whole, killed)]
+    assert saved[0]["alignloop_personal"] == saved[1]["alignloop_personal"]
