@@ -180,7 +180,7 @@ def _untrimmed(rollout: Rollout, idx: torch.Tensor) -> Rollout:
     import dataclasses
 
     return Rollout(**{
-        f.name: [v[i] for i in idx.tolist()] if isinstance(v, list) else v[idx]
+        f.name: v if v is None else [v[i] for i in idx.tolist()] if isinstance(v, list) else v[idx]
         for f in dataclasses.fields(rollout) for v in [getattr(rollout, f.name)]
     })  # fmt: skip
 

@@ -26,6 +26,14 @@ gives one score as a weighted sum of its normalized heads (--reward NAME=W, --us
 below --safety-threshold, it alone counts): `HeadCombination`. Each head's mean is
 logged as ppo/score_<head>, the gated share as ppo/safety_gated.
 
+One policy for several users of a personal reward model (--users a,b: issue 16, the
+conditioned alternative to an adapter per user): each prompt of a rollout goes to one
+user in turn (`personal.conditioning.assign_users`: seeded, balanced), the policy reads
+it after that user's --user-prefix, the reward model as the user wrote it (no prefix),
+and the score is that user's combination of the heads (`HeadCombination.rows`, weights
+per sample), logged per user as ppo/score_user_<name>. The saved policy remembers the
+prefix and the users (alignloop_conditioning.json) for `generate --user NAME`.
+
 With `advantage="rloo"` there is no critic: K responses per prompt, each one's
 advantage is its return (score - beta * KL) minus the mean return of the others
 (REINFORCE leave-one-out, Ahmadian et al. 2024), and the update has no value loss.
@@ -63,6 +71,7 @@ from alignloop.chat import render_prompt, require_template
 from alignloop.config import ConfigError
 from alignloop.losses import (
     combine_heads,
+    combine_heads_per_sample,
     entropy_from_logits,
     gae,
     kl_k1,
@@ -74,6 +83,12 @@ from alignloop.losses import (
     ppo_value_loss,
     rloo_advantages,
     safety_gate,
+)
+from alignloop.personal.conditioning import (
+    assign_users,
+    save_conditioning,
+    user_prefix,
+    with_user_prefix,
 )
 from alignloop.progress import progress
 from alignloop.schema import SchemaError
@@ -110,6 +125,7 @@ TIME_KEYS = ("ppo/episodes_per_sec", "ppo/seconds")  # differ between identical 
 # The parts of a score function's answer that add up to the score; its other keys are
 # per-episode figures whose means are logged (score_<head>, safety_gated).
 SCORE_PARTS = ("reward_model", "reward_fn")
+USER_FIGURE = "score_user_"  # score_user_<name>: NaN on the other users' episodes
 
 
 # --- rollouts --------------------------------------------------------------------------
@@ -134,8 +150,9 @@ class Rollout:
     advantages: torch.Tensor  # (B, T) GAE advantages (whitened when configured)
     returns: torch.Tensor  # (B, T) GAE advantages + values: the critic's target
     has_eos: torch.Tensor  # (B,) bool: the response ended with EOS
-    prompts: list[str]  # B prompt texts
+    prompts: list[str]  # B prompt texts, as the policy read them (a user's prefix too)
     completions: list[str]  # B decoded responses
+    users: list[str] | None = None  # B users of --users, whose episode each is; None without
 
     @property
     def tokens(self) -> ResponseBatch:
@@ -152,7 +169,9 @@ class Rollout:
         picked = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, list):
+            if v is None:
+                picked[f.name] = None
+            elif isinstance(v, list):
                 picked[f.name] = [v[i] for i in idx.tolist()]
             elif v.dim() == 2:
                 picked[f.name] = v[idx, q0:] if f.name.startswith("query") else v[idx, :T]
@@ -241,11 +260,17 @@ def make_rollout(
     kl_coef: float,
     config: PPOConfig,
     autocast=contextlib.nullcontext,
+    users: Sequence[str] | None = None,
 ) -> tuple[Rollout, dict[str, torch.Tensor]]:
     """Sample, score and evaluate one batch; returns the rollout and the score
     function's answer: the raw parts {"reward_model": (B,), "reward_fn": (B,)} (checked
     for NaN by the caller), with a reward model of several heads also each head's
-    scores "score_<head>" (B,) and, behind a safety gate, "safety_gated" (B,) 0/1."""
+    scores "score_<head>" (B,) and, behind a safety gate, "safety_gated" (B,) 0/1.
+
+    `users` (--users): each prompt's user; `prompt_rows` are then the prompts as the
+    policy reads them, after their user's prefix (`conditioned_prompt`), `prompt_texts`
+    as the reward model reads them, without it, and `score_fn` is given each
+    episode's user (`users=`)."""
     from alignloop.generate import sample
     from alignloop.models import ResponseBatch
 
@@ -274,7 +299,15 @@ def make_rollout(
     )
 
     prompts = [prompt_texts[i] for i in s.prompt_index.tolist()]  # texts or conversations
-    raw = score_fn(prompts, s.completions)  # {"reward_model": (B,), "reward_fn": (B,), ...}
+    if users is None:
+        episode_users, read = None, prompts
+        raw = score_fn(prompts, s.completions)  # {"reward_model": (B,), "reward_fn": (B,), ...}
+    else:  # the reward model reads the prompts without the prefix, as their user wrote them
+        episode_users = [users[i] for i in s.prompt_index.tolist()]  # B users
+        read = [
+            conditioned_prompt(config, p, u) for p, u in zip(prompts, episode_users, strict=True)
+        ]
+        raw = score_fn(prompts, s.completions, users=episode_users)
     total = sum(raw[k] for k in SCORE_PARTS if k in raw)  # (B,)
     scores = finish_scores(total.to(mask.device), s.has_eos, config)  # (B,)
 
@@ -298,10 +331,17 @@ def make_rollout(
         advantages=advantages,
         returns=returns,
         has_eos=s.has_eos,
-        prompts=[render_prompt(tokenizer, p) for p in prompts],  # as the policy read them
+        prompts=[render_prompt(tokenizer, p) for p in read],  # as the policy read them
         completions=s.completions,
+        users=episode_users,
     )
     return rollout, raw
+
+
+def conditioned_prompt(config: PPOConfig, prompt, user: str):
+    """A prompt as --users' conditioned policy reads it for `user`: after the user's
+    --user-prefix (a conversation: at the start of its first user turn)."""
+    return with_user_prefix(prompt, user_prefix(config.user_prefix, config.conditioning[user]))
 
 
 def _token_passes(policy, critic, reference: Reference, tokens: ResponseBatch, config, autocast):
@@ -498,16 +538,35 @@ class HeadCombination:
     """How one score is made of a reward model's heads (issue 16): the weighted sum of
     its normalized heads (`losses.combine_heads`), and behind a safety gate, where the
     gate's head is below the threshold, that head's score alone (`losses.safety_gate`:
-    Touvron et al. 2023, Llama 2 sec. 3.2.2, simplified)."""
+    Touvron et al. 2023, Llama 2 sec. 3.2.2, simplified).
+
+    With --users, a user's weights each: `user_weights` (U, H), a row per user, and
+    each sample weighed by its user's row (`rows`)."""
 
     heads: list[str]  # the reward model's head names, in the order of its outputs
-    weights: torch.Tensor  # (H,) each head's weight
+    weights: torch.Tensor  # (H,) each head's weight; with users, their mean (the critic's)
     gate: int | None = None  # index of --safety-head's head; None: no gate
     threshold: float = 0.0  # --safety-threshold
+    users: tuple[str, ...] = ()  # --users, in the order of `user_weights`' rows
+    user_weights: torch.Tensor | None = None  # (U, H) each user's weights; None: no users
 
-    def __call__(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """scores (N, H), normalized per head -> (reward (N,), gated (N,) bool)."""
-        reward = combine_heads(scores, self.weights)  # (N,)
+    def rows(self, users: Sequence[str]) -> torch.Tensor:
+        """Each sample's weights (N, H): the row of its user, one of `users` each."""
+        unknown = [u for u in users if u not in self.users]
+        if self.user_weights is None or unknown:
+            raise ValueError(f"no weights of user {unknown[:1] or users[:1]} here "
+                             f"(the combination's users: {list(self.users)})")  # fmt: skip
+        return self.user_weights[torch.tensor([self.users.index(u) for u in users])]
+
+    def __call__(
+        self, scores: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """scores (N, H), normalized per head; `weights` (N, H), each sample's own
+        (`rows`), or None: `self.weights` for all -> (reward (N,), gated (N,) bool)."""
+        if weights is None:
+            reward = combine_heads(scores, self.weights)  # (N,)
+        else:
+            reward = combine_heads_per_sample(scores, weights)  # (N,)
         if self.gate is None:
             return reward, torch.zeros(len(reward), dtype=torch.bool)
         return safety_gate(reward, scores[:, self.gate], self.threshold)
@@ -522,6 +581,8 @@ def reward_combination(config: PPOConfig, reward_model) -> HeadCombination | Non
     naming its heads and --reward NAME=W."""
     if reward_model is None:
         return None
+    if config.users:
+        return _users_combination(config, reward_model)
     weights = reward_model.resolve_weights(
         reward=config.reward, user=config.user, user_weights=config.user_weights
     )
@@ -529,15 +590,46 @@ def reward_combination(config: PPOConfig, reward_model) -> HeadCombination | Non
         return None
     heads = reward_model.head_names
     vector = reward_model.weight_vector(weights)  # (H,), the default for None
-    gate = None
-    if config.safety_head is not None:
-        if config.safety_head not in heads:
-            raise ConfigError(
-                f"--safety-head {config.safety_head}: the reward model {config.reward_model} "
-                f"has no such head (its heads: {', '.join(heads)})"
-            )
-        gate = heads.index(config.safety_head)
-    return HeadCombination(heads, vector, gate, config.safety_threshold)
+    return HeadCombination(heads, vector, _gate(config, heads), config.safety_threshold)
+
+
+def _users_combination(config: PPOConfig, reward_model) -> HeadCombination:
+    """--users: each user's weights (their rows built as --user builds one), checked
+    against the personal model's users (a ConfigError naming --users and them)."""
+    known = reward_model.users
+    if not known:
+        raise ConfigError(
+            f"--users: the reward model {config.reward_model} has no users (only `train-rm "
+            "--heads personal` gives users); one combination for all: --reward NAME=W"
+        )
+    users = list(config.conditioning)
+    unknown = [u for u in users if u not in known]
+    if unknown:
+        names = sorted(known)
+        more = f", ... ({len(names)} in all)" if len(names) > 8 else ""
+        raise ConfigError(
+            f"--users {unknown[0]}: not a user of the reward model (its users: "
+            f"{', '.join(names[:8])}{more})"
+        )
+    table = torch.stack([reward_model.weight_vector(reward_model.user_weights(u)) for u in users])
+    heads = reward_model.head_names
+    gate = _gate(config, heads)
+    return HeadCombination(
+        heads, table.mean(0), gate, config.safety_threshold, tuple(users), table
+    )  # table (U, H), its mean (H,)
+
+
+def _gate(config: PPOConfig, heads: list[str]) -> int | None:
+    """The index of --safety-head among the heads (None without one); a ConfigError
+    naming the heads when it is not one of them."""
+    if config.safety_head is None:
+        return None
+    if config.safety_head not in heads:
+        raise ConfigError(
+            f"--safety-head {config.safety_head}: the reward model {config.reward_model} "
+            f"has no such head (its heads: {', '.join(heads)})"
+        )
+    return heads.index(config.safety_head)
 
 
 def make_score_fn(reward_model, reward_fn: RewardFn | None, config: PPOConfig, tokenizer=None):
@@ -545,17 +637,27 @@ def make_score_fn(reward_model, reward_fn: RewardFn | None, config: PPOConfig, t
     The reward model reads the decoded texts, re-encoded with its own tokenizer (a
     conversation rendered with its chat template, the completion as the assistant's
     turn); the reward fn gets each prompt as the policy read it (`tokenizer`'s
-    `chat.render_prompt`: a text prompt as it is).
+    `chat.render_prompt`: a text prompt as it is), with --users without the user's
+    prefix, as the user wrote it.
 
     With a `reward_combination` (a reward model of several heads, or any of --reward,
     --user, --user-weights, --safety-head), "reward_model" is the combination, and the
     answer also holds each head's normalized scores, "score_<head>" (B,), and behind a
     safety gate "safety_gated" (B,): 1.0 where the gate closed. Only the parts in
-    `SCORE_PARTS` add up to the score."""
+    `SCORE_PARTS` add up to the score.
+
+    With --users, f(prompts, completions, users=[B names]): each sample weighed by
+    its user's weights, and "score_user_<name>" (B,) is that combination on the user's
+    samples, NaN on the others' (`_score_figures` averages it over the user's)."""
     combination = reward_combination(config, reward_model)
     options = {"batch_size": config.reward_batch_size, "max_length": config.reward_max_length}
+    per_user = combination is not None and bool(combination.users)
 
-    def score(prompts: list, completions: list[str]) -> dict[str, torch.Tensor]:
+    def score(
+        prompts: list, completions: list[str], users: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        if per_user != (users is not None):
+            raise ValueError("each sample's user is given exactly when --users is")
         parts = {}
         if reward_model is not None and combination is None:
             with torch.inference_mode():
@@ -565,9 +667,13 @@ def make_score_fn(reward_model, reward_fn: RewardFn | None, config: PPOConfig, t
         elif reward_model is not None:
             with torch.inference_mode():
                 heads = reward_model.head_scores(prompts, completions, **options)  # (B, H)
-            parts["reward_model"], gated = combination(heads)  # (B,) each
+            rows = combination.rows(users) if per_user else None  # (B, H) or None
+            parts["reward_model"], gated = combination(heads, rows)  # (B,) each
             for h, name in enumerate(combination.heads):
                 parts[f"score_{name}"] = heads[:, h]
+            for name in combination.users:
+                mine = torch.tensor([u == name for u in users])  # (B,) bool
+                parts[USER_FIGURE + name] = parts["reward_model"].masked_fill(~mine, math.nan)
             if combination.gate is not None:
                 parts["safety_gated"] = gated.float()
         if reward_fn is not None:
@@ -731,6 +837,38 @@ def _prompt_rows(config: PPOConfig, policy, tokenizer, texts) -> list[list[int]]
     return rows
 
 
+def _check_conditioning(config: PPOConfig, tokenizer, texts: list, rows, limit: int) -> None:
+    """--users before any rollout: the policy must read the users' prefixes as
+    different tokens (a tokenizer of a closed vocabulary reads every name it does not
+    know alike: a ConfigError naming --users and the remedy, NAME=KEY), and a warning
+    counts the prompts too long to keep their start, where the prefix is."""
+    from alignloop.models import tokenize_prompts
+
+    users = config.conditioning
+    first = [render_prompt(tokenizer, conditioned_prompt(config, texts[0], u)) for u in users]
+    seen: dict[tuple[int, ...], str] = {}
+    for user, ids in zip(users, tokenize_prompts(tokenizer, first, 10**9)[0], strict=True):
+        other = seen.setdefault(tuple(ids), user)
+        if other != user:
+            raise ConfigError(
+                f"--users {other},{user}: the policy's tokenizer reads their prefixes "
+                f"{user_prefix(config.user_prefix, users[other])!r} and "
+                f"{user_prefix(config.user_prefix, users[user])!r} as the same tokens "
+                "(words it does not know?), so the policy could not tell them apart: "
+                "give each a key it knows, --users NAME=KEY"
+            )
+    plain = tokenize_prompts(tokenizer, [render_prompt(tokenizer, texts[0])], 10**9)[0][0]
+    longest = max(len(ids) for ids in seen) - len(plain)  # the longest prefix's tokens
+    cut = sum(len(r) + longest > limit for r in rows)
+    if cut:
+        warnings.warn(
+            f"{config.prompts}: {cut} of {len(rows)} prompts leave no room for a user's "
+            f"prefix within {limit} tokens: cut from the left, they lose (part of) it and "
+            "the policy cannot tell whose they are (raise --max-prompt-length?)",
+            stacklevel=2,
+        )
+
+
 def _schedule(config: PPOConfig, n_prompts: int, world: int) -> tuple[int, int, str]:
     """(full batches per pass over the prompts, total steps, what limits them)."""
     per_step = config.batch_size * world
@@ -765,6 +903,7 @@ class PPORun:
     checkpoints: Checkpoints
     texts: list  # the prompts: texts, or conversations (`chat.render_prompt`)
     rows: list[list[int]]  # their token ids, cut to fit the policy's context
+    prompt_limit: int  # the most prompt tokens (--users' prefixed prompts are cut to it)
     per_epoch: int  # full batches per pass over the prompts
     total_steps: int
     limit_reason: str  # what sets total_steps
@@ -831,6 +970,8 @@ def train_ppo(config: PPOConfig) -> dict:
 def set_up_run(config: PPOConfig) -> PPORun:
     """The accelerator, models, optimizers and schedule of a run, and its state:
     fresh, or that of the last checkpoint with --resume."""
+    from alignloop.models import prompt_token_limit
+
     accelerator, console, checkpoints = _start(config)
     prompts = load_prompts(config.prompts)
     texts = [p.prompt for p in prompts]
@@ -845,6 +986,9 @@ def set_up_run(config: PPOConfig) -> PPORun:
     if reward_model is not None:  # it renders conversations with its own template
         require_template(reward_model.tokenizer, prompts, config.reward_model)
     rows = _prompt_rows(config, policy, tokenizer, texts)
+    limit = prompt_token_limit(policy, config.max_prompt_length, config.max_new_tokens)
+    if config.users:
+        _check_conditioning(config, tokenizer, texts, rows, limit)
     world = accelerator.num_processes
     per_epoch, total_steps, limit_reason = _schedule(config, len(rows), world)
     policy, critic, optimizers, schedulers = _prepare(
@@ -863,6 +1007,7 @@ def set_up_run(config: PPOConfig) -> PPORun:
         checkpoints=checkpoints,
         texts=texts,
         rows=rows,
+        prompt_limit=limit,
         per_epoch=per_epoch,
         total_steps=total_steps,
         limit_reason=limit_reason,
@@ -977,21 +1122,41 @@ def collect_rollout(run: PPORun, step: int) -> tuple[Rollout, dict[str, float]]:
         world=accelerator.num_processes,
     )[: run.per_epoch]
     indices = batches[state["batch"]]
+    users, rows = None, [run.rows[i] for i in indices]
+    if config.users:  # the run's prompts so far on every process: where the cycle stands
+        start = (step * accelerator.num_processes + accelerator.process_index) * len(indices)
+        users = assign_users(list(config.conditioning), len(indices), seed=config.seed,
+                             start=start)  # fmt: skip
+        rows = _conditioned_rows(run, [run.texts[i] for i in indices], users)
     rollout, raw = make_rollout(
         run.rollout_policy,
         run.rollout_critic,
         run.reference,
         run.tokenizer,
-        [run.rows[i] for i in indices],
+        rows,
         [run.texts[i] for i in indices],
         run.score_fn,
         run.kl_ctl.value,
         config,
         accelerator.autocast,
+        users=users,
     )
     _check_scores(accelerator, raw, config, run.checkpoints, step, run.save)
     stats = _rollout_stats(accelerator, rollout, run.kl_ctl.value)
     return rollout, {**stats, **_score_figures(accelerator, raw)}
+
+
+def _conditioned_rows(run: PPORun, texts: list, users: list[str]) -> list[list[int]]:
+    """The token ids of prompts as --users' policy reads them, each after its user's
+    prefix, cut from the left to the run's prompt limit (`_check_conditioning` warned
+    at set-up of the prompts whose prefix that cuts)."""
+    from alignloop.models import tokenize_prompts
+
+    conditioned = [
+        render_prompt(run.tokenizer, conditioned_prompt(run.config, t, u))
+        for t, u in zip(texts, users, strict=True)
+    ]
+    return tokenize_prompts(run.tokenizer, conditioned, run.prompt_limit)[0]
 
 
 def update_policy(run: PPORun, rollout: Rollout, stats: dict[str, float], step: int):
@@ -1051,13 +1216,13 @@ def log_step(
     run.log.write({"step": step, **record})
     if config.report_to != "none":
         run.accelerator.log(record, step=step)
-    for prompt, completion, score, kl in zip(
+    users = rollout.users or [None] * len(rollout.prompts)
+    for prompt, completion, score, kl, user in zip(
         rollout.prompts, rollout.completions, rollout.scores.tolist(),
-        rollout.kl.sum(1).tolist(), strict=True,
+        rollout.kl.sum(1).tolist(), users, strict=True,
     ):  # fmt: skip
-        run.rollouts_log.write(
-            {"step": step, "prompt": prompt, "completion": completion, "score": score, "kl": kl}
-        )
+        line = {"step": step, "prompt": prompt, "completion": completion, "score": score, "kl": kl}
+        run.rollouts_log.write(line if user is None else {**line, "user": user})
     if config.sample_every and step % config.sample_every == 0:
         _show_samples(run.console, run.samples_log, rollout, step, config.samples_shown)
     return record
@@ -1105,6 +1270,8 @@ def finish_run(run: PPORun, step: int, stop_reason: str | None, record: dict, st
     }
     _save_policy(accelerator, run.policy, _value_head(config), run.tokenizer, config, out)
     if accelerator.is_main_process:
+        if config.users:  # what `generate --user NAME` reads beside the policy
+            save_conditioning(out, config.user_prefix, config.conditioning)
         run.log.write({"step": step, "stop_reason": stop_reason})
         write_json(out / "final_metrics.json", final)
     accelerator.wait_for_everyone()
@@ -1176,14 +1343,20 @@ def _rollout_stats(accelerator, r: Rollout, beta: float) -> dict[str, float]:
 
 def _score_figures(accelerator, raw: dict[str, torch.Tensor]) -> dict[str, float]:
     """The means over every process's episodes of the score function's figures (each
-    head's score_<head>, safety_gated), the raw score parts left out."""
+    head's score_<head>, safety_gated; each user's score_user_<name> over their own
+    episodes, left out in a step that gave them none), the raw score parts left out."""
     names = [k for k in raw if k not in SCORE_PARTS]
     if not names:
         return {}
     per_episode = torch.stack([raw[k].float() for k in names], dim=1)  # (B, F)
     if accelerator.num_processes > 1:
         per_episode = accelerator.gather(per_episode.to(accelerator.device)).cpu()
-    return dict(zip(names, per_episode.mean(0).tolist(), strict=True))
+    figures = dict(zip(names, per_episode.mean(0).tolist(), strict=True))
+    for f, name in enumerate(names):  # a user's mean over their own episodes
+        if name.startswith(USER_FIGURE):
+            mine = per_episode[:, f][~per_episode[:, f].isnan()]
+            figures[name] = mine.mean().item() if len(mine) else None
+    return {k: v for k, v in figures.items() if v is not None}  # a user without episodes
 
 
 def _reduce_mean(accelerator, stats: dict[str, float]) -> dict[str, float]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from alignloop.config import REQUIRED, ConfigError, flag, option, override
+from alignloop.personal.conditioning import DEFAULT_USER_PREFIX, check_user_prefix, parse_users
 from alignloop.train.base_config import SamplingOptions, TrainingOptions
 
 
@@ -49,6 +50,20 @@ class PPOConfig(TrainingOptions, SamplingOptions):
         None,
         'a weights file over the reward model\'s heads, JSON {"user": NAME, "weights": '
         "{HEAD: W}} (what `alignloop personal fit` writes)",
+    )
+    users: list[str] = option(
+        [],
+        "NAME[,NAME...]: one policy conditioned on several users of a personal reward "
+        "model. Each prompt of a rollout goes to one of them in turn (seeded, balanced), "
+        "the policy reads it after that user's --user-prefix, the reward model as the "
+        "user wrote it (no prefix), and its reward is that user's weights; "
+        "`generate --user NAME` samples for one. NAME=KEY: the policy reads KEY for NAME "
+        "(a word its tokenizer knows)",
+    )
+    user_prefix: str = option(
+        DEFAULT_USER_PREFIX,
+        "with --users: the prefix template, {user} the user's key; before a text prompt, "
+        "at the start of a conversation's first user turn",
     )
     safety_head: str | None = option(
         None,
@@ -189,12 +204,18 @@ class PPOConfig(TrainingOptions, SamplingOptions):
         checked against the model's heads once it is loaded: `ppo.reward_combination`)."""
         if isinstance(self.reward, dict):  # from Python: a mapping, as in a config file
             self.reward = [f"{name}={weight}" for name, weight in self.reward.items()]
-        given = [flag(k) for k in ("reward", "user", "user_weights") if getattr(self, k)]
+        given = [flag(k) for k in ("reward", "user", "user_weights", "users") if getattr(self, k)]
         if len(given) > 1:
             raise ConfigError(
-                f"{' and '.join(given)}: give one of --reward, --user, --user-weights "
-                "(each sets the weights of the reward model's heads)"
+                f"{' and '.join(given)}: give one of --reward, --user, --user-weights, "
+                "--users (each sets the weights of the reward model's heads)"
             )
+        if self.users:
+            parse_users(self.users)
+            check_user_prefix(self.user_prefix)
+        elif self.user_prefix != DEFAULT_USER_PREFIX:
+            raise ConfigError("--user-prefix is the prefix of --users' conditioned policy: "
+                              "give --users")  # fmt: skip
         if self.safety_head is not None:
             given.append("--safety-head")
         if given and self.reward_model is None:
@@ -205,6 +226,11 @@ class PPOConfig(TrainingOptions, SamplingOptions):
             parse_head_weights(self.reward, "--reward")
         if not math.isfinite(self.safety_threshold):
             raise ConfigError(f"--safety-threshold {self.safety_threshold}: must be a number")
+
+    @property
+    def conditioning(self) -> dict[str, str]:
+        """--users as {name: the key the policy reads in its prefix} ({} when not given)."""
+        return parse_users(self.users) if self.users else {}
 
     @property
     def reward_weights(self) -> dict[str, float]:
