@@ -124,7 +124,7 @@ def _generate(config: GenerateConfig) -> int:
         config.policy, config.prompts, config.out, k=config.k, temperature=config.temperature,
         max_new_tokens=config.max_new_tokens, max_prompt_length=config.max_prompt_length,
         batch_size=config.batch_size, seed=config.seed, policy_name=config.name, options=config,
-        adapter=config.adapter,
+        adapter=config.adapter, user=config.user, user_prefix=config.user_prefix,
     )  # fmt: skip
     print(f"wrote {n} completions to {config.out}")
     return 0

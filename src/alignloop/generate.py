@@ -287,6 +287,7 @@ def generate_completions(
     policy_name: str | None = None,
     progress: Callable[[int], None] | None = None,
     adapter: str | None = None,
+    prefix: str | None = None,
 ) -> list[Completion]:
     """`k` completion records per prompt (ids "<prompt id>-<j>"), `batch_size`
     prompts per `sample` call; a conversation is rendered with the chat template and
@@ -294,28 +295,33 @@ def generate_completions(
     called after each batch with its number of prompts (as `sequence_kl` does), to
     drive a progress bar. `adapter`: which of a peft policy's adapters samples (a name
     given to `adapters.load_adapters`, or `adapters.ADAPTER_OFF`: the base); None: the
-    policy as it is."""
+    policy as it is. `prefix`: a user's prefix for a conditioned policy (train-ppo
+    --users; `personal.conditioning.prefix_for`), put before each prompt (a
+    conversation: at the start of its first user turn) as the policy read it there."""
     from alignloop.adapters import adapter_active
 
     with adapter_active(policy, adapter):
         return _generate_completions(
             policy, tokenizer, prompts, k=k, temperature=temperature,
             max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length,
-            batch_size=batch_size, policy_name=policy_name, progress=progress,
+            batch_size=batch_size, policy_name=policy_name, progress=progress, prefix=prefix,
         )  # fmt: skip
 
 
 def _generate_completions(
     policy, tokenizer, prompts, *, k, temperature, max_new_tokens, max_prompt_length,
-    batch_size, policy_name, progress,
+    batch_size, policy_name, progress, prefix,
 ) -> list[Completion]:  # fmt: skip
+    from alignloop.personal.conditioning import with_user_prefix
+
     records: list[Completion] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
+        read = [p.prompt if prefix is None else with_user_prefix(p.prompt, prefix) for p in chunk]
         samples = sample(
             policy,
             tokenizer,
-            [render_prompt(tokenizer, p.prompt) for p in chunk],
+            [render_prompt(tokenizer, p) for p in read],
             k=k,
             temperature=temperature,
             max_new_tokens=max_new_tokens,
@@ -351,6 +357,8 @@ def generate_file(
     show_progress: bool = True,
     options=None,
     adapter: str | Path | None = None,
+    user: str | None = None,
+    user_prefix: str | None = None,
 ) -> int:
     """`alignloop generate`: sample `k` completions of every prompt of a file with a
     policy (local path or hub id) and write them as completion records (atomically).
@@ -358,17 +366,25 @@ def generate_file(
     `options`: how the policy is loaded (`models.LoadOptions` or a config with them).
     `adapter`: a saved LoRA adapter folder put on the policy, its base (a personalized
     policy: train-ppo --lora-r R --save-adapter); the records' `policy` is then
-    "BASE+ADAPTER" unless `policy_name` is given."""
+    "BASE+ADAPTER" unless `policy_name` is given. `user`: sample for one user of a
+    conditioned policy (train-ppo --users), each prompt read after the user's prefix:
+    `user_prefix`'s template, or the one saved with the policy (`prefix_for`); the
+    records' `policy` then ends in "@USER"."""
     from alignloop.io import read_prompts, write_records
     from alignloop.models import load_policy
+    from alignloop.personal.conditioning import prefix_for
     from alignloop.progress import progress
     from alignloop.schema import SchemaError
 
+    prefix = None
+    if user is not None:  # checked before any model loads
+        prefix = prefix_for(user, adapter, policy_path, template=user_prefix)
     prompts = read_prompts(prompts_path)
     if not prompts:
         raise SchemaError(f"{prompts_path}: no prompts to generate from")
     policy, tokenizer = load_policy(policy_path, options=options, what="--policy", adapter=adapter)
     default_name = str(policy_path) if adapter is None else f"{policy_path}+{adapter}"
+    default_name += "" if user is None else f"@{user}"
     require_template(tokenizer, prompts, str(policy_path))
     policy.eval()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -380,6 +396,6 @@ def generate_file(
             policy, tokenizer, prompts, k=k, temperature=temperature,
             max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length,
             batch_size=batch_size, policy_name=policy_name or default_name,
-            progress=lambda n: bar.update(task, advance=n),
+            progress=lambda n: bar.update(task, advance=n), prefix=prefix,
         )  # fmt: skip
     return write_records(out, records)

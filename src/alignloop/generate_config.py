@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignloop.config import REQUIRED, option
+from alignloop.config import REQUIRED, ConfigError, option
 from alignloop.train.base_config import ModelOptions
 
 
@@ -29,5 +29,26 @@ class GenerateConfig(ModelOptions):
     seed: int = option(0, "sampling seed")
     name: str | None = option(
         None,
-        "the completions' 'policy' field (none: the policy path; POLICY+ADAPTER with --adapter)",
+        "the completions' 'policy' field (none: the policy path; POLICY+ADAPTER with "
+        "--adapter; then @USER with --user)",
     )
+    user: str | None = option(
+        None,
+        "sample for this user of a conditioned policy (train-ppo --users): each prompt "
+        "read after the user's prefix, which the policy saved (alignloop_conditioning.json)",
+    )
+    user_prefix: str | None = option(
+        None,
+        "with --user: the prefix template (none: the policy's saved one), {user} the "
+        "user's key (saved with the policy, else the name); before a text prompt, at the "
+        "start of a conversation's first user turn",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.user_prefix is not None and self.user is None:
+            raise ConfigError("--user-prefix is a user's prefix: give --user NAME")
+        if self.user_prefix is not None:
+            from alignloop.personal.conditioning import check_user_prefix
+
+            check_user_prefix(self.user_prefix)

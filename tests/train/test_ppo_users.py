@@ -1,6 +1,7 @@
 """One policy conditioned on several users (issue 16, train-ppo --users): the users'
 turns by hand, each sample weighed by its user's weights, the prefix in the policy's
-input and not in the reward model's, the errors; a tiny run end to end."""
+input and not in the reward model's, the errors; a tiny run end to end and
+`generate --user` on what it saved."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from alignloop.personal.conditioning import (
     assign_users,
     check_user_prefix,
     parse_users,
+    prefix_for,
     with_user_prefix,
 )
 from alignloop.schema import Message
@@ -294,12 +296,15 @@ def test_users_the_tokenizer_cannot_tell_apart_are_refused(tmp_path, world, pers
 
 
 @pytest.mark.slow
-def test_a_conditioned_run(tmp_path, world, personal_rm):
+def test_a_conditioned_run_then_generate_for_each_user(tmp_path, world, personal_rm, capsys):
     """train-ppo --users anna,ben for 3 steps of 4 prompts: each step gives each user
     two prompts, each user's mean score is logged, every logged episode's score is its
     user's reward of the prompt without the prefix, and the policy remembers its
-    prefix."""
-    from alignloop.models import RewardModel
+    prefix; `generate --user ben` then samples what the policy does on ben's prefix."""
+    from alignloop.cli import main
+    from alignloop.generate import generate_completions
+    from alignloop.io import read_records
+    from alignloop.models import RewardModel, load_policy
 
     out = tmp_path / "ppo"
     final = train_ppo(make_config(world, out, personal_rm, max_steps=3, log_rollouts=True,
@@ -320,3 +325,57 @@ def test_a_conditioned_run(tmp_path, world, personal_rm):
         assert final[f"ppo/score_user_{user}"] == pytest.approx(sum(last) / 2, abs=1e-6)
     saved = json.loads((out / CONDITIONING_FILE).read_text())
     assert saved == {"user_prefix": "{user} : ", "users": {"anna": "anna", "ben": "ben"}}
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(world["prompts"].read_text().splitlines(keepends=True)[:3]))
+    completions = tmp_path / "ben.jsonl"
+    args = ["generate", "--policy", str(out), "--prompts", str(prompts), "--out",
+            str(completions), "--k", "2", "--max-new-tokens", "6", "--user", "ben"]  # fmt: skip
+    assert main(args) == 0
+    records = read_records(completions, "completion")
+    assert {r.policy for r in records} == {f"{out}@ben"}
+    policy, tokenizer = load_policy(out)
+    policy.eval()
+    torch.manual_seed(0)
+    by_hand = generate_completions(policy, tokenizer, read_records(prompts, "prompt"), k=2,
+                                   max_new_tokens=6, prefix="ben : ")  # fmt: skip
+    assert [r.completion for r in records] == [r.completion for r in by_hand]
+    # another user's prefix samples otherwise (the same seed)
+    torch.manual_seed(0)
+    anna = generate_completions(policy, tokenizer, read_records(prompts, "prompt"), k=2,
+                                max_new_tokens=6, prefix="anna : ")  # fmt: skip
+    assert [r.completion for r in anna] != [r.completion for r in by_hand]
+
+    capsys.readouterr()
+    assert main([*args[:-1], "cy"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: --user cy: the policy was tuned for anna, ben"
+    )
+    assert main([*args[:2], str(world["policy"]), *args[3:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --user ben: ") and "is not a conditioned policy" in err
+    # a template given: any policy, any user
+    assert main([*args[:2], str(world["policy"]), *args[3:], "--user-prefix", "to {user} : "]) == 0
+
+
+def test_generate_options_and_the_saved_prefix(tmp_path):
+    from alignloop.generate_config import GenerateConfig
+    from alignloop.personal.conditioning import save_conditioning
+
+    base = {"policy": "p", "prompts": tmp_path / "p.jsonl", "out": tmp_path / "o.jsonl"}
+    with pytest.raises(ConfigError, match=r"^--user-prefix is a user's prefix: give --user"):
+        GenerateConfig(**base, user_prefix="{user} : ")
+    with pytest.raises(ConfigError, match=r"^--user-prefix '{name}': the template must hold"):
+        GenerateConfig(**base, user="ann", user_prefix="{name}")
+    policy, adapter = tmp_path / "policy", tmp_path / "adapter"
+    policy.mkdir()
+    adapter.mkdir()
+    save_conditioning(policy, "for {user} : ", {"short": "anna"})
+    assert prefix_for("short", None, policy) == "for anna : "  # the key, not the name
+    assert prefix_for("short", adapter, policy, template="[{user}] ") == "[anna] "
+    assert prefix_for("new", policy, template="[{user}] ") == "[new] "
+    save_conditioning(adapter, "by {user} : ", {"long": "ben"})
+    assert prefix_for("long", adapter, policy) == "by ben : "  # the adapter's own first
+    (adapter / CONDITIONING_FILE).write_text('{"users": ["long"]}')
+    with pytest.raises(ConfigError, match=r"alignloop_conditioning.json: expected"):
+        prefix_for("long", adapter, policy)
