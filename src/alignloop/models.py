@@ -979,6 +979,19 @@ class RewardModel(nn.Module):
             raw[chunk] = out.float().cpu()  # the head's output (N,) or (N, H)
         return raw
 
+    def _output_scale(self, normalized: bool):
+        """(gain, bias) that map the head's output to a score, gain * output + bias:
+        the normalized reward (`head_normalization`), or with `normalized=False` the
+        training scale (the folded normalization undone). Floats for one output, lists
+        of H for several."""
+        if normalized:
+            return self.head_normalization
+        folded_gain, folded_bias = self.folded
+        if self.n_heads > 1:
+            gain = [1.0 / f for f in folded_gain]
+            return gain, [-b / f for b, f in zip(folded_bias, folded_gain, strict=True)]
+        return 1.0 / folded_gain, -folded_bias / folded_gain
+
     @torch.no_grad()
     def head_scores(
         self,
@@ -994,15 +1007,7 @@ class RewardModel(nn.Module):
         for a one-output model. `normalized=False`: the training scale."""
         raw = self._head_outputs(prompts, completions, batch_size, max_length)
         raw = raw[:, None] if raw.dim() == 1 else raw  # (N, H)
-        if normalized:
-            gain, bias = self.head_normalization
-        else:  # back to the training scale
-            folded_gain, folded_bias = self.folded
-            if self.n_heads > 1:
-                gain = [1.0 / f for f in folded_gain]
-                bias = [-b / f for b, f in zip(folded_bias, folded_gain, strict=True)]
-            else:
-                gain, bias = 1.0 / folded_gain, -folded_bias / folded_gain
+        gain, bias = self._output_scale(normalized)
         return raw * torch.tensor(gain, dtype=raw.dtype) + torch.tensor(bias, dtype=raw.dtype)
 
     @torch.no_grad()
@@ -1030,11 +1035,7 @@ class RewardModel(nn.Module):
                                       max_length=max_length, normalized=normalized)  # fmt: skip
             return (scores @ w).tolist()  # (N, H) @ (H,) -> (N,)
         raw = self._head_outputs(prompts, completions, batch_size, max_length)
-        if normalized:
-            gain, bias = self.head_normalization
-        else:  # back to the training scale
-            folded_gain, folded_bias = self.folded
-            gain, bias = 1.0 / folded_gain, -folded_bias / folded_gain
+        gain, bias = self._output_scale(normalized)
         if (gain, bias) == (1.0, 0.0):
             return raw.tolist()
         if gain == 1.0:
