@@ -21,6 +21,19 @@ def hh_path() -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test, the previous number after it: tiny models gain
+    nothing from more on a shared 2-core machine. A module asks for it in every test
+    with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def small_task() -> tuple[list[Prompt], list[Completion], list[Ranking]]:
     """Two prompts, three completions each, rankings by two labelers."""
     prompts = [

@@ -22,12 +22,7 @@ from alignloop.world import build_tokenizer, make_prompts
 TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "max_position_embeddings": 128}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_adapter(base: Path, out: Path, seed: int, *, r: int = 4, base_name=None, **tiny) -> Path:

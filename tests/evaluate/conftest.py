@@ -14,12 +14,9 @@ TINY_POLICY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "max_position
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny models gain nothing from more on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread(one_thread):
+    """Every evaluation test on one torch thread (the root conftest's `one_thread`)."""
+    return one_thread
 
 
 def _sequence_classifier(tokenizer, num_labels: int, labels: dict[int, str] | None, seed: int):

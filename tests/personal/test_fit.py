@@ -18,13 +18,7 @@ from alignloop.personal import PersonalFitConfig
 from alignloop.personal.fit import bradley_terry_fit, pairwise_accuracy, user_pairs
 from alignloop.schema import Comparison, Completion
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic(w_true: torch.Tensor, n: int, seed: int) -> torch.Tensor:

@@ -29,14 +29,6 @@ def world(make_ppo_world) -> dict:
     return make_ppo_world(64)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cli_args(world, out: Path, **options) -> list[str]:
     base = {
         "policy": world["policy"],
