@@ -111,6 +111,29 @@ def make_ppo_world(tmp_path_factory):
     return build
 
 
+def tiny_ppo_config(world: dict, out: Path, **overrides):
+    """The PPOConfig of a one-step run on `world` (`make_ppo_world`) in about a second,
+    rewarded by `world["fn"]`; `overrides` replace or add options."""
+    from alignloop.train.ppo import PPOConfig
+
+    options = {
+        "policy": str(world["policy"]),
+        "prompts": world["prompts"],
+        "out": out,
+        "reward_fn": world["fn"],
+        "max_new_tokens": 6,
+        "batch_size": 8,
+        "minibatch_size": 4,
+        "ppo_epochs": 1,
+        "lr": 1e-3,
+        "max_steps": 1,
+        "save_every": 0,
+        "sample_every": 0,
+        "mixed_precision": "no",
+    }
+    return PPOConfig(**{**options, **overrides})
+
+
 # --- alignloop in subprocesses -----------------------------------------------------------
 
 BIN = Path(sys.executable).parent

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from tests.train.conftest import tiny_ppo_config as make_config
 
 from alignloop.config import ConfigError
 from alignloop.schema import SchemaError
@@ -45,25 +45,6 @@ ONE_PROCESS = SimpleNamespace(num_processes=1)  # what _rollout_stats asks an ac
 def world(make_ppo_world) -> dict:
     """A tiny random policy, 32 world prompts and a reward-function file."""
     return make_ppo_world(32)
-
-
-def make_config(world, out: Path, **overrides) -> PPOConfig:
-    options = {
-        "policy": str(world["policy"]),
-        "prompts": world["prompts"],
-        "out": out,
-        "reward_fn": world["fn"],
-        "max_new_tokens": 6,
-        "batch_size": 8,
-        "minibatch_size": 4,
-        "ppo_epochs": 1,
-        "lr": 1e-3,
-        "max_steps": 1,
-        "save_every": 0,
-        "sample_every": 0,
-        "mixed_precision": "no",
-    }
-    return PPOConfig(**{**options, **overrides})
 
 
 # --- by hand ---------------------------------------------------------------------------

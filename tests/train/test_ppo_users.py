@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.train.conftest import tiny_ppo_config
 
 from alignloop.config import ConfigError
 from alignloop.personal.conditioning import (
@@ -62,24 +63,11 @@ def personal_rm(two_head_rm, tmp_path_factory) -> Path:
 
 
 def make_config(world, out: Path, rm: Path, **overrides) -> PPOConfig:
-    options = {
-        "policy": str(world["policy"]),
-        "prompts": world["prompts"],
-        "out": out,
-        "reward_model": str(rm),
-        "users": ["anna,ben"],
-        "max_new_tokens": 6,
-        "batch_size": 4,
-        "minibatch_size": 4,
-        "ppo_epochs": 1,
-        "lr": 1e-3,
-        "max_steps": 1,
-        "save_every": 0,
-        "sample_every": 0,
-        "missing_eos_score": None,
-        "mixed_precision": "no",
-    }
-    return PPOConfig(**{**options, **overrides})
+    """The trainer tests' one-step run (`tiny_ppo_config`) for users anna and ben of
+    the reward model `rm`, with no reward function."""
+    options = {"reward_fn": None, "reward_model": str(rm), "users": ["anna,ben"],
+               "batch_size": 4, "missing_eos_score": None}  # fmt: skip
+    return tiny_ppo_config(world, out, **{**options, **overrides})
 
 
 # --- by hand ---------------------------------------------------------------------------
