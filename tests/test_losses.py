@@ -21,6 +21,8 @@ from alignloop.losses import (
     ppo_value_loss,
     rloo_advantages,
     safety_gate,
+    user_weight_penalty,
+    user_weight_spread,
 )
 
 X = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
@@ -166,3 +168,14 @@ def test_combine_heads_and_the_safety_gate_by_hand():
     reward, gated = safety_gate(combined, scores[:, 1], threshold=-1.0)
     assert gated.tolist() == [False, True, False, False]
     assert close(reward, [2.5, -2.0, -1.0, 0.375])
+
+
+def test_the_personal_weight_penalties_by_hand():
+    w = torch.tensor([[1.0, 0.0], [3.0, 2.0]])  # two users, two features; mean (2, 1)
+    # squared norms 1 and 13 -> mean 7; distances from the mean (1, 1) each -> 2 each
+    assert user_weight_penalty(w).item() == pytest.approx(7.0)
+    assert user_weight_spread(w).item() == pytest.approx(2.0)
+    assert user_weight_spread(torch.tensor([[0.5, -1.0]] * 3)).item() == 0.0  # all alike
+    w.requires_grad_(True)
+    user_weight_spread(w).backward()  # d/dw_u of mean_u |w_u - mean|^2 = (w_u - mean)
+    assert torch.allclose(w.grad, torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))

@@ -103,6 +103,15 @@ def user_weight_penalty(user_weights: torch.Tensor) -> torch.Tensor:
     return (user_weights.float() ** 2).sum(-1).mean()
 
 
+def user_weight_spread(user_weights: torch.Tensor) -> torch.Tensor:
+    """Mean over users of the squared distance of their weights (U, D) from the users'
+    mean -> (): a multiple of it shrinks each user toward the panel (a Gaussian prior
+    centered on the mean user), so a user moves away only as far as their own pairs
+    have evidence for, and one who ranks as most do scores as the pooled view."""
+    w = user_weights.float()
+    return ((w - w.mean(0, keepdim=True)) ** 2).sum(-1).mean()
+
+
 # --- log-probabilities -------------------------------------------------------------
 
 

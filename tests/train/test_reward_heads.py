@@ -6,11 +6,11 @@ cannot; saving, scoring and evaluating them through the CLI; the errors."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
+from tests.train.conftest import bt_loss as _bt
 
 from alignloop.cli import main
 from alignloop.io import write_records
@@ -25,11 +25,6 @@ from alignloop.train.reward import (
     tokenize_groups,
 )
 from alignloop.train.reward_config import RewardConfig
-
-
-def _bt(d: float) -> float:
-    """-log sigmoid(d), by hand."""
-    return math.log1p(math.exp(-d))
 
 
 def _pair(prompt, chosen, rejected, *, labeler=None, criterion=None):
@@ -144,6 +139,22 @@ def test_personal_loss_by_hand_each_pair_with_its_labelers_weights(tiny_rm):
     first = (_bt(d[0].item()) + _bt(d[1].item())) / 2
     expected = (first + _bt(d[2].item())) / 2 + 0.1 * penalty
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_personal_shrink_adds_the_labelers_spread_from_their_mean(tiny_rm):
+    module = _personal(tiny_rm)
+    heads = Heads(read="labeler", labelers=("ann", "bob", "cyd"), n_users=2)
+    groups = group_pairs(PERSONAL_PAIRS[:3])
+    tokenize_groups(groups, module.reward_model.tokenizer, 64)
+    batch = collate(groups, pad_id=0, heads=heads)
+    kwargs = {"model": "unused", "data": Path("unused"), "out": Path("unused"), "personal_l2": 0}
+    plain, _ = step_loss(module, batch, heads, RewardConfig(**kwargs),
+                         user_weights=module.labeler_weights)  # fmt: skip
+    shrunk, _ = step_loss(module, batch, heads, RewardConfig(**kwargs, personal_shrink=0.5),
+                          user_weights=module.labeler_weights)  # fmt: skip
+    w = module.labeler_weights.detach()  # (2, 3): each is half their difference from the mean
+    spread = ((w[0] - w[1]) / 2).square().sum().item()
+    assert shrunk.item() - plain.item() == pytest.approx(0.5 * spread, rel=1e-5)
 
 
 def test_a_labeler_not_in_training_is_read_with_the_default_weights(tiny_rm):

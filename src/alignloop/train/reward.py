@@ -41,7 +41,12 @@ from torch import nn
 
 from alignloop.chat import encode, render_text, require_template
 from alignloop.io import read_comparisons
-from alignloop.losses import centering_loss, pairwise_loss, user_weight_penalty
+from alignloop.losses import (
+    centering_loss,
+    pairwise_loss,
+    user_weight_penalty,
+    user_weight_spread,
+)
 from alignloop.models import pad_right, tokenize_keep_end
 from alignloop.schema import Comparison, Conversation, SchemaError
 from alignloop.train.common import (
@@ -906,7 +911,8 @@ def step_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One micro-step's loss and figures: each pair's Bradley-Terry loss on the output
     that reads it (`Heads.columns`), per prompt, and for a personal model
-    `personal_l2` times the mean squared norm of the labelers' weights (U, D)."""
+    `personal_l2` times the mean squared norm of the labelers' weights (U, D) and
+    `personal_shrink` times their mean squared distance from the mean labeler's."""
     rewards = model(*batch.model_inputs()).float()  # (N,) or (N, C)
     loss, stats = batch_loss(
         rewards, batch, use_margin=config.use_margin, center_coef=config.center_coef,
@@ -914,6 +920,8 @@ def step_loss(
     )  # fmt: skip
     if user_weights is not None and config.personal_l2:
         loss = loss + config.personal_l2 * user_weight_penalty(user_weights)
+    if user_weights is not None and config.personal_shrink:
+        loss = loss + config.personal_shrink * user_weight_spread(user_weights)
     return loss, stats
 
 

@@ -38,6 +38,10 @@ class RewardConfig(EpochOptions):
         0.01, "--heads personal: coefficient of the labelers' mean squared weight norm (it "
         "pins the weights' scale; the features take the rest)", at_least=0.0
     )  # fmt: skip
+    personal_shrink: float = option(
+        0.0, "--heads personal: coefficient of the labelers' mean squared distance from the "
+        "mean labeler's weights (shrinks each toward the panel)", at_least=0.0
+    )  # fmt: skip
     labeler: str | None = option(
         None, "train (and evaluate) on this labeler's pairs only: the per-labeler baseline"
     )
