@@ -6,6 +6,7 @@ policy with world prompts, and `alignloop` run in subprocesses as users run it
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -19,6 +20,12 @@ import pytest
 
 from alignloop.io import write_records
 from alignloop.schema import Comparison
+
+
+def bt_loss(d: float) -> float:
+    """-log sigmoid(d), by hand: the Bradley-Terry loss of a pair whose chosen text
+    scores d above the rejected one."""
+    return math.log1p(math.exp(-d))
 
 
 def easy_pairs(n_prompts: int, seed: int, *, id_prefix: str) -> list[Comparison]:

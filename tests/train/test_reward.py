@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.train.conftest import bt_loss as _bt
 
 from alignloop.schema import Comparison, join_text
 from alignloop.train.reward import (
@@ -25,11 +26,6 @@ from alignloop.train.reward import (
     train_reward_model,
 )
 from alignloop.train.reward_config import RewardConfig
-
-
-def _bt(d: float) -> float:
-    """-log sigmoid(d), by hand."""
-    return math.log1p(math.exp(-d))
 
 
 def _config(model: Path, data: dict[str, Path], out: Path, **kw) -> RewardConfig:
