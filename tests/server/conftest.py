@@ -52,27 +52,40 @@ def _pg_unavailable() -> str | None:
         )
 
 
-@pytest.fixture(scope="session")
-def pg_database():
-    """A PostgreSQL database of this test run, migrated; dropped at the end."""
+def _create_pg_database(prefix: str) -> tuple[str, str]:
+    """A new empty database on the test PostgreSQL server, named `prefix`, this
+    process and a random suffix: (its name, its URL). Skips the test, saying why, when
+    PostgreSQL does not answer."""
     reason = _pg_unavailable()
     if reason:
         pytest.skip(reason)
     import psycopg
     from sqlalchemy.engine import make_url
 
-    name = f"alignloop_test_{os.getpid()}_{secrets.token_hex(4)}"
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
     with psycopg.connect(pg_server_url(), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(pg_server_url()).set(database=name).render_as_string(hide_password=False)
+    return name, make_url(pg_server_url()).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_pg_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_server_url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_database():
+    """A PostgreSQL database of this test run, migrated; dropped at the end."""
+    name, url = _create_pg_database("alignloop_test")
     db = Database(url)
     upgrade(db)
     try:
         yield db
     finally:
         db.dispose()
-        with psycopg.connect(pg_server_url(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop_pg_database(name)
 
 
 @pytest.fixture
@@ -87,16 +100,7 @@ def bare_database(tmp_path):
             database = Database(f"sqlite:///{tmp_path / f'bare-{len(made)}.db'}")
             made.append((database, None))
             return database
-        reason = _pg_unavailable()
-        if reason:
-            pytest.skip(reason)
-        import psycopg
-        from sqlalchemy.engine import make_url
-
-        name = f"alignloop_bare_{os.getpid()}_{secrets.token_hex(4)}"
-        with psycopg.connect(pg_server_url(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        url = make_url(pg_server_url()).set(database=name).render_as_string(hide_password=False)
+        name, url = _create_pg_database("alignloop_bare")
         database = Database(url)
         made.append((database, name))
         return database
@@ -105,10 +109,7 @@ def bare_database(tmp_path):
     for database, name in made:
         database.dispose()
         if name is not None:
-            import psycopg
-
-            with psycopg.connect(pg_server_url(), autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            _drop_pg_database(name)
 
 
 def _empty(db: Database) -> None:
