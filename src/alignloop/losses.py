@@ -105,11 +105,14 @@ def user_weight_penalty(user_weights: torch.Tensor) -> torch.Tensor:
 
 def user_weight_spread(user_weights: torch.Tensor) -> torch.Tensor:
     """Mean over users of the squared distance of their weights (U, D) from the users'
-    mean -> (): a multiple of it shrinks each user toward the panel (a Gaussian prior
-    centered on the mean user), so a user moves away only as far as their own pairs
-    have evidence for, and one who ranks as most do scores as the pooled view."""
+    mean, relative to the mean's squared norm -> (): a multiple of it shrinks each user
+    toward the panel (a Gaussian prior centered on the mean user), so a user moves away
+    only as far as their own pairs have evidence for, and one who ranks as most do
+    scores as the pooled view. Relative, because w . f is the same for c * w and f / c:
+    an absolute spread would be undone by larger features and smaller weights."""
     w = user_weights.float()
-    return ((w - w.mean(0, keepdim=True)) ** 2).sum(-1).mean()
+    mean = w.mean(0, keepdim=True)  # (1, D)
+    return ((w - mean) ** 2).sum(-1).mean() / (mean**2).sum().clamp(min=1e-8)
 
 
 # --- log-probabilities -------------------------------------------------------------

@@ -96,3 +96,26 @@ def test_the_first_non_finite_loss_is_kept_with_its_step():
     for step, loss in enumerate([1.0, 2.0, float("inf"), float("nan"), 3.0]):
         watch.see(torch.tensor(loss), step)
     assert watch.loss.item() == float("inf") and watch.step.item() == 2
+
+
+def test_parameters_with_their_own_lr_get_a_group_that_the_schedule_scales_alike():
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from alignloop.train.common import prepare_training
+
+    model = torch.nn.Linear(3, 2)
+    config = SimpleNamespace(lr=1e-3, weight_decay=0.1, scheduler="linear", warmup_ratio=0.0,
+                             epochs=1, batch_size=4, grad_accum=1, max_steps=None)  # fmt: skip
+    _, opt, scheduler, total = prepare_training(
+        Accelerator(cpu=True), config, model, 8, own_lr={model.bias: 0.5}
+    )
+    main, own = opt.param_groups
+    assert [p is model.weight for p in main["params"]] == [True]
+    assert own["params"][0] is model.bias and own["weight_decay"] == 0.0
+    assert (main["lr"], own["lr"], main["weight_decay"]) == (1e-3, 0.5, 0.1)
+    opt.step()
+    scheduler.step()  # linear decay over the 2 steps: both halve
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4) and total == 2
+    assert opt.param_groups[1]["lr"] == pytest.approx(0.25)

@@ -153,7 +153,7 @@ def test_personal_shrink_adds_the_labelers_spread_from_their_mean(tiny_rm):
     shrunk, _ = step_loss(module, batch, heads, RewardConfig(**kwargs, personal_shrink=0.5),
                           user_weights=module.labeler_weights)  # fmt: skip
     w = module.labeler_weights.detach()  # (2, 3): each is half their difference from the mean
-    spread = ((w[0] - w[1]) / 2).square().sum().item()
+    spread = ((w[0] - w[1]) / 2).square().sum().item() / w.mean(0).square().sum().item()
     assert shrunk.item() - plain.item() == pytest.approx(0.5 * spread, rel=1e-5)
 
 

@@ -24,7 +24,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -337,15 +337,26 @@ def start_accelerator(config) -> tuple[Any, Any]:
 
 
 def prepare_training(
-    accelerator, config, model, n_items: int, *, optimizer: Callable[..., Any] = adamw
+    accelerator,
+    config,
+    model,
+    n_items: int,
+    *,
+    optimizer: Callable[..., Any] = adamw,
+    own_lr: Mapping[torch.nn.Parameter, float] | None = None,
 ) -> tuple[Any, ...]:
     """`optimizer` (AdamW: `adamw`, or torch's) over the model's trainable parameters
-    at `config.lr` and `config.weight_decay`; the optimizer steps in all (`count_steps`
-    over `n_items`) and the scheduler over them; the model, optimizer and scheduler
-    prepared together, so that the scheduler steps once per optimizer step.
-    Returns (model, optimizer, scheduler, total_steps)."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = optimizer(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    at `config.lr` and `config.weight_decay` (those of `own_lr` at their own learning
+    rate, without weight decay, in a group of their own that the schedule scales
+    alike); the optimizer steps in all (`count_steps` over `n_items`) and the scheduler
+    over them; the model, optimizer and scheduler prepared together, so that the
+    scheduler steps once per optimizer step. Returns (model, optimizer, scheduler,
+    total_steps)."""
+    own_lr = own_lr or {}
+    trainable = [p for p in model.parameters() if p.requires_grad and p not in own_lr]
+    groups = [{"params": trainable}]
+    groups += [{"params": [p], "lr": lr, "weight_decay": 0.0} for p, lr in own_lr.items()]
+    opt = optimizer(groups, lr=config.lr, weight_decay=config.weight_decay)
     total_steps = count_steps(n_items, config, accelerator.num_processes)
     scheduler = make_scheduler(config, opt, total_steps)
     model, opt, scheduler = accelerator.prepare(model, opt, scheduler)

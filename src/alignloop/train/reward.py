@@ -864,8 +864,9 @@ def train_reward_model(config: RewardConfig) -> dict:
     if config.heads == "personal":
         module = PersonalRewardModel(reward_model, heads.n_users, seed=config.seed)
         user_weights = module.labeler_weights  # (U, D), the same parameter once prepared
+    own_lr = {user_weights: config.personal_lr} if user_weights is not None else None
     model, optimizer, scheduler, total_steps = prepare_training(
-        accelerator, config, module, len(train)
+        accelerator, config, module, len(train), own_lr=own_lr
     )
     checkpoints, log, state = start_run(accelerator, config, "alignloop-rm", console)
 

@@ -38,6 +38,11 @@ class RewardConfig(EpochOptions):
         0.01, "--heads personal: coefficient of the labelers' mean squared weight norm (it "
         "pins the weights' scale; the features take the rest)", at_least=0.0
     )  # fmt: skip
+    personal_lr: float = option(
+        1e-2, "--heads personal: learning rate of the labelers' weights (Adam moves each "
+        "weight about lr a step: at the backbone's they would stay near where they "
+        "started)", at_least=0.0
+    )  # fmt: skip
     personal_shrink: float = option(
         0.0, "--heads personal: coefficient of the labelers' mean squared distance from the "
         "mean labeler's weights (shrinks each toward the panel)", at_least=0.0
