@@ -86,6 +86,11 @@ class DemoConfig:
         "previous", "each round's reward model starts from the last round's or from the SFT policy"
     )
     ppo_steps: int = option(100, "PPO steps of each round", at_least=1)
+    personal: bool = option(
+        False, "the personal demo instead (loop/personal.py): a panel of strong tastes, "
+        "personal reward models, a new user from 20 comparisons, a LoRA policy per "
+        "labeler, two criteria and the safety gate (about 20 minutes on 2 CPU cores)"
+    )  # fmt: skip
     # data
     n_train: int = 2000  # training documents: SFT targets and PPO prompts
     n_eval: int = 200  # held-out documents, never trained on
@@ -109,6 +114,15 @@ class DemoConfig:
     reward_target: float | None = None  # stop early once the reward reaches this
     # evaluation
     eval_k: int = 4  # samples per held-out document and policy
+    # the personal demo (`personal`)
+    personal_features: int = 8  # D: reward features of the personal reward model
+    personal_lora_r: int = 8  # rank of each labeler's LoRA adapter
+    personal_lr: float = 1e-3  # PPO's learning rate for the adapters
+    new_user_comparisons: int = 20  # comparisons the new user's weights are fit from
+    safety_threshold: float = 0.0  # the safety gate's, on the harmlessness head
+    # the one policy conditioned on the strong-taste labelers reads each as one of these
+    # words (the world's tokenizer knows them; an unknown name would be <unk> for all)
+    conditioning_keys: tuple[str, ...] = ("anna", "ben")
     # the demo's tiny models gain little from more threads, and on a busy CPU
     # multi-threaded torch slows down many times over
     threads: int | None = option(1, "torch CPU threads (none: torch's own default)")
@@ -294,10 +308,11 @@ def toxicity_reduction(before: float, after: float, n_after: int) -> float | Non
     return before / max(after, 1.0 / max(n_after, 1))
 
 
-def _targets(metrics: dict) -> dict[str, dict]:
-    """Each target of the demo, the figure reached and whether it is met."""
+def _targets(metrics: dict, targets: dict | None = None) -> dict[str, dict]:
+    """Each target of the demo (`TARGETS` unless given), the figure reached and
+    whether it is met."""
     out = {}
-    for name, (op, bound) in TARGETS.items():
+    for name, (op, bound) in (TARGETS if targets is None else targets).items():
         value = metrics.get(name)
         met = value is not None and (value >= bound if op == ">=" else value <= bound)
         out[name] = {"target": f"{op} {bound}", "value": value, "met": met}
@@ -503,9 +518,12 @@ def _ppo(run: DemoRun) -> str:
             f"{run.ppo['stop_reason']}")  # fmt: skip
 
 
-def _sample_held_out(run: DemoRun, model, tokenizer, name: str) -> list[Completion]:
+def _sample_held_out(
+    run: DemoRun, model, tokenizer, name: str, prefix: str | None = None
+) -> list[Completion]:
     """`eval_k` samples of every held-out document from one policy, with a progress
-    bar; both policies sample from the same seed."""
+    bar; every policy samples from the same seed. `prefix`: a user's, for a policy
+    conditioned on users (`generate_completions`)."""
     import torch
 
     from alignloop.generate import generate_completions
@@ -518,7 +536,7 @@ def _sample_held_out(run: DemoRun, model, tokenizer, name: str) -> list[Completi
         return generate_completions(
             model, tokenizer, run.eval_prompts, k=cfg.eval_k, temperature=cfg.temperature,
             max_new_tokens=cfg.max_new_tokens, batch_size=64, policy_name=name,
-            progress=lambda n: bar.update(task, advance=n),
+            progress=lambda n: bar.update(task, advance=n), prefix=prefix,
         )  # fmt: skip
 
 
@@ -794,8 +812,18 @@ ROUND_STAGES = (
 def run_demo(config: DemoConfig) -> dict:
     """Run one round of the loop on the built-in world, `STAGES` in order; returns
     the metrics that are also written to `metrics.json` (and shown in `report.html`)."""
+    if config.personal and config.rounds > 1:
+        from alignloop.config import ConfigError
+
+        raise ConfigError("--personal runs one round of its own; leave out --rounds")
     run = _begin(config)
     stages = STAGES if run.cfg.rounds == 1 else ROUND_STAGES
+    if run.cfg.personal:
+        from alignloop.loop.personal import PERSONAL_STAGES, PersonalRun
+
+        run = PersonalRun(**{f.name: getattr(run, f.name) for f in dataclasses.fields(run)
+                             if f.init})  # fmt: skip
+        stages = PERSONAL_STAGES
     for number, (title, step, seconds_key, spinner) in enumerate(stages, start=1):
         with stage(f"{number}. {title}", spinner=spinner) as s:
             s["summary"] = step(run)
