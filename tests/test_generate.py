@@ -201,6 +201,48 @@ def test_decode_matches_a_full_forward_pass(model, tokenizer):
     assert torch.allclose(full, cached, atol=1e-4)
 
 
+def test_sample_keeps_the_log_probabilities_a_full_pass_computes(model, tokenizer, monkeypatch):
+    """Issue 17: sample(logprobs=True) draws the same tokens as without and keeps each
+    token's log-probability and entropy at softmax(logits / T) as PPO's forward pass
+    over prompt + response computes them (`models.response_logits`), to 1e-5 (9.5e-7
+    measured at most); 0 after a response's stop, where rows stop at different steps.
+    transformers' `generate` keeps none."""
+    from alignloop.losses import entropy_from_logits, logprobs_from_logits
+    from alignloop.models import ResponseBatch, response_logits
+
+    ids, mask = _ragged_prompts(tokenizer)
+    rows = [r[m.bool()].tolist() for r, m in zip(ids, mask, strict=True)]
+    torch.manual_seed(0)
+    free = sample(model, tokenizer, rows, k=2, temperature=0.7, max_new_tokens=10, stop_ids=[EOS])
+    stops = free.response_ids[:4, 2].tolist()  # rows 0-3 stop by their third token
+    got = {}
+    for keep in (False, True):
+        torch.manual_seed(0)
+        got[keep] = sample(model, tokenizer, rows, k=2, temperature=0.7, max_new_tokens=10,
+                           stop_ids=stops, logprobs=keep)  # fmt: skip
+    kept = got[True]
+    assert got[False].logprobs is None and got[False].entropy is None
+    assert torch.equal(kept.response_ids, got[False].response_ids)
+    on = kept.response_mask.bool()  # (N, R)
+    assert len(set(on.sum(1).tolist())) > 1 and not on.all()  # padding after some stops
+    batch = ResponseBatch(kept.query_ids, kept.query_mask, kept.response_ids, kept.response_mask)
+    with torch.inference_mode():
+        logits, _ = response_logits(model, batch, 0.7)  # (N, R, V) / T
+        at_one, _ = response_logits(model, batch, 1.0)
+    full = logprobs_from_logits(logits, kept.response_ids)  # (N, R)
+    full_at_one = logprobs_from_logits(at_one, kept.response_ids)
+    torch.testing.assert_close(kept.logprobs[on], full[on], atol=1e-5, rtol=0)
+    torch.testing.assert_close(kept.entropy[on], entropy_from_logits(logits)[on], atol=1e-5, rtol=0)
+    assert not kept.logprobs[~on].any() and not kept.entropy[~on].any()
+    # at the sampling temperature, not at 1
+    assert not torch.allclose(kept.logprobs[on], full_at_one[on])
+
+    monkeypatch.setattr(gen, "_has_standard_cache", lambda m: False)
+    torch.manual_seed(0)
+    s = sample(model, tokenizer, rows, temperature=0.7, max_new_tokens=4, logprobs=True)
+    assert s.logprobs is None and s.entropy is None
+
+
 def test_decode_uses_the_supported_cache_argument(model, tokenizer):
     """The cache goes in under the name transformers 5.24+ supports (`cache=`, not
     the deprecated `past_key_values`): no deprecation warning, on the model alone and

@@ -15,7 +15,12 @@ on the samples is sound:
   computes are those of the tokens' true sampling distribution (Huang et al. 2024,
   "The N+ Implementation Details of RLHF with PPO");
 - a response ends at its first EOS, which it keeps; whatever follows is padding,
-  masked out (`truncate_after_eos`).
+  masked out (`truncate_after_eos`);
+- asked to (`sample(logprobs=True)`), the KV-cached loop keeps each sampled token's
+  log-probability and each step's entropy at softmax(logits / T), computed as PPO's
+  forward pass computes them from the logits (`record`): PPO's rollout can take them
+  for its old log-probabilities instead of a second policy pass (issue 17;
+  `train.ppo.reuses_sampler_logprobs` says where it does).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ __all__ = [
     "draw",
     "generate_completions",
     "generate_file",
+    "record",
     "sample",
     "sampling_config",
     "stop_token_ids",
@@ -56,6 +62,9 @@ class Samples:
     has_eos: torch.Tensor  # (N,) bool: the response ended with EOS within max_new_tokens
     prompt_index: torch.Tensor  # (N,) index of the prompt each row continues
     completions: list[str]  # N decoded responses, EOS and special tokens dropped
+    # With sample(logprobs=True) on the KV-cached loop, else None; 0 after the response:
+    logprobs: torch.Tensor | None = None  # (N, R) float32 log pi(token) at logits / T
+    entropy: torch.Tensor | None = None  # (N, R) float32 entropy of softmax(logits / T)
 
 
 def stop_token_ids(model, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -133,6 +142,30 @@ def draw(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.where(zero, probs.argmax(dim=-1, keepdim=True), token)
 
 
+def record(
+    pick: Callable[[torch.Tensor], torch.Tensor], temperature: float
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """`pick` that also keeps, at each step, the picked token's log-probability and the
+    entropy at softmax(logits / T), each (N,) float32: (pick, logprobs, entropies).
+
+    The same functions on the same float32 logits / T as PPO's forward pass
+    (`models.response_logits`, `losses.logprobs_from_logits`, `entropy_from_logits`),
+    so the two differ only by what the cache changes in the logits themselves."""
+    from alignloop.losses import entropy_from_logits, logprobs_from_logits
+
+    logprobs: list[torch.Tensor] = []
+    entropies: list[torch.Tensor] = []
+
+    def recording(logits: torch.Tensor) -> torch.Tensor:
+        token = pick(logits)  # (N, 1)
+        scaled = logits.float()[:, None] / temperature  # (N, 1, V)
+        logprobs.append(logprobs_from_logits(scaled, token)[:, 0])  # (N,)
+        entropies.append(entropy_from_logits(scaled)[:, 0])  # (N,)
+        return token
+
+    return recording, logprobs, entropies
+
+
 def decode(
     policy,
     query_ids: torch.Tensor,
@@ -205,10 +238,14 @@ def sample(
     max_new_tokens: int = 64,
     max_prompt_length: int | None = None,
     stop_ids: Sequence[int] | None = None,
+    logprobs: bool = False,
 ) -> Samples:
     """`k` sampled responses to each prompt (token ids, or texts tokenized here).
 
-    Texts longer than `max_prompt_length` tokens lose their start, with a warning."""
+    Texts longer than `max_prompt_length` tokens lose their start, with a warning.
+    `logprobs`: keep each token's log-probability and entropy as sampled
+    (`Samples.logprobs`, `.entropy`), on the KV-cached loop only (None on
+    transformers' `generate`); the tokens drawn are the same either way."""
     if not len(prompts):
         raise ValueError("no prompts to sample from")
     if isinstance(prompts[0], str):
@@ -229,10 +266,14 @@ def sample(
     prompt_index = torch.arange(len(rows)).repeat_interleave(k)  # (N,)
     query_ids, query_mask = query_ids[prompt_index].to(device), query_mask[prompt_index].to(device)
 
+    kept = None  # (log-probabilities, entropies) of the steps, with `logprobs`
     if _has_standard_cache(policy):
+        pick = lambda logits: draw(logits, temperature)  # noqa: E731
+        if logprobs:
+            pick, *kept = record(pick, temperature)
         new_tokens = decode(
             policy, query_ids, query_mask, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-            pad_id=pad_id, pick=lambda logits: draw(logits, temperature),
+            pad_id=pad_id, pick=pick,
         )  # fmt: skip
     else:
         config = sampling_config(
@@ -251,6 +292,9 @@ def sample(
             hf.generation_config = saved
         new_tokens = out[:, query_ids.shape[1] :]
     response_ids, response_mask, has_eos = truncate_after_eos(new_tokens, stop_ids, pad_id)
+    token_logprobs = token_entropy = None
+    if kept is not None:  # 0 where a row had stopped: the steps after drew tokens it drops
+        token_logprobs, token_entropy = (torch.stack(steps, 1) * response_mask for steps in kept)
     return Samples(
         query_ids=query_ids,
         query_mask=query_mask,
@@ -259,6 +303,8 @@ def sample(
         has_eos=has_eos,
         prompt_index=prompt_index.to(device),
         completions=decode_responses(tokenizer, response_ids, response_mask, has_eos),
+        logprobs=token_logprobs,  # (N, R)
+        entropy=token_entropy,  # (N, R)
     )
 
 
