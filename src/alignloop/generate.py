@@ -20,7 +20,7 @@ on the samples is sound:
   log-probability and each step's entropy at softmax(logits / T), computed as PPO's
   forward pass computes them from the logits (`record`): PPO's rollout can take them
   for its old log-probabilities instead of a second policy pass (issue 17;
-  `train.ppo.reuses_sampler_logprobs` says where it does).
+  `train.ppo.recompute_reason` says where it does not).
 """
 
 from __future__ import annotations

@@ -283,6 +283,108 @@ def test_trimmed_minibatch_computes_what_the_full_width_one_does(tmp_path, world
     assert 0 <= stats["pad_share_update"] <= full_share["pad_share_rollout"] < 1
 
 
+@pytest.mark.parametrize("advantage", ["gae", "rloo"])
+def test_rollout_takes_the_samplers_logprobs_without_a_policy_pass(tmp_path, world, advantage):
+    """Issue 17: with the sampler's log-probabilities the rollout runs no full policy
+    pass (the cached sampling steps only; a separate critic's, the reference's as
+    before), draws the same episodes, and its old log-probabilities and entropies are
+    the pass's to 1e-5 (9.5e-7 measured at most), so the first epoch's ratio is 1 to
+    1e-5; the reference's log-probabilities, the values and the scores are the same bit
+    for bit, the KL moves by the difference."""
+    extra = {"advantage": "rloo", "samples_per_prompt": 2} if advantage == "rloo" else {}
+    config = make_config(world, tmp_path, **extra)
+    policy, critic, reference, tokenizer, rows, texts, score_fn = _pieces(config)
+    full_passes = []  # one entry per call of the policy: True for a pass without the cache
+    policy.register_forward_pre_hook(
+        lambda m, args, kwargs: full_passes.append("cache" not in kwargs), with_kwargs=True
+    )
+    got, passes = {}, {}
+    for reuse in (False, True):
+        full_passes.clear()
+        torch.manual_seed(0)
+        got[reuse], _ = make_rollout(policy, critic, reference, tokenizer, rows, texts, score_fn,
+                                     0.05, config, sampler_logprobs=reuse)  # fmt: skip
+        passes[reuse] = sum(full_passes)
+    chunks = config.batch_size * config.samples_per_prompt // config.minibatch_size
+    assert passes == {False: chunks, True: 0} and chunks > 1  # a pass per micro-batch, or none
+    pass_, sampler = got[False], got[True]
+    for name in ("response_ids", "response_mask", "ref_logprobs", "values", "scores"):
+        assert torch.equal(getattr(sampler, name), getattr(pass_, name)), name
+    on = sampler.response_mask.bool()
+    for name in ("logprobs", "entropy", "kl"):
+        torch.testing.assert_close(getattr(sampler, name)[on], getattr(pass_, name)[on],
+                                   atol=1e-5, rtol=0, msg=name)  # fmt: skip
+    assert not sampler.logprobs[~on].any() and not sampler.entropy[~on].any()
+    policy.train()  # the update's pass (no dropout): its ratio to the old log-probs
+    with torch.no_grad():
+        logits, _ = forward(policy, None, sampler.tokens, config.temperature, values=False)
+    from alignloop.losses import logprobs_from_logits
+
+    ratio = (logprobs_from_logits(logits, sampler.response_ids) - sampler.logprobs).exp()[on]
+    torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-5, rtol=0)
+
+
+def test_recompute_reason_says_where_the_rollout_runs_the_policy_pass(tmp_path, world,
+                                                                       monkeypatch):  # fmt: skip
+    """--recompute-logprobs auto takes the sampler's log-probabilities in float32 on CPU
+    without mixed precision (a separate critic, RLOO, LoRA: measured equal there); it
+    runs the pass with --critic policy-head (its values come from it), under mixed
+    precision, for weights in another dtype or on another device, and for a policy that
+    samples through transformers' generate. always: the pass; never: the sampler's even
+    where auto would not take them, an error where there are none."""
+    import copy
+
+    from rich.console import Console
+
+    from alignloop import generate
+    from alignloop.train.ppo import recompute_reason
+
+    def reason(precision="no", policy=None, **options):
+        config = make_config(world, tmp_path, **options)
+        torch.manual_seed(0)
+        built, *_ = build_models(config, Console(quiet=True))
+        return recompute_reason(config, built if policy is None else policy, precision)
+
+    rloo = {"advantage": "rloo", "samples_per_prompt": 2}
+    assert reason() is None
+    assert reason(**rloo) is None
+    assert reason(lora_r=4) is None
+    assert reason(recompute_logprobs="always") == "--recompute-logprobs always"
+    assert "--critic policy-head" in reason(critic="policy-head")
+    assert reason(critic="policy-head", **rloo) is None  # RLOO has no critic at all
+    assert reason("bf16").startswith("--mixed-precision bf16: the pass runs under autocast")
+    assert reason("bf16", recompute_logprobs="never") is None
+    assert "weights are bfloat16" in reason(dtype="bfloat16")
+    policy, *_ = build_models(make_config(world, tmp_path), Console(quiet=True))
+    assert "the policy is on meta" in reason(policy=copy.deepcopy(policy).to("meta"))
+
+    monkeypatch.setattr(generate, "_has_standard_cache", lambda m: False)
+    assert "through transformers' generate" in reason()
+    with pytest.raises(ConfigError, match=r"^--recompute-logprobs never: .* samples through "
+                                          r"transformers' generate"):  # fmt: skip
+        reason(recompute_logprobs="never")
+
+
+def test_a_run_takes_the_samplers_logprobs_where_auto_finds_them(tmp_path, world, capsys):
+    """train_ppo with auto (float32, CPU) leaves the policy pass out and says so; its
+    step is the pass's (always) but for roundoff: the same episodes and scores, the KL,
+    entropy and losses within 1e-5."""
+    steps = {}
+    for mode in ("always", "auto"):
+        train_ppo(make_config(world, tmp_path / mode, recompute_logprobs=mode))
+        err = capsys.readouterr().err
+        said = "the sampler's" if mode == "auto" else "a policy pass after sampling (--recompute"
+        assert f"old log-probabilities: {said}" in err, err
+        lines = (tmp_path / mode / "metrics.jsonl").read_text().splitlines()
+        steps[mode] = json.loads(lines[0])
+    always, auto = steps["always"], steps["auto"]
+    for key in ("ppo/reward_mean", "ppo/response_length", "ppo/no_eos_frac", "ppo/value_mean"):
+        assert auto[key] == always[key], key
+    assert always["ppo/kl"] == 0  # the policy is the reference: the same pass, bit for bit
+    for key in ("ppo/kl", "ppo/entropy", "ppo/pg_loss", "ppo/v_loss", "ppo/approx_kl"):
+        assert auto[key] == pytest.approx(always[key], abs=1e-5), key
+
+
 def test_rloo_has_no_critic_and_a_leave_one_out_baseline(tmp_path, world):
     """--advantage rloo: no value model or head; every token of a response carries its
     return (score - beta * KL) minus the mean return of the other responses to the
@@ -539,6 +641,11 @@ def test_config_errors(tmp_path, world):
         make_config(world, tmp_path, reward_fn="nocolon")
     with pytest.raises(ConfigError, match="temperature"):
         make_config(world, tmp_path, temperature=0.0)
+    with pytest.raises(ConfigError, match=r"^--recompute-logprobs 'sometimes': expected one "
+                                          "of auto, always, never"):  # fmt: skip
+        make_config(world, tmp_path, recompute_logprobs="sometimes")
+    with pytest.raises(ConfigError, match=r"^--recompute-logprobs never: --critic policy-head"):
+        make_config(world, tmp_path, recompute_logprobs="never", critic="policy-head")
 
 
 def _parse(argv: list[str]) -> PPOConfig:

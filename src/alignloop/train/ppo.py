@@ -4,12 +4,18 @@ One step, top to bottom (Ouyang et al. 2022; Stiennon et al. 2020; the details f
 Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO"):
 
     samples = sample(policy, prompts, k)            # T-scaled sampling, cut at EOS
-    logprobs, values = forward(policy, critic)      # (B, T), logits / T, as sampled
+    logprobs = samples.logprobs, or forward(policy) # (B, T), logits / T, as sampled
+    values = forward(critic)                        # (B, T) V(s_t)
     ref_logprobs = forward(reference)               # frozen copy, or LoRA adapter off
     scores = reward model + reward fn (B,)          # texts decoded, re-encoded for the RM
     rewards = -beta * KL_t, + score at the last token  # compute_rewards
     advantages, returns = gae(rewards, values)      # gamma 1, lambda 0.95, whitened
     ppo_update: epochs x shuffled minibatches of clipped policy + value losses
+
+The old log-probabilities are the sampler's own (it keeps them as it samples, at
+logits / T) where they were measured equal to a policy pass over the rollout within
+1e-6, and the pass is left out; elsewhere a pass after sampling computes them
+(--recompute-logprobs; `recompute_reason` says where and why: issue 17).
 
 Where the score sits is a choice: here at the last response token (the EOS, or the
 last token of a response cut at --max-new-tokens), the action that earns it; TRL and
@@ -116,6 +122,7 @@ __all__ = [
     "main",
     "make_rollout",
     "ppo_update",
+    "recompute_reason",
     "reward_combination",
     "train_ppo",
 ]
@@ -206,10 +213,15 @@ def forward(policy, critic, batch: ResponseBatch, temperature: float, *, values:
 
     logits, v = response_logits(policy, batch, temperature, value_head=values and critic is None)
     if values and critic is not None:
-        inputs = batch.model_inputs()
-        v = critic(inputs["input_ids"], inputs["attention_mask"])  # (B, Q + T)
-        v = v[:, batch.query_ids.shape[1] - 1 : -1].float()  # (B, T) V(s_t), before a_t
+        v = critic_values(critic, batch)  # (B, T)
     return logits, v
+
+
+def critic_values(critic, batch: ResponseBatch) -> torch.Tensor:
+    """A separate critic's V(s_t) of each response token's state, before a_t: (B, T)."""
+    inputs = batch.model_inputs()
+    v = critic(inputs["input_ids"], inputs["attention_mask"])  # (B, Q + T)
+    return v[:, batch.query_ids.shape[1] - 1 : -1].float()  # (B, T)
 
 
 def compute_rewards(
@@ -261,6 +273,7 @@ def make_rollout(
     config: PPOConfig,
     autocast=contextlib.nullcontext,
     users: Sequence[str] | None = None,
+    sampler_logprobs: bool = False,
 ) -> tuple[Rollout, dict[str, torch.Tensor]]:
     """Sample, score and evaluate one batch; returns the rollout and the score
     function's answer: the raw parts {"reward_model": (B,), "reward_fn": (B,)} (checked
@@ -270,7 +283,11 @@ def make_rollout(
     `users` (--users): each prompt's user; `prompt_rows` are then the prompts as the
     policy reads them, after their user's prefix (`conditioned_prompt`), `prompt_texts`
     as the reward model reads them, without it, and `score_fn` is given each
-    episode's user (`users=`)."""
+    episode's user (`users=`).
+
+    `sampler_logprobs`: the old log-probabilities and entropies are the sampler's,
+    kept as it sampled, and the policy's pass after sampling is left out (where
+    `recompute_reason` finds none); else that pass computes them."""
     from alignloop.generate import sample
     from alignloop.models import ResponseBatch
 
@@ -285,6 +302,7 @@ def make_rollout(
         k=config.samples_per_prompt,
         temperature=config.temperature,
         max_new_tokens=config.max_new_tokens,
+        logprobs=sampler_logprobs,
     )
     T = int(s.response_mask.sum(1).max())
     tokens = ResponseBatch(
@@ -294,8 +312,13 @@ def make_rollout(
         response_mask=s.response_mask[:, :T].float(),
     )
     mask = tokens.response_mask  # (B, T)
+    sampled = None
+    if sampler_logprobs:
+        if s.logprobs is None:
+            raise ValueError("the sampler kept no log-probabilities (transformers' generate)")
+        sampled = (s.logprobs[:, :T], s.entropy[:, :T])  # (B, T) each, 0 on padding
     logprobs, ref_logprobs, values, entropy = _token_passes(
-        policy, critic, reference, tokens, config, autocast
+        policy, critic, reference, tokens, config, autocast, sampled
     )
 
     prompts = [prompt_texts[i] for i in s.prompt_index.tolist()]  # texts or conversations
@@ -344,10 +367,14 @@ def conditioned_prompt(config: PPOConfig, prompt, user: str):
     return with_user_prefix(prompt, user_prefix(config.user_prefix, config.conditioning[user]))
 
 
-def _token_passes(policy, critic, reference: Reference, tokens: ResponseBatch, config, autocast):
+def _token_passes(
+    policy, critic, reference: Reference, tokens: ResponseBatch, config, autocast, sampled=None
+):
     """The rollout's inference passes, micro-batch by micro-batch: (logprobs,
     ref_logprobs, values, entropy), each (B, T); values and entropy 0 on padding,
-    values 0 everywhere without a critic (RLOO)."""
+    values 0 everywhere without a critic (RLOO). `sampled`: the sampler's (logprobs,
+    entropy), each (B, T), taken for the policy's, whose pass is then left out (a
+    separate critic or none: `recompute_reason`)."""
     from alignloop.models import ResponseBatch
 
     with_values = config.advantage == "gae"  # RLOO: no critic, no values
@@ -359,9 +386,14 @@ def _token_passes(policy, critic, reference: Reference, tokens: ResponseBatch, c
             batch = ResponseBatch(
                 tokens.query_ids[idx], tokens.query_mask[idx], tokens.response_ids[idx], mask[idx]
             )
-            logits, values = forward(policy, critic, batch, config.temperature, values=with_values)
-            logprobs = logprobs_from_logits(logits, batch.response_ids)  # (b, T)
-            entropy = entropy_from_logits(logits)  # (b, T)
+            if sampled is None:
+                logits, values = forward(policy, critic, batch, config.temperature,
+                                         values=with_values)  # fmt: skip
+                logprobs = logprobs_from_logits(logits, batch.response_ids)  # (b, T)
+                entropy = entropy_from_logits(logits)  # (b, T)
+            else:
+                logprobs, entropy = sampled[0][idx], sampled[1][idx]  # (b, T) each
+                values = critic_values(critic, batch) if with_values else None  # (b, T)
             ref_logprobs = reference.logprobs(batch, config.temperature)  # (b, T)
             parts.append((logprobs, ref_logprobs, values, entropy))
     # Out of inference mode from here: these tensors take part in autograd later.
@@ -370,6 +402,57 @@ def _token_passes(policy, critic, reference: Reference, tokens: ResponseBatch, c
         for p in zip(*parts, strict=True)
     )
     return logprobs, ref_logprobs, values * mask, entropy * mask
+
+
+def recompute_reason(config: PPOConfig, policy, mixed_precision: str) -> str | None:
+    """Why the rollout runs a policy pass after sampling for its old log-probabilities,
+    or None where it takes the sampler's (`make_rollout(sampler_logprobs=True)`; issue
+    17). `policy`: the rollout's (bare) policy; `mixed_precision`: the accelerator's
+    ("no", "bf16", "fp16"). With --recompute-logprobs never, an error where the
+    sampler keeps none or the pass runs anyway, else None.
+
+    Measured (tiny Llamas of hidden 64 and 256, 2 and 4 layers, 16 prompts x 16 tokens,
+    Intel Xeon): in float32 on CPU the sampler's log-probabilities are a full pass's to
+    9.5e-7 at most (50-84% of tokens bit for bit; the KV cache's one-row matmuls sum in
+    another order), with LoRA, a --users prefix, T 0.7 and 1, eager or SDPA attention,
+    so PPO's first-epoch ratio is 1 to 1e-6 against a clip range of 0.2; there auto
+    takes them. Under bf16 autocast (--mixed-precision bf16) the pass runs in bf16 and
+    sampling in float32: up to 4.9e-3 apart, no token equal. bfloat16 weights and GPUs
+    are not measured here: auto runs the pass. DDP changes nothing: rollouts sample
+    and run their passes on the bare modules.
+
+    What taking them changes: the KL of a policy still equal to its reference is the
+    difference (about 1e-7 a token) where the one pass gave 0 exactly, so where every
+    advantage would be 0 (that policy, every RLOO group's scores tied) whitening makes
+    that noise the advantages and Adam takes a step (a 2-step RLOO run: approx_kl 0
+    -> 4e-4); elsewhere a 2-step run's metrics move by 1e-7 or so, a clip fraction by a
+    token or two (issue 17)."""
+    from alignloop.generate import _has_standard_cache
+
+    choice = config.recompute_logprobs
+    generator = policy.policy if _value_head(config) else policy
+    if choice == "always":
+        return "--recompute-logprobs always"
+    if _value_head(config):  # refused with never by PPOConfig
+        return "--critic policy-head: its values come from the same pass"
+    if not _has_standard_cache(generator):
+        if choice == "never":
+            raise ConfigError(
+                f"--recompute-logprobs never: {config.policy} samples through transformers' "
+                "generate (no standard KV cache), which keeps no log-probabilities; use auto"
+            )
+        return "the policy samples through transformers' generate, which keeps none"
+    if choice == "never":
+        return None
+    if mixed_precision != "no":
+        return f"--mixed-precision {mixed_precision}: the pass runs under autocast, sampling not"
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in generator.parameters()})
+    if dtypes != ["float32"]:
+        return f"the policy's weights are {', '.join(dtypes)}: checked equal in float32 only"
+    device = next(generator.parameters()).device.type
+    if device != "cpu":
+        return f"the policy is on {device}: checked equal on CPU only"
+    return None
 
 
 def _advantages(rewards, values, mask, config: PPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -911,6 +994,7 @@ class PPORun:
     critic: Any  # likewise; None with a value head on the policy or with RLOO
     rollout_policy: Any  # the bare modules: rollouts need no DDP
     rollout_critic: Any
+    sampler_logprobs: bool  # the rollout's old log-probabilities are the sampler's
     reference: Reference
     tokenizer: Any
     optimizers: list[torch.optim.Optimizer]
@@ -999,6 +1083,7 @@ def set_up_run(config: PPOConfig) -> PPORun:
         if config.kl_target is not None
         else FixedKL(config.kl_coef)
     )
+    reason = recompute_reason(config, accelerator.unwrap_model(policy), accelerator.mixed_precision)
     out, main = Path(config.out), accelerator.is_main_process
     run = PPORun(
         config=config,
@@ -1016,6 +1101,7 @@ def set_up_run(config: PPOConfig) -> PPORun:
         # Rollouts need no DDP: generation and inference passes use the bare modules.
         rollout_policy=accelerator.unwrap_model(policy),
         rollout_critic=None if critic is None else accelerator.unwrap_model(critic),
+        sampler_logprobs=reason is None,
         reference=reference,
         tokenizer=tokenizer,
         optimizers=optimizers,
@@ -1036,7 +1122,8 @@ def set_up_run(config: PPOConfig) -> PPORun:
     console.print(
         f"policy {config.policy}: {len(rows)} prompts, {total_steps} steps of "
         f"{config.batch_size * config.samples_per_prompt * world} episodes on "
-        f"{world} process(es)"
+        f"{world} process(es); old log-probabilities: "
+        + ("the sampler's" if reason is None else f"a policy pass after sampling ({reason})")
     )
     return run
 
@@ -1140,6 +1227,7 @@ def collect_rollout(run: PPORun, step: int) -> tuple[Rollout, dict[str, float]]:
         config,
         accelerator.autocast,
         users=users,
+        sampler_logprobs=run.sampler_logprobs,
     )
     _check_scores(accelerator, raw, config, run.checkpoints, step, run.save)
     stats = _rollout_stats(accelerator, rollout, run.kl_ctl.value)

@@ -10,6 +10,7 @@ clip 0.2, the critic started from the reward model.
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,9 @@ from typing import Literal
 from alignloop.config import REQUIRED, ConfigError, flag, option, override
 from alignloop.personal.conditioning import DEFAULT_USER_PREFIX, check_user_prefix, parse_users
 from alignloop.train.base_config import SamplingOptions, TrainingOptions
+
+Recompute = Literal["auto", "always", "never"]
+RECOMPUTE = typing.get_args(Recompute)
 
 
 @dataclass
@@ -89,6 +93,14 @@ class PPOConfig(TrainingOptions, SamplingOptions):
         "with EOS, a positive value; when given, --missing-eos-score is not applied",
     )
     reward_max_length: int = override(help="tokens of prompt + response the reward model reads")
+    recompute_logprobs: Recompute = option(
+        "auto",
+        "the rollout's old log-probabilities: never: the sampler's, kept as it samples (no "
+        "second policy pass); always: a policy pass after sampling; auto: the sampler's "
+        "where they were measured equal to the pass within 1e-6 (float32 weights on CPU, "
+        "no mixed precision), the pass elsewhere and with --critic policy-head (whose "
+        "values come from it)",
+    )
     # reward shaping
     kl_coef: float = option(0.05, "beta of the per-token KL penalty (the start value if adaptive)")
     kl_estimator: Literal["k1", "k3"] = option("k1", "per-token KL estimator of the penalty")
@@ -181,6 +193,17 @@ class PPOConfig(TrainingOptions, SamplingOptions):
             )
         if self.minibatch_size % self.grad_accum:
             raise ConfigError("--grad-accum must divide --minibatch-size")
+        if self.recompute_logprobs not in RECOMPUTE:  # from Python: argparse checks flags
+            raise ConfigError(
+                f"--recompute-logprobs {self.recompute_logprobs!r}: expected one of "
+                f"{', '.join(RECOMPUTE)}"
+            )
+        value_head = self.advantage == "gae" and self.critic == "policy-head"
+        if self.recompute_logprobs == "never" and value_head:
+            raise ConfigError(
+                "--recompute-logprobs never: --critic policy-head's values come from the "
+                "policy pass after sampling, so it runs anyway; use auto or always"
+            )
         if self.temperature <= 0:
             raise ConfigError("--temperature must be positive (PPO needs sampling)")
         if self.missing_eos_penalty is not None and self.missing_eos_penalty <= 0:
