@@ -512,6 +512,9 @@ def _ppo(run: DemoRun) -> str:
         max_steps=cfg.ppo_steps, reward_target=cfg.reward_target, save_every=0,
         sample_every=max(1, cfg.ppo_steps // 4), samples_shown=2, log_rollouts=True,
         reward_max_length=128, seed=cfg.seed,
+        # The pass after sampling, as the demo's figures were made (auto would take the
+        # sampler's log-probabilities: the same to 1e-6, not bit for bit; issue 17).
+        recompute_logprobs="always",
     ))  # fmt: skip
     run.ppo_dir = out / "ppo"
     return (f"{run.ppo['steps']} steps, {run.ppo['episodes']} episodes, stopped by "
