@@ -236,6 +236,7 @@ def _ppo_run(run: PersonalRun, name: str, reward_model: Path, **options) -> Path
         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.ppo_batch,
         minibatch_size=cfg.ppo_batch // 2, kl_coef=cfg.kl_coef,
         save_every=0, sample_every=0, reward_max_length=128, seed=cfg.seed,
+        recompute_logprobs="always",  # as the README's figures were made (see demo.py's _ppo)
         **{"lr": cfg.ppo_lr, "max_steps": cfg.ppo_steps, **options},
     ))  # fmt: skip
     return out
