@@ -412,7 +412,7 @@ def recompute_reason(config: PPOConfig, policy, mixed_precision: str) -> str | N
     sampler keeps none or the pass runs anyway, else None.
 
     Measured (tiny Llamas of hidden 64 and 256, 2 and 4 layers, 16 prompts x 16 tokens,
-    Intel Xeon): in float32 on CPU the sampler's log-probabilities are a full pass's to
+    AMD EPYC, AVX2): in float32 on CPU the sampler's log-probabilities are a full pass's to
     9.5e-7 at most (50-84% of tokens bit for bit; the KV cache's one-row matmuls sum in
     another order), with LoRA, a --users prefix, T 0.7 and 1, eager or SDPA attention,
     so PPO's first-epoch ratio is 1 to 1e-6 against a clip range of 0.2; there auto
