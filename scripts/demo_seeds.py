@@ -7,7 +7,8 @@ The spread is the sample standard deviation over seeds and the range (min, max).
 Figures are the same on one machine only: another CPU may round differently.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/demo_seeds.py [--seeds 0 1 2]
-        [--out runs/demo-seeds] [-- any other `alignloop demo` flags, e.g. --rounds 2]
+        [--out runs/demo-seeds] [-- any other `alignloop demo` flags, e.g. --rounds 2
+        or --personal]
 
 Writes OUT/seeds.json: per seed its metrics, and per figure {mean, std, min, max, n}.
 """
@@ -35,6 +36,19 @@ def figures(metrics: dict) -> dict[str, float]:
                 out[f"round_{i}/{k}"] = float(v)
     for name, t in (metrics.get("targets") or {}).items():
         out[f"target_met/{name}"] = float(bool(t.get("met")))
+    out.update(_nested("personal", metrics.get("personal") or {}))  # `demo --personal`
+    return out
+
+
+def _nested(prefix: str, table: dict) -> dict[str, float]:
+    """The numbers of a nested table as prefix/key/.../key (the personal demo's figures
+    per labeler, the new user's, the criteria's)."""
+    out = {}
+    for k, v in table.items():
+        if isinstance(v, dict):
+            out.update(_nested(f"{prefix}/{k}", v))
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out[f"{prefix}/{k}"] = float(v)
     return out
 
 

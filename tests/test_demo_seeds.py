@@ -56,3 +56,13 @@ def test_mean_and_spread_over_the_seeds_runs(tmp_path, capsys):
 def test_one_seed_has_no_standard_deviation():
     spread = _script().spread([0.75])
     assert spread == {"mean": 0.75, "std": None, "min": 0.75, "max": 0.75, "n": 1}
+
+
+def test_the_personal_demos_nested_figures_are_flattened():
+    metrics = {"personal": {"labelers": {"ann": {"strong_taste": True, "rm_accuracy_personal":
+               0.8, "policy_win_rate_own_utility": None}}, "new_user": {"name": "x",
+               "accuracy": 0.7}}}  # fmt: skip
+    assert _script().figures(metrics) == {
+        "personal/labelers/ann/rm_accuracy_personal": 0.8,  # not the flag, None or the name
+        "personal/new_user/accuracy": 0.7,
+    }
