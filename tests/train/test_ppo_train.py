@@ -121,7 +121,9 @@ def test_ppo_learns_a_simple_reward_with_bounded_kl(tmp_path, world, one_thread)
     reward_before, reward_after = mean(first, "ppo/reward_mean"), mean(last, "ppo/reward_mean")
     kl_after = mean(last, "ppo/kl")
     print(f"reward {reward_before:.3f} -> {reward_after:.3f}, KL {kl_after:.2f}")
-    assert log[0]["ppo/kl"] == 0.0  # policy == reference on the first rollout
+    # policy == reference on the first rollout: KL 0, up to the sampler's log-probabilities
+    # (the old ones under --recompute-logprobs auto) differing from a full pass by ~1e-7
+    assert abs(log[0]["ppo/kl"]) < 1e-5
     assert reward_after > max(5 * reward_before, 2.0)
     assert mean(last, "ppo/rlhf_reward") > mean(first, "ppo/rlhf_reward") + 1.0
     # KL is held to what the score gain pays for (beta * KL < gain) and stays finite
