@@ -118,12 +118,18 @@ def _personal(tiny_rm, n_users=2):
     return PersonalRewardModel(rm, n_users, seed=0)
 
 
-def test_personal_loss_by_hand_each_pair_with_its_labelers_weights(tiny_rm):
+def _personal_batch(tiny_rm):
+    """A personal model of two labelers and a batch of the first three pairs (ann, bob,
+    bob; cyd is a labeler it was not trained on)."""
     module = _personal(tiny_rm)
     heads = Heads(read="labeler", labelers=("ann", "bob", "cyd"), n_users=2)
     groups = group_pairs(PERSONAL_PAIRS[:3])
     tokenize_groups(groups, module.reward_model.tokenizer, 64)
-    batch = collate(groups, pad_id=0, heads=heads)
+    return module, heads, collate(groups, pad_id=0, heads=heads)
+
+
+def test_personal_loss_by_hand_each_pair_with_its_labelers_weights(tiny_rm):
+    module, heads, batch = _personal_batch(tiny_rm)
     assert batch.labeler.tolist() == [0, 1, 1]
     config = RewardConfig(model="unused", data=Path("unused"), out=Path("unused"),
                           personal_l2=0.1)  # fmt: skip
@@ -142,11 +148,7 @@ def test_personal_loss_by_hand_each_pair_with_its_labelers_weights(tiny_rm):
 
 
 def test_personal_shrink_adds_the_labelers_spread_from_their_mean(tiny_rm):
-    module = _personal(tiny_rm)
-    heads = Heads(read="labeler", labelers=("ann", "bob", "cyd"), n_users=2)
-    groups = group_pairs(PERSONAL_PAIRS[:3])
-    tokenize_groups(groups, module.reward_model.tokenizer, 64)
-    batch = collate(groups, pad_id=0, heads=heads)
+    module, heads, batch = _personal_batch(tiny_rm)
     kwargs = {"model": "unused", "data": Path("unused"), "out": Path("unused"), "personal_l2": 0}
     plain, _ = step_loss(module, batch, heads, RewardConfig(**kwargs),
                          user_weights=module.labeler_weights)  # fmt: skip
