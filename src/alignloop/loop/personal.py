@@ -88,12 +88,10 @@ def _label(run: PersonalRun) -> str:
 
     cfg, out = run.cfg, run.out
     run.panel = personal_labelers()
-    rankings = []
-    for criterion in ("overall", *CRITERIA):
-        rankings += simulate_rankings(
-            run.to_label, run.completions, run.panel, overlap=cfg.overlap, seed=cfg.seed,
-            criterion=criterion,
-        )  # fmt: skip
+    rankings = simulate_rankings(
+        run.to_label, run.completions, run.panel, overlap=cfg.overlap, seed=cfg.seed,
+        criteria=["overall", *CRITERIA],
+    )  # fmt: skip
     new_user = simulate_rankings(
         run.to_label, run.completions, [NEW_USER], overlap=1, seed=cfg.seed
     )
