@@ -384,3 +384,38 @@ def test_an_eval_runs_top(tmp_path):
         "paired samples (95% interval 53% to 92%, by the hidden gold judge; ties count half)."
     )
     assert "<td>eval/policy/toxicity_rate</td><td>30.0%</td><td>share of completions" in page
+
+
+def test_the_reward_curves_draw_each_criterion_and_user(monkeypatch, tmp_path):
+    """A combined PPO reward's parts (each criterion head, each user's reward; not a
+    personal model's features) and a criteria reward model's held-out accuracy per
+    criterion are lines of the curves they belong to; one criterion adds none."""
+    from alignloop.evaluate import report
+
+    drawn = {}
+
+    def keep(fig):  # the legend of each curve instead of its picture
+        ax = fig.axes[0]
+        drawn[ax.get_title()] = ax.get_legend_handles_labels()[1]
+        return report.Plot("data:,", 1, 1)
+
+    monkeypatch.setattr(report, "_png", keep)
+    ppo = [{"step": s, "ppo/reward_mean": 0.1 * s, "ppo/score_helpfulness": 0.2 * s,
+            "ppo/score_harmlessness": -0.1 * s, "ppo/score_feature_0": 1.0,
+            "ppo/score_user_anna": 0.3} for s in range(1, 5)]  # fmt: skip
+    rm = [{"step": s, "rm/accuracy": 0.6} for s in range(1, 5)] + [
+        {"step": 4, "eval/accuracy": 0.7, "eval/by_criterion/helpfulness/accuracy": 0.72,
+         "eval/by_criterion/helpfulness/n": 50, "eval/by_criterion/harmlessness/accuracy": 0.68}
+    ]  # fmt: skip
+    assert plots_in({"ppo_log": ppo, "rm_log": rm}) == ["rm_accuracy", "ppo_reward"]
+    report.render_report({"ppo_log": ppo, "rm_log": rm}, tmp_path / "r.html")
+    assert drawn["PPO reward"] == ["score", "helpfulness head", "harmlessness head",
+                                   "anna's reward"]  # fmt: skip
+    assert drawn["Reward-model accuracy"] == [
+        "training", "held-out", "held-out, helpfulness", "held-out, harmlessness"
+    ]
+    one = [line for line in rm if "eval/accuracy" not in line] + [
+        {"step": 4, "eval/accuracy": 0.7, "eval/by_criterion/overall/accuracy": 0.7}
+    ]
+    report.render_report({"rm_log": one}, tmp_path / "r.html")
+    assert drawn["Reward-model accuracy"] == ["training", "held-out"]

@@ -531,6 +531,35 @@ _HELD_OUT = {
 }
 
 
+def _reward_parts(log: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(metric, label) of each part of a combined PPO reward that the log has, in the
+    order they first appear: a criterion head's normalized score (`ppo/score_<head>`)
+    and a user's reward on their own episodes (`ppo/score_user_<name>`, train/ppo.py's
+    USER_FIGURE). A personal model's reward features (`score_feature_<i>`) mean nothing
+    one by one and are left out."""
+    keys = dict.fromkeys(k for line in log for k in line if k.startswith("ppo/score_"))
+    parts = []
+    for key in keys:
+        name = key.removeprefix("ppo/score_")
+        if re.fullmatch(r"feature_\d+", name):
+            continue
+        label = f"{name[5:]}'s reward" if name.startswith("user_") else f"{name} head"
+        parts.append((key.removeprefix("ppo/"), label))
+    return parts
+
+
+def _held_out_parts(log: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(metric, label) of the held-out accuracy of each criterion where a reward
+    model's log has two or more (`eval/by_criterion/<name>/accuracy`: each pair on its
+    own head)."""
+    prefix, suffix = "eval/by_criterion/", "/accuracy"
+    keys = dict.fromkeys(k for line in log for k in line
+                         if k.startswith(prefix) and k.endswith(suffix))  # fmt: skip
+    if len(keys) < 2:
+        return []
+    return [(k.removeprefix("eval/"), f"held-out, {k[len(prefix):-len(suffix)]}") for k in keys]
+
+
 def _plot_curve(d: ReportData, c: Curve) -> Plot | None:
     log = getattr(d, c.log)
     steps, values = _series(log, c.metric, c.prefix)
@@ -545,6 +574,9 @@ def _plot_curve(d: ReportData, c: Curve) -> Plot | None:
         if rl_steps:
             _curve(ax, rl_steps, rl, label="score - beta * KL", color="C1")
             legend = True
+        for i, (key, label) in enumerate(_reward_parts(log)):  # several heads or users
+            _curve(ax, *_series(log, key), label=label, color=f"C{i + 4}")
+            legend = True
     if c.name in _HELD_OUT:
         metric, prefix, label = _HELD_OUT[c.name]
         h_steps, held = [], []
@@ -556,7 +588,11 @@ def _plot_curve(d: ReportData, c: Curve) -> Plot | None:
         if held:
             ax.plot(h_steps, held, "D", color="C3", label=label, markersize=6)
             legend = True
-    if c.name == "rm_accuracy":
+    if c.name == "rm_accuracy":  # a reward model of several criteria: each on its own head
+        for i, (key, label) in enumerate(_held_out_parts(log)):
+            h_steps, held = _series(log, key, "eval")
+            ax.plot(h_steps, held, "o", color=f"C{i + 4}", label=label, markersize=4)
+            legend = True
         ax.axhline(0.5, color="black", linestyle="--", linewidth=0.8)  # chance
     ax.set(xlabel=f"{c.prefix.upper()} step", ylabel=c.ylabel, title=c.title)
     if legend:
