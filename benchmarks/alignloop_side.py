@@ -20,7 +20,11 @@ def reward(spec: dict, phases: Phases) -> dict:
     from alignloop.train.reward import train_reward_model
     from alignloop.train.reward_config import RewardConfig
 
+    # The spec may set the length grouping (benchmarks/rm_folds.py compares settings);
+    # otherwise alignloop's default.
+    grouping = {"group_by_length": spec["group_by_length"]} if "group_by_length" in spec else {}
     config = RewardConfig(
+        **grouping,
         model=spec["model"],
         data=Path(spec["train"]),
         eval_data=Path(spec["eval"]),

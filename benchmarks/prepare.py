@@ -113,36 +113,40 @@ def pair_ids_path(name: str, max_length: int, split: str) -> Path:
 
 
 def ensure_pair_ids(name: str, model_dir: str | Path, max_length: int) -> dict[str, Path]:
-    """The peers' copy of the pairs: `chosen_ids` / `rejected_ids`, the very rows
-    alignloop's trainer builds for the reward model in `model_dir` (its
+    """The peers' copy of the training and held-out pairs (`write_pair_ids`), written
+    once per model and length."""
+    paths = {}
+    for split in ("train", "eval"):
+        paths[split] = pair_ids_path(name, max_length, split)
+        if not paths[split].exists():
+            write_pair_ids(PATHS[f"rm_{split}"], model_dir, max_length, paths[split])
+    return paths
+
+
+def write_pair_ids(comparisons: Path, model_dir: str | Path, max_length: int, out: Path) -> int:
+    """The peers' copy of a comparisons file: `chosen_ids` / `rejected_ids`, the very
+    rows alignloop's trainer builds for the reward model in `model_dir` (its
     `tokenize_groups`: the prompt's start cut beyond max_length, alike for all
     completions of a prompt when the model packs them; EOS appended where alignloop
-    appends it)."""
+    appends it). Atomic; returns the number of pairs."""
     from alignloop.io import read_comparisons
     from alignloop.models import RewardModel
     from alignloop.train.reward import group_pairs, tokenize_groups
 
-    paths = {}
-    rm = None
-    for split in ("train", "eval"):
-        path = pair_ids_path(name, max_length, split)
-        paths[split] = path
-        if path.exists():
-            continue
-        rm = rm or RewardModel.from_pretrained(model_dir)
-        groups = group_pairs(read_comparisons(PATHS[f"rm_{split}"]).comparisons)
-        tokenize_groups(groups, rm.tokenizer, max_length, append_eos=rm.appends_eos,
-                        same_cut=rm.packs_prompts)  # fmt: skip
-        records = [
-            {"chosen_ids": g.input_ids[c], "rejected_ids": g.input_ids[r]}
-            for g in groups
-            for c, r, _ in g.pairs
-        ]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        tmp.replace(path)
-    return paths
+    rm = RewardModel.from_pretrained(model_dir)
+    groups = group_pairs(read_comparisons(comparisons).comparisons)
+    tokenize_groups(groups, rm.tokenizer, max_length, append_eos=rm.appends_eos,
+                    same_cut=rm.packs_prompts)  # fmt: skip
+    records = [
+        {"chosen_ids": g.input_ids[c], "rejected_ids": g.input_ids[r]}
+        for g in groups
+        for c, r, _ in g.pairs
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(out)
+    return len(records)
 
 
 def cut_prompt(tokenizer, text: str, n: int) -> str | None:
