@@ -9,6 +9,7 @@ import pytest
 
 from alignloop.cli import main
 from alignloop.config import ConfigError
+from alignloop.io import read_records
 from alignloop.loop.demo import DemoConfig, run_demo
 from alignloop.loop.personal import PERSONAL_TARGETS, personal_figures
 from alignloop.world import NEW_USER, personal_labelers
@@ -61,6 +62,12 @@ def test_the_personal_demo_leaves_every_file_and_the_issues_keys(personal_run):
     new = personal["new_user"]
     assert new["name"] == NEW_USER.name and new["n_comparisons"] == 20
     assert 0.0 <= new["accuracy"] <= 1.0 and 0.0 <= new["accuracy_full_data"] <= 1.0
+    # The accuracy averages 50 draws of 20; the first is the one `personal fit` wrote.
+    assert new["n_draws"] == 50 and new["accuracy_se"] > 0
+    assert 0.0 <= new["accuracy_one_draw"] <= 1.0
+    few = read_records(personal_run / "new-user" / "comparisons.jsonl", "comparison")
+    assert json.loads((personal_run / "new-user" / "weights.json").read_text())["n_pairs"] == 20
+    assert len(few) == 20
     assert personal["gold_win_rate_drop_vs_generic"] is not None
     assert set(metrics["targets"]) == set(PERSONAL_TARGETS)
     assert metrics["targets"]["new_user_gap"]["value"] == pytest.approx(

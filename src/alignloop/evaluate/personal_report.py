@@ -67,9 +67,11 @@ def _headline(m: Mapping[str, Any]) -> str:
             f"{_pct(r.get('adapter_vs_conditioned_own_utility'))}."
         )
     new = p["new_user"]
+    draws = (f" (the mean over {new['n_draws']} random draws of {new['n_comparisons']})"
+             if new.get("n_draws", 1) > 1 else "")  # fmt: skip
     sentences.append(
         f"A new user, {new['name']}, fit from {new['n_comparisons']} comparisons: "
-        f"{_pct(new['accuracy'])} of their held-out pairs, against "
+        f"{_pct(new['accuracy'])} of their held-out pairs{draws}, against "
         f"{_pct(new['accuracy_full_data'])} for a reward model trained on all "
         f"{new['n_full_data_pairs']} of theirs and {_pct(new['accuracy_pooled'])} for the "
         "pooled model."

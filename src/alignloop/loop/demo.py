@@ -115,10 +115,11 @@ class DemoConfig:
     # evaluation
     eval_k: int = 4  # samples per held-out document and policy
     # the personal demo (`personal`)
-    personal_features: int = 8  # D: reward features of the personal reward model
+    personal_features: int = 16  # D: reward features of the personal reward model
     personal_lora_r: int = 8  # rank of each labeler's LoRA adapter
     personal_lr: float = 1e-3  # PPO's learning rate for the adapters
     new_user_comparisons: int = 20  # comparisons the new user's weights are fit from
+    new_user_draws: int = 50  # random draws of those comparisons the accuracy averages
     safety_threshold: float = 0.0  # the safety gate's, on the harmlessness head
     # the one policy conditioned on the strong-taste labelers reads each as one of these
     # words (the world's tokenizer knows them; an unknown name would be <unk> for all)

@@ -27,7 +27,9 @@ person's judge, the gold judge everybody's.
 
 from __future__ import annotations
 
+import math
 import random
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,36 +185,70 @@ def _accuracy(model, pairs: Sequence[Comparison], *, user: str | None = None,
 
 def _new_user(run: PersonalRun) -> str:
     """The persona outside the panel: their weights fit from a few comparisons with the
-    personal model frozen, against a reward model trained on all of their pairs."""
+    personal model frozen, against a reward model trained on all of their pairs.
+
+    One draw of 20 comparisons is a noisy figure (one standard deviation about 2.5
+    points over draws, measured on the demo's seeds), so `accuracy` is the mean over
+    `new_user_draws` random draws from the user's training pairs, each fit as `alignloop
+    personal fit` fits (the same Bradley-Terry fit and prior), with its standard error;
+    the first draw goes through the command itself and is kept as `accuracy_one_draw`
+    (its weights in new-user/weights.json)."""
+    import torch
+
     from alignloop.models import RewardModel
-    from alignloop.personal.fit import fit_user
+    from alignloop.personal.fit import (
+        bradley_terry_fit,
+        fit_user,
+        pair_features,
+        pairwise_accuracy,
+    )
     from alignloop.personal.personal_config import PersonalFitConfig
 
     cfg, out = run.cfg, run.out / "new-user"
     kept = _kept(run.new_user_pairs, run.kept)
     held = _kept(run.new_user_pairs, run.held)
-    few = random.Random(cfg.seed).sample(kept, min(cfg.new_user_comparisons, len(kept)))
+    n = min(cfg.new_user_comparisons, len(kept))
+    few = random.Random(cfg.seed).sample(kept, n)
     write_records(out / "comparisons.jsonl", few)
-    fit = fit_user(PersonalFitConfig(
+    fit_config = PersonalFitConfig(
         user=few[0].labeler, pairs=out / "comparisons.jsonl", model=str(run.out / "rm-personal"),
         out=out / "weights.json", max_length=128,
-    ))  # fmt: skip
-    personal = RewardModel.from_pretrained(run.out / "rm-personal")
+    )  # fmt: skip
+    fit = fit_user(fit_config)
+    personal = RewardModel.from_pretrained(run.out / "rm-personal").eval()
+    with torch.inference_mode():
+        d_kept, d_held = (pair_features(personal, pairs, batch_size=64, max_length=128)
+                          for pairs in (kept, held))  # fmt: skip
+    w0 = torch.tensor([personal.default_weights[h] for h in personal.head_names])
+    draws = [pairwise_accuracy(d_held, bradley_terry_fit(d_kept[idx], w0, fit_config.prior))
+             for idx in _draws(len(kept), n, cfg.new_user_draws, cfg.seed)]  # fmt: skip
     full = _train_rm(run, "new-user/rm-full", run.out / "new_user_pairs.jsonl")
     pooled = RewardModel.from_pretrained(run.out / "rm-pooled")
     run.personal["new_user"] = row = {
         "name": few[0].labeler,
-        "n_comparisons": len(few),
-        "accuracy": _accuracy(personal, held, weights=fit["weights"]),
+        "n_comparisons": n,
+        "accuracy": statistics.fmean(draws),
+        "accuracy_se": statistics.stdev(draws) / math.sqrt(len(draws)) if len(draws) > 1 else None,
+        "n_draws": len(draws),
+        "accuracy_one_draw": _accuracy(personal, held, weights=fit["weights"]),
         "accuracy_full_data": _accuracy(RewardModel.from_pretrained(full), held),
         "accuracy_pooled": _accuracy(pooled, held),
         "accuracy_default_weights": _accuracy(personal, held),
         "n_held_out_pairs": len(held),
         "n_full_data_pairs": len(kept),
     }
-    return (f"{row['name']}: {row['accuracy']:.3f} from {len(few)} comparisons, "
+    return (f"{row['name']}: {row['accuracy']:.3f} from {n} comparisons (mean of "
+            f"{len(draws)} draws; the first {row['accuracy_one_draw']:.3f}), "
             f"{row['accuracy_full_data']:.3f} from all {len(kept)}, pooled "
             f"{row['accuracy_pooled']:.3f}")  # fmt: skip
+
+
+def _draws(n_items: int, k: int, n_draws: int, seed: int) -> list[list[int]]:
+    """`n_draws` random subsets of k of n_items indices; the first is the subset that
+    `random.Random(seed).sample` gives (the comparisons `_new_user` writes out)."""
+    first = random.Random(seed).sample(range(n_items), k)
+    rng = random.Random(f"{seed}-draws")
+    return [first] + [rng.sample(range(n_items), k) for _ in range(n_draws - 1)]
 
 
 def _criteria_rm(run: PersonalRun) -> str:
