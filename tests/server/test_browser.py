@@ -1285,3 +1285,100 @@ def test_a_personal_project_shows_its_banner_and_gives_each_labeler_every_prompt
         "3 rankings by pat; 11 more comparisons to fit their weights (the fit needs 20)"
     )
     admin.screenshot(path=str(shots / "personal-admin.png"), full_page=True)
+
+
+def test_a_personal_project_skip_change_last_reload_and_the_last_task(page, server):
+    """One labeler of a personal project: a reload keeps the half-done ranking and the
+    banner; a skipped prompt does not come back and is not counted as ranked; "change
+    my last ranking" reopens the last ranked prompt (not the skipped one) as stored and
+    returns to the task under way; after the last prompt nothing is left. The page's
+    prompt, banner, progress and badges are checked after every action."""
+    db, project, n = server["db"], "my-own-4", 4
+    service.create_project(
+        db,
+        name=project,
+        criteria=["preference"],
+        guidelines="",
+        prompts=[Prompt(id=f"p{i}", prompt=f"Name a colour, {i}.") for i in range(n)],
+        completions=[
+            Completion(id=f"p{i}-{j}", prompt_id=f"p{i}", completion=f"Colour {j} for {i}")
+            for i in range(n)
+            for j in range(3)
+        ],
+        personal=True,
+    )
+    server["tokens"]["pip"] = service.add_labeler(db, "pip")
+    open_task(page, server, "pip", project)
+
+    def state(ranked: int, prompt: int) -> None:
+        assert page.inner_text("#prompt") == f"Name a colour, {prompt}."
+        assert page.is_visible("#personal-banner")
+        assert page.inner_text("#progress") == (
+            f"You have ranked {ranked} of {n} prompts by your own preferences"
+        )
+
+    def submit(prompt: int) -> None:
+        page.click("#submit")
+        page.wait_for_function(
+            "(p) => document.querySelector('#prompt').textContent.trim() !== p"
+            " || !document.querySelector('#done').hidden",
+            arg=f"Name a colour, {prompt}.",
+        )
+
+    state(0, 0)
+    texts0 = page.locator("article.completion .text").all_inner_texts()
+    rank_all(page, "mouse")  # A best, then B, then C
+    submit(0)
+    state(1, 1)
+
+    # Half-way through prompt 1, a reload: the same prompt, the draft, the banner.
+    card(page, "B").locator('.rank-button[data-rank="1"]').click()
+    page.reload()
+    page.wait_for_selector("#task:not([hidden])")
+    state(1, 1)
+    assert badges(page) == ["not ranked", "rank 1", "not ranked"]
+
+    # Skipped by keyboard: prompt 2 comes, and the skipped one is not counted as ranked.
+    page.keyboard.press("s")
+    page.wait_for_function(
+        "(p) => document.querySelector('#prompt').textContent.trim() !== p",
+        arg="Name a colour, 1.",
+    )
+    state(1, 2)
+    assert badges(page) == ["not ranked"] * 3  # nothing of prompt 1's draft stays behind
+    card(page, "C").locator('.rank-button[data-rank="1"]').click()
+
+    # Change my last ranking: prompt 0 as stored (prompt 1 was skipped, never ranked).
+    page.keyboard.press("e")
+    page.wait_for_selector("#edit-banner:not([hidden])")
+    assert page.inner_text("#prompt") == "Name a colour, 0."
+    assert page.locator("article.completion .text").all_inner_texts() == texts0
+    assert badges(page) == ["rank 1", "rank 2", "rank 3"]
+    for letter, rank in (("A", 3), ("C", 1)):  # reversed (B stays second)
+        card(page, letter).locator(f'.rank-button[data-rank="{rank}"]').click()
+    assert badges(page) == ["rank 3", "rank 2", "rank 1"]
+    page.click("#submit")
+    page.wait_for_selector("#message:has-text('Your change is saved')")
+    state(1, 2)  # back on prompt 2 with its half-done ranking; still one ranked
+    assert page.is_hidden("#edit-banner")
+    assert badges(page) == ["not ranked", "not ranked", "rank 1"]
+
+    rank_all(page, "keyboard")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_function(
+        "(p) => document.querySelector('#prompt').textContent.trim() !== p",
+        arg="Name a colour, 2.",
+    )
+    state(2, 3)  # the last prompt
+    rank_all(page, "mouse")
+    submit(3)
+    page.wait_for_selector("#done:not([hidden])")
+    assert page.locator("article.completion:visible").count() == 0
+    page.reload()  # and a reload does not bring the skipped prompt back
+    page.wait_for_selector("#done:not([hidden])")
+    assert _pending_task(server, "pip", project) is None
+
+    text_of = {c.id: c.completion for c in _project_completions(db, project)}
+    mine = service.export_project(db, project, "rankings", labeler="pip")
+    assert [r.prompt_id for r in mine] == ["p0", "p2", "p3"]
+    assert [text_of[c] for (c,) in mine[0].ranking] == texts0[::-1]  # the change stands
