@@ -377,9 +377,14 @@ def test_two_heads_weighed_and_gated_from_the_command_line(tmp_path, world, two_
         reward_model=str(two_head_rm), reward={"a": 1.0, "b": 0.5}, safety_head="b",
         safety_threshold=100.0, max_new_tokens=6, batch_size=8, minibatch_size=4,
         max_steps=1, missing_eos_score=None, save_every=0, sample_every=0,
-        mixed_precision="no",
+        mixed_precision="no", log_rollouts=True,
     )  # fmt: skip
     final = train_ppo(config)
+    # Each episode in rollouts.jsonl has each head's score and the gate: shut, b alone.
+    episodes = [json.loads(x) for x in (shut / "rollouts.jsonl").read_text().splitlines()]
+    assert len(episodes) == 8 and all(e["safety_gated"] == 1.0 for e in episodes)
+    assert [e["score"] for e in episodes] == pytest.approx([e["score_b"] for e in episodes])
+    assert sum(e["score_a"] for e in episodes) / 8 == pytest.approx(final["ppo/score_a"])
     assert final["ppo/safety_gated"] == 1.0
     assert final["ppo/reward_mean"] == pytest.approx(final["ppo/score_b"])
     weighed = final["ppo/score_a"] + 0.5 * final["ppo/score_b"]

@@ -160,6 +160,9 @@ class Rollout:
     prompts: list[str]  # B prompt texts, as the policy read them (a user's prefix too)
     completions: list[str]  # B decoded responses
     users: list[str] | None = None  # B users of --users, whose episode each is; None without
+    # (B,) each: a combined reward's figures per episode (score_<head>, safety_gated; see
+    # make_score_fn), written to rollouts.jsonl; None for a single reward
+    score_figures: dict[str, torch.Tensor] | None = None
 
     @property
     def tokens(self) -> ResponseBatch:
@@ -178,6 +181,8 @@ class Rollout:
             v = getattr(self, f.name)
             if v is None:
                 picked[f.name] = None
+            elif isinstance(v, dict):
+                picked[f.name] = {k: t[idx] for k, t in v.items()}
             elif isinstance(v, list):
                 picked[f.name] = [v[i] for i in idx.tolist()]
             elif v.dim() == 2:
@@ -357,7 +362,9 @@ def make_rollout(
         prompts=[render_prompt(tokenizer, p) for p in read],  # as the policy read them
         completions=s.completions,
         users=episode_users,
-    )
+        score_figures={k: v for k, v in raw.items()
+                       if k not in SCORE_PARTS and not k.startswith(USER_FIGURE)} or None,
+    )  # fmt: skip
     return rollout, raw
 
 
@@ -1305,11 +1312,13 @@ def log_step(
     if config.report_to != "none":
         run.accelerator.log(record, step=step)
     users = rollout.users or [None] * len(rollout.prompts)
-    for prompt, completion, score, kl, user in zip(
+    parts = {k: v.tolist() for k, v in (rollout.score_figures or {}).items()}  # (B,) each
+    for i, (prompt, completion, score, kl, user) in enumerate(zip(
         rollout.prompts, rollout.completions, rollout.scores.tolist(),
         rollout.kl.sum(1).tolist(), users, strict=True,
-    ):  # fmt: skip
+    )):  # fmt: skip
         line = {"step": step, "prompt": prompt, "completion": completion, "score": score, "kl": kl}
+        line.update({k: v[i] for k, v in parts.items()})  # each head's score, the gate
         run.rollouts_log.write(line if user is None else {**line, "user": user})
     if config.sample_every and step % config.sample_every == 0:
         _show_samples(run.console, run.samples_log, rollout, step, config.samples_shown)
