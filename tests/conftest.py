@@ -33,6 +33,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def quick_demo(out: Path, *flags: str) -> Path:
+    """`alignloop demo --quick --out OUT FLAGS` through the command line, on one torch
+    thread (a quick demo's tiny models gain nothing from more), the previous number
+    after it. Returns OUT."""
+    import torch
+
+    from alignloop.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["demo", "--quick", "--out", str(out), *flags]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
 @pytest.fixture
 def small_task() -> tuple[list[Prompt], list[Completion], list[Ranking]]:
     """Two prompts, three completions each, rankings by two labelers."""

@@ -4,8 +4,8 @@ than the SFT policy by the gold judge, and the same seed gives the same run."""
 import json
 
 import pytest
+from tests.conftest import quick_demo
 
-from alignloop.cli import main
 from alignloop.io import read_records
 from alignloop.loop import gold_pairs, overoptimization, pair_accuracy, split_ids
 from alignloop.loop.demo import toxicity_reduction
@@ -31,16 +31,7 @@ NAMED_FIGURES = (
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """One quick demo (about a minute on one thread), shared by the tests below."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("demo") / "run"
-    try:
-        assert main(["demo", "--quick", "--out", str(out), "--seed", "0"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return out
+    return quick_demo(tmp_path_factory.mktemp("demo") / "run", "--seed", "0")
 
 
 @pytest.mark.slow
@@ -74,15 +65,7 @@ def test_quick_demo_leaves_every_artifact_and_improves_on_the_gold_judge(quick_r
 @pytest.mark.slow
 def test_same_seed_same_run(quick_run, tmp_path):
     """Rerun the first stages with the same seed: the same files, byte for byte."""
-    import torch
-
-    again = tmp_path / "again"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["demo", "--quick", "--out", str(again), "--seed", "0"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    again = quick_demo(tmp_path / "again", "--seed", "0")
     for name in ("completions.jsonl", "rankings.jsonl", "pairs.jsonl", "rm_pairs.jsonl",
                  "eval/completions_rlhf.jsonl"):  # fmt: skip
         assert (quick_run / name).read_bytes() == (again / name).read_bytes(), name
@@ -154,17 +137,9 @@ def test_overoptimization_points_average_each_stretch_of_steps():
 def test_quick_demo_in_two_rounds(tmp_path):
     """`demo --rounds 2`: the rounds machinery between SFT and the report, the same
     label budget (300 documents x 3 labelers) split across the rounds."""
-    import torch
-
     from alignloop.loop import ROUND_KEYS
 
-    out = tmp_path / "rounds"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["demo", "--quick", "--rounds", "2", "--out", str(out)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    out = quick_demo(tmp_path / "rounds", "--rounds", "2")
     metrics = json.loads((out / "metrics.json").read_text())
     assert [tuple(r) for r in metrics["rounds"]] == [ROUND_KEYS, ROUND_KEYS]
     assert [r["n_rankings"] for r in metrics["rounds"]] == [150 * 3, 150 * 3]

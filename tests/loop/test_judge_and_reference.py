@@ -44,14 +44,11 @@ def test_an_ai_judge_beside_the_labelers_reports_its_agreement(loop_yaml, tmp_pa
 
 
 def test_ppo_reference_is_the_start_by_default_and_another_policy_when_given(
-    tiny_world, tmp_path
+    tiny_world, tmp_path, one_thread
 ):
-    import torch
-
     from alignloop.models import build_tiny_causal_lm, load_policy
     from alignloop.train.ppo import PPOConfig, train_ppo
 
-    torch.set_num_threads(1)
     reward = tmp_path / "reward.py"  # longer is better: a reward with no model
     reward.write_text("def reward(prompts, completions):\n"
                       "    return [float(len(c.split())) for c in completions]\n")  # fmt: skip

@@ -6,6 +6,7 @@ weights load through the ordinary commands, and the report names every labeler.
 import json
 
 import pytest
+from tests.conftest import quick_demo
 
 from alignloop.cli import main
 from alignloop.config import ConfigError
@@ -32,16 +33,7 @@ ARTIFACTS = (
 
 @pytest.fixture(scope="module")
 def personal_run(tmp_path_factory):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("personal") / "run"
-    try:
-        assert main(["demo", "--personal", "--quick", "--out", str(out)]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return out
+    return quick_demo(tmp_path_factory.mktemp("personal") / "run", "--personal")
 
 
 @pytest.mark.slow
