@@ -15,6 +15,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Phases, child_main, versions  # noqa: E402
 
 
+def _log(out) -> list[dict]:
+    """The lines of a run's metrics.jsonl."""
+    text = (Path(out) / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def pad_shares(log: list[dict]) -> dict[str, float]:
+    """Mean over the run of every padding share the trainer logs: `rm/pad_share` (padded
+    positions of each reward-model batch), `ppo/pad_share_rollout` (of the rollout's
+    passes, every row at the batch's full width, as TRL pads them) and
+    `ppo/pad_share_update` (of the update's minibatches after alignloop trims them)."""
+    values: dict[str, list[float]] = {}
+    for line in log:
+        for k, v in line.items():
+            if "pad_share" in k and isinstance(v, int | float):
+                values.setdefault(k, []).append(float(v))
+    return {k: round(sum(v) / len(v), 4) for k, v in values.items()}
+
+
 def reward(spec: dict, phases: Phases) -> dict:
     """Bradley-Terry reward model: alignloop.train.reward.train_reward_model."""
     from alignloop.train.reward import train_reward_model
@@ -49,6 +68,7 @@ def reward(spec: dict, phases: Phases) -> dict:
         final = train_reward_model(config)
     return {
         "train_seconds": final.get("train_seconds"),
+        "pad_shares": pad_shares(_log(config.out)),
         "own_eval": {k: final[k] for k in ("accuracy", "mean_margin", "loss", "n")},
         "model_dir": spec["out"],
         "versions": versions("torch", "transformers", "accelerate", "alignloop"),
@@ -86,15 +106,12 @@ def _run_rl(config, phases: Phases) -> dict:
 
     with phases("train_call"):  # load the models, train, save the policy
         final = train_ppo(config)
-    log = [
-        json.loads(line)
-        for line in (Path(config.out) / "metrics.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
+    log = _log(config.out)
     steps = [r for r in log if "ppo/reward_mean" in r]
     return {
         "episodes": final["episodes"],
         "train_seconds": final["ppo/seconds"],
+        "pad_shares": pad_shares(log),
         "score_per_step": [r["ppo/reward_mean"] for r in steps],
         "kl_per_step": [r["ppo/kl"] for r in steps],
         "response_length_per_step": [r["ppo/response_length"] for r in steps],

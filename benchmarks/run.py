@@ -420,6 +420,8 @@ def summarize(workload: str, result: dict, peak_gflops: float) -> dict:
             "achieved_gflops": round(flops / train_s / 1e9, 2),
             "fraction_of_peak": round(flops / train_s / 1e9 / peak_gflops, 4),
         }
+        if runs[0].get("pad_shares"):  # alignloop's own log (benchmarks/alignloop_side.py)
+            s["pad_shares"] = runs[0]["pad_shares"]
         if kind == "reward":
             s["pairs_per_second"] = round(facts["pairs_trained"] / train_s, 2)
             s["held_out_accuracy"] = median([r["held_out_accuracy"] for r in runs])
@@ -494,6 +496,15 @@ def _size(name: str, r: dict) -> str:
     return f"{size['steps']} steps ({facts['episodes']} episodes)"
 
 
+# What each padding share of alignloop's log counts (TRL computes the rollout's too,
+# at full width, in every pass of its update; its reward batches are plain random ones).
+PAD_WORDS = {
+    "rm/pad_share": "reward-model batches",
+    "ppo/pad_share_rollout": "rollout passes (full width)",
+    "ppo/pad_share_update": "update minibatches (trimmed)",
+}
+
+
 def markdown(results: dict) -> str:
     m, w = results["machine"], results["workloads"]
     versions = results["versions"]
@@ -541,6 +552,9 @@ def markdown(results: dict) -> str:
             f"{x['wall']}x")  # fmt: skip
         row(name, peer, "fraction of fp32 peak", f"{100 * a['fraction_of_peak']:.1f}%",
             f"{100 * b['fraction_of_peak']:.1f}%", "")  # fmt: skip
+        for key, share in (a.get("pad_shares") or {}).items():
+            row(name, peer, f"padding share, {PAD_WORDS.get(key, key)}",
+                f"{100 * share:.1f}%", "", "")  # fmt: skip
     sizes = {name: _size(name, r) for name, r in w.items()}
     lines += [
         "",
