@@ -208,7 +208,8 @@ def _new_user(run: PersonalRun) -> str:
     kept = _kept(run.new_user_pairs, run.kept)
     held = _kept(run.new_user_pairs, run.held)
     n = min(cfg.new_user_comparisons, len(kept))
-    few = random.Random(cfg.seed).sample(kept, n)
+    draws_of = _draws(len(kept), n, cfg.new_user_draws, cfg.seed)  # index lists, k = n
+    few = [kept[i] for i in draws_of[0]]
     write_records(out / "comparisons.jsonl", few)
     fit_config = PersonalFitConfig(
         user=few[0].labeler, pairs=out / "comparisons.jsonl", model=str(run.out / "rm-personal"),
@@ -221,7 +222,7 @@ def _new_user(run: PersonalRun) -> str:
                           for pairs in (kept, held))  # fmt: skip
     w0 = torch.tensor([personal.default_weights[h] for h in personal.head_names])
     draws = [pairwise_accuracy(d_held, bradley_terry_fit(d_kept[idx], w0, fit_config.prior))
-             for idx in _draws(len(kept), n, cfg.new_user_draws, cfg.seed)]  # fmt: skip
+             for idx in draws_of]  # fmt: skip
     full = _train_rm(run, "new-user/rm-full", run.out / "new_user_pairs.jsonl")
     pooled = RewardModel.from_pretrained(run.out / "rm-pooled")
     run.personal["new_user"] = row = {
@@ -244,8 +245,9 @@ def _new_user(run: PersonalRun) -> str:
 
 
 def _draws(n_items: int, k: int, n_draws: int, seed: int) -> list[list[int]]:
-    """`n_draws` random subsets of k of n_items indices; the first is the subset that
-    `random.Random(seed).sample` gives (the comparisons `_new_user` writes out)."""
+    """`n_draws` random subsets of k of n_items indices; the first is
+    `random.Random(seed).sample`'s (the comparisons `_new_user` fits through the
+    command and writes out)."""
     first = random.Random(seed).sample(range(n_items), k)
     rng = random.Random(f"{seed}-draws")
     return [first] + [rng.sample(range(n_items), k) for _ in range(n_draws - 1)]
