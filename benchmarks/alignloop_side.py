@@ -6,19 +6,12 @@ repository's environment (.venv). Run by run.py, one process per run:
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Phases, child_main, versions  # noqa: E402
-
-
-def _log(out) -> list[dict]:
-    """The lines of a run's metrics.jsonl."""
-    text = (Path(out) / "metrics.jsonl").read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+from harness import Phases, child_main, read_jsonl, versions  # noqa: E402
 
 
 def pad_shares(log: list[dict]) -> dict[str, float]:
@@ -68,7 +61,7 @@ def reward(spec: dict, phases: Phases) -> dict:
         final = train_reward_model(config)
     return {
         "train_seconds": final.get("train_seconds"),
-        "pad_shares": pad_shares(_log(config.out)),
+        "pad_shares": pad_shares(read_jsonl(Path(config.out) / "metrics.jsonl")),
         "own_eval": {k: final[k] for k in ("accuracy", "mean_margin", "loss", "n")},
         "model_dir": spec["out"],
         "versions": versions("torch", "transformers", "accelerate", "alignloop"),
@@ -106,7 +99,7 @@ def _run_rl(config, phases: Phases) -> dict:
 
     with phases("train_call"):  # load the models, train, save the policy
         final = train_ppo(config)
-    log = _log(config.out)
+    log = read_jsonl(Path(config.out) / "metrics.jsonl")
     steps = [r for r in log if "ppo/reward_mean" in r]
     return {
         "episodes": final["episodes"],

@@ -105,11 +105,8 @@ def run_one(
         "load_before": r["load_before"],
         "load_after": r["load_after"],
     }
-    log = out / "metrics.jsonl"
-    if log.exists():
-        shares = [json.loads(x).get("rm/pad_share") for x in log.read_text().splitlines() if x]
-        shares = [s for s in shares if s is not None]
-        row["pad_share"] = statistics.fmean(shares) if shares else None
+    if "pad_shares" in r:  # alignloop's side reads them from its own log
+        row["pad_share"] = r["pad_shares"].get("rm/pad_share")
     shutil.rmtree(out, ignore_errors=True)
     return row
 
