@@ -1205,6 +1205,25 @@ def test_a_conversation_shows_as_labelled_turns_with_markup_as_text(page, server
 # --- a personal project ("my own preferences", issue 16) ------------------------------
 
 
+def _personal_project(db, name: str, n: int, prompt: str, completion: str) -> None:
+    """A personal project of n prompts p0..p{n-1} (`prompt.format(i=i)`) with three
+    completions each (`completion.format(i=i, j=j)`) and the default guidelines, which
+    need no acknowledging."""
+    service.create_project(
+        db,
+        name=name,
+        criteria=["preference"],
+        guidelines="",
+        prompts=[Prompt(id=f"p{i}", prompt=prompt.format(i=i)) for i in range(n)],
+        completions=[
+            Completion(id=f"p{i}-{j}", prompt_id=f"p{i}", completion=completion.format(i=i, j=j))
+            for i in range(n)
+            for j in range(3)
+        ],
+        personal=True,
+    )
+
+
 def test_a_personal_project_shows_its_banner_and_gives_each_labeler_every_prompt(
     make_page, server, shots
 ):
@@ -1213,19 +1232,7 @@ def test_a_personal_project_shows_its_banner_and_gives_each_labeler_every_prompt
     orders, under its banner, the progress counting their own rankings; the admin
     page counts each one's comparisons toward a fit of their weights."""
     db, project, n = server["db"], "my-taste", 3
-    service.create_project(
-        db,
-        name=project,
-        criteria=["preference"],
-        guidelines="",  # the default ones, which need no acknowledging
-        prompts=[Prompt(id=f"t{i}", prompt=f"Write a title for story {i}.") for i in range(n)],
-        completions=[
-            Completion(id=f"t{i}-{j}", prompt_id=f"t{i}", completion=f"Title {j} of story {i}")
-            for i in range(n)
-            for j in range(3)
-        ],
-        personal=True,
-    )
+    _personal_project(db, project, n, "Write a title for story {i}.", "Title {j} of story {i}")
     desk = make_page(viewport={"width": 1280, "height": 900})
     phone = make_page(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
     shown: dict[str, list[list[str]]] = {}  # labeler -> each task's texts, A first
@@ -1294,19 +1301,7 @@ def test_a_personal_project_skip_change_last_reload_and_the_last_task(page, serv
     returns to the task under way; after the last prompt nothing is left. The page's
     prompt, banner, progress and badges are checked after every action."""
     db, project, n = server["db"], "my-own-4", 4
-    service.create_project(
-        db,
-        name=project,
-        criteria=["preference"],
-        guidelines="",
-        prompts=[Prompt(id=f"p{i}", prompt=f"Name a colour, {i}.") for i in range(n)],
-        completions=[
-            Completion(id=f"p{i}-{j}", prompt_id=f"p{i}", completion=f"Colour {j} for {i}")
-            for i in range(n)
-            for j in range(3)
-        ],
-        personal=True,
-    )
+    _personal_project(db, project, n, "Name a colour, {i}.", "Colour {j} for {i}")
     server["tokens"]["pip"] = service.add_labeler(db, "pip")
     open_task(page, server, "pip", project)
 
