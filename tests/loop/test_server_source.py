@@ -177,3 +177,59 @@ def test_no_token_no_run(loop_yaml, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("ALIGNLOOP_ADMIN_TOKEN", raising=False)
     assert main(["loop", "--config", str(config)]) == 2
     assert "ALIGNLOOP_ADMIN_TOKEN" in capsys.readouterr().err
+
+
+def test_gold_items_go_to_the_labelers_are_scored_and_stay_out_of_training(
+    server, loop_yaml, tmp_path
+):
+    """`gold: DIR` puts known rankings in the round's project as hidden gold items: the
+    labelers get them among their tasks and the server scores them, they do not count
+    for overlap (the loop moves on when the round's own prompts are done), and their
+    rankings stay out of the round's rankings, pairs and reward model."""
+    from alignloop.io import write_records
+    from alignloop.schema import Completion, Prompt, Ranking
+
+    gold_dir = tmp_path / "gold"
+    gold_dir.mkdir()
+    prompts = [Prompt(id=f"gold-{i}", prompt=f"a gold document number {i} .") for i in (0, 1)]
+    texts = ["a", "a b c", "a b c d e f"]  # lengths 1, 5, 11: no ties
+    completions = [Completion(id=f"gold-{i}-{j}", prompt_id=f"gold-{i}", completion=t)
+                   for i in (0, 1) for j, t in enumerate(texts)]  # fmt: skip
+    longest_first = [["gold-0-2"], ["gold-0-1"], ["gold-0-0"]]  # the labelers' own rule
+    shortest_first = [["gold-1-0"], ["gold-1-1"], ["gold-1-2"]]  # against it
+    write_records(gold_dir / "prompts.jsonl", prompts)
+    write_records(gold_dir / "completions.jsonl", completions)
+    write_records(gold_dir / "rankings.jsonl", [
+        Ranking(prompt_id="gold-0", labeler="gold", criterion="overall", ranking=longest_first),
+        Ranking(prompt_id="gold-1", labeler="gold", criterion="overall", ranking=shortest_first),
+    ])  # fmt: skip
+    guidelines = tmp_path / "guidelines.md"
+    guidelines.write_text("Rank the longer summary first.\n")
+    env = {**ENV, "ALIGNLOOP_ADMIN_TOKEN": server["tokens"]["boss"]}
+    out = tmp_path / "with-gold"
+    config = loop_yaml(out, source="server", server=server["url"], guidelines=str(guidelines),
+                       rounds=1, prompts_per_round=4, overlap=2, poll_s=0.1,
+                       project_prefix="gold", gold=str(gold_dir), gold_rate=0.9)  # fmt: skip
+    proc = subprocess.Popen(loop_command(config), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _wait_for_project(server, "gold-round-1", proc)
+    # both gold items come to each labeler (at a rate of 0.9, while regular tasks last)
+    assert label_everything(server, "ann", "gold-round-1") == 4 + 2
+    assert label_everything(server, "bob", "gold-round-1") == 4 + 2
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+
+    base, boss = server["url"] + "/api/v1/admin/projects/gold-round-1", server["tokens"]["boss"]
+    _, status = _call(base + "/status", boss)
+    assert status["progress"]["prompts"] == 4 and status["progress"]["gold_prompts"] == 2
+    assert status["progress"]["complete_prompts"] == 4
+    for name in ("ann", "bob"):  # right on gold-0's 3 pairs, wrong on gold-1's 3
+        assert status["labelers"][name]["gold"] == {"accuracy": 0.5, "pairs": 6, "items": 2}
+    rankings = [json.loads(line) for line in
+                (out / "round-1" / "rankings.jsonl").read_text().splitlines()]  # fmt: skip
+    assert len(rankings) == 4 * 2
+    assert not any(r["prompt_id"].startswith("gold-") for r in rankings)
+    for name in ("pairs.jsonl", "rm_train.jsonl", "completions.jsonl"):
+        assert "gold-" not in (out / "round-1" / name).read_text(), name
+    rounds = json.loads((out / "metrics.json").read_text())["rounds"]
+    assert rounds[0]["n_rankings"] == 8
