@@ -184,3 +184,41 @@ def test_a_finished_run_runs_nothing_again(uninterrupted):
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "round-2" / "ppo" / "model.safetensors").stat().st_mtime_ns == before
     assert "round 2 · PPO" not in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("ppo_init", "reference", "start", "kl_reference"),
+    [
+        ("previous", "sft", "round-1/ppo", "p"),  # the default: go on, KL to the start
+        ("previous", "previous", "round-1/ppo", None),  # KL to where it starts
+        ("start", "sft", "p", None),  # anew from the start, which is the reference
+        ("start", "previous", "p", "round-1/ppo"),
+    ],
+)
+def test_round_two_ppo_starts_and_keeps_its_kl_where_the_keys_say(
+    monkeypatch, tmp_path, ppo_init, reference, start, kl_reference
+):
+    """Round 2's PPO: from the last round's policy or the start (`ppo_init`), the KL to
+    the start or the last round's policy (`reference`); None lets train-ppo take the
+    policy it starts from as the reference."""
+    import alignloop.train.ppo as ppo
+    from alignloop.loop import rounds
+
+    seen = {}
+
+    def fake_train_ppo(config):
+        seen["policy"], seen["reference"] = config.policy, config.reference
+        return {"steps": 1, "episodes": 2, "stop_reason": "max_steps"}
+
+    monkeypatch.setattr(ppo, "train_ppo", fake_train_ppo)
+    cfg = _config(ppo_init=ppo_init, reference=reference)
+    (tmp_path / "round-2").mkdir()
+    run = SimpleNamespace(
+        cfg=cfg, round_dir=lambda n: tmp_path / f"round-{n}",
+        policy_before=lambda n: "p" if n == 1 else f"round-{n - 1}/ppo",
+        rm_dir=lambda n, criterion: tmp_path / f"round-{n}" / "rm",
+    )  # fmt: skip
+    rounds._ppo(run, 2)
+    assert seen == {"policy": start, "reference": kl_reference}
+    rounds._ppo(run, 1)  # round 1 starts from the start, its own reference
+    assert seen == {"policy": "p", "reference": None}

@@ -85,6 +85,9 @@ class DemoConfig:
     rm_init: Literal["previous", "scratch"] = option(
         "previous", "each round's reward model starts from the last round's or from the SFT policy"
     )
+    ppo_init: Literal["previous", "start"] = option(
+        "previous", "each round's PPO starts from the last round's policy or from the SFT policy"
+    )
     ppo_steps: int = option(100, "PPO steps of each round", at_least=1)
     personal: bool = option(
         False, "the personal demo instead (loop/personal.py): a panel of strong tastes, "
@@ -759,6 +762,7 @@ def loop_config(cfg: DemoConfig, out: Path, paths: dict[str, Path]):
         seed=cfg.seed, rounds=cfg.rounds, prompts_per_round=max(sizes), round_prompts=sizes,
         k=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
         source="simulated", overlap=cfg.overlap, labelers=cfg.labelers, rm_init=cfg.rm_init,
+        ppo_init=cfg.ppo_init,
         rm_model=str(out / "sft"), rm_epochs=cfg.rm_epochs, rm_lr=cfg.rm_lr, rm_batch_size=16,
         rm_max_length=128, rm_held_out=cfg.rm_held_out, reference=cfg.reference,
         ppo_steps=cfg.ppo_steps, ppo_batch_size=cfg.ppo_batch, ppo_lr=cfg.ppo_lr,

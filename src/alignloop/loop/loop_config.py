@@ -124,6 +124,12 @@ class LoopConfig(Options):
     reference: Literal["sft", "previous"] = option(
         "sft", "reference of PPO's KL penalty: the start policy (sft) or the last round's"
     )
+    ppo_init: Literal["previous", "start"] = option(
+        "previous", "each round's PPO starts from the last round's policy (previous) or "
+        "anew from the start policy --policy (start; Stiennon et al. 2020 and Bai et al. "
+        "2022 trained each new policy from the supervised one); the round's completions "
+        "to label come from the last round's policy either way"
+    )  # fmt: skip
     ppo_steps: int = option(100, "PPO steps per round", at_least=1)
     ppo_batch_size: int = option(32, "PPO: prompts per rollout", at_least=2)
     ppo_lr: float = option(1e-4, "PPO: policy learning rate")

@@ -340,10 +340,13 @@ def _ppo(run: LoopRun, n: int) -> str:
 
     cfg, d = run.cfg, run.round_dir(n)
     out = d / "ppo"
-    start = run.policy_before(n)
-    # The KL's reference: the start (PPO's own default when it starts there) or the
-    # policy this round starts from.
-    reference = None if cfg.reference == "previous" or n == 1 else cfg.policy
+    start = cfg.policy if cfg.ppo_init == "start" else run.policy_before(n)
+    # The KL's reference: the start policy, or the last round's (PPO's own default, the
+    # policy it starts from, covers a run that starts there).
+    if cfg.reference == "previous":
+        reference = None if start == run.policy_before(n) else run.policy_before(n)
+    else:
+        reference = None if start == cfg.policy else cfg.policy
     result = train_ppo(PPOConfig(
         policy=start, prompts=cfg.prompts, out=out,
         reward_model=str(run.rm_dir(n, cfg.criteria[0])), reference=reference,
