@@ -42,8 +42,11 @@ from alignloop.losses import logprobs_from_logits
 from alignloop.schema import join_text
 
 __all__ = [
+    "PackedResponses",
     "ResponseBatch",
     "RewardModel",
+    "block_mask",
+    "fill_rows",
     "build_tiny_causal_lm",
     "continuation_ids",
     "disable_dropout",
@@ -714,11 +717,8 @@ class RewardModel(nn.Module):
         backbone = getattr(hf, hf.base_model_prefix)
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
-        if attention_mask.dim() == 4 and hf.config._attn_implementation == "eager":
-            # eager attention adds its mask to the scores: 0 where allowed, min elsewhere
-            dtype = next(hf.parameters()).dtype
-            blocked = torch.zeros(attention_mask.shape, dtype=dtype, device=input_ids.device)
-            attention_mask = blocked.masked_fill(~attention_mask, torch.finfo(dtype).min)
+        if attention_mask.dim() == 4:
+            attention_mask = packed_mask(hf, attention_mask)
         hidden = backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
         ).last_hidden_state  # (N, L, hidden)
@@ -1238,9 +1238,15 @@ class ValueModel(nn.Module):
         return cls(RewardModel.from_pretrained(name_or_path, dtype=dtype, options=options,
                                                what=what), weights)  # fmt: skip
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Values at every position: (N, L) -> (N, L)."""
-        return self.reward_model.token_scores(input_ids, attention_mask)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Values at every position: (N, L) -> (N, L); packed rows take a 4D mask and
+        their positions (`PackedResponses`)."""
+        return self.reward_model.token_scores(input_ids, attention_mask, position_ids)
 
 
 class PolicyWithValueHead(nn.Module):
@@ -1262,8 +1268,15 @@ class PolicyWithValueHead(nn.Module):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         logits_to_keep: int = 0,
+        read_at: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits of the last `logits_to_keep` positions (N, K, V), values (N, L))."""
+        """(logits of the last `logits_to_keep` positions (N, K, V), values (N, L)).
+        Packed rows (`PackedResponses`: a 4D mask, `read_at` (B, T)): both read at
+        `read_at` only, (B, T, V) and (B, T)."""
+        if read_at is not None:
+            packed = PackedResponses(input_ids, attention_mask, position_ids, read_at, 0)
+            logits, hidden = packed_logits_and_hidden(self.policy, packed)
+            return logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
         out = self.policy(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -1293,6 +1306,124 @@ def prompt_token_limit(policy: nn.Module, max_prompt_length: int, max_new_tokens
     return min(max_prompt_length, context - max_new_tokens)
 
 
+# --- packed rows: several sequences in one row, none of them padded -------------------
+
+
+def fill_rows(lengths: list[int], capacity: int | None = None) -> list[list[int]]:
+    """Blocks into as few rows of `capacity` tokens (default: the longest block) as
+    hold them (first fit, longest first): the padding of one row per prompt, mostly
+    gone. Returns block indices per row."""
+    capacity = max(max(lengths), capacity or 0)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for b in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, free in enumerate(room):
+            if lengths[b] <= free:
+                rows[r].append(b)
+                room[r] -= lengths[b]
+                break
+        else:
+            rows.append([b])
+            room.append(capacity - lengths[b])
+    return rows
+
+
+def block_mask(block_id: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    """Who sees whom in packed rows: block_id (R, L) (-1 on padding) and segment (R, L)
+    (0 a prompt's shared tokens, i its text i) -> (R, 1, L, L) bool, True where query q
+    may attend to key k: causal, the same block, and k shared or in q's own text. A
+    padding position sees itself (an empty row would make the softmax NaN)."""
+    L = block_id.shape[1]
+    bq, bk = block_id[:, :, None], block_id[:, None, :]  # (R, L, 1), (R, 1, L)
+    sq, sk = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    allowed = causal & (bk >= 0) & (bk == bq) & ((sk == 0) | (sk == sq))  # (R, L, L)
+    return (allowed | torch.eye(L, dtype=torch.bool))[:, None]
+
+
+def packed_mask(model: nn.Module, mask: torch.Tensor) -> torch.Tensor:
+    """A 4D boolean mask (R, 1, L, L) as `model`'s attention takes it: sdpa reads the
+    booleans, eager attention adds its mask to the scores (0 where allowed, the
+    dtype's minimum elsewhere)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) != "eager":
+        return mask
+    dtype = next(model.parameters()).dtype
+    blocked = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return blocked.masked_fill(~mask, torch.finfo(dtype).min)
+
+
+@dataclass
+class PackedResponses:
+    """A `ResponseBatch` with its B (prompt, response) sequences laid end to end in R
+    rows of at most twice the longest sequence (first fit, longest first:
+    `fill_rows`; rows as long as the longest alone would leave sequences of alike
+    lengths one to a row, padded as before), no padding inside a sequence; each
+    sequence sees only itself (`block_mask`) and has its own positions from 0, so
+    every output equals the padded batch's (issue 17)."""
+
+    input_ids: torch.Tensor  # (R, L)
+    attention_mask: torch.Tensor  # (R, 1, L, L) bool
+    position_ids: torch.Tensor  # (R, L)
+    # (B, T) flat indices into R x L of the position whose output predicts response
+    # token t (the state before it); 0 where the response is padding (read, then masked)
+    read_at: torch.Tensor
+    real: int  # real tokens in the rows
+
+    @classmethod
+    def of(cls, batch: ResponseBatch, pad_id: int = 0) -> PackedResponses:
+        q_len = batch.query_mask.sum(1).tolist()  # (B,) real prompt tokens, left-padded
+        t_len = batch.response_mask.sum(1).long().tolist()  # (B,) real response tokens
+        Q, T = batch.query_ids.shape[1], batch.response_ids.shape[1]
+        lengths = [q + t for q, t in zip(q_len, t_len, strict=True)]
+        rows = fill_rows(lengths, capacity=2 * max(lengths))
+        L = max(sum(lengths[b] for b in row) for row in rows)
+        device = batch.query_ids.device
+        input_ids = torch.full((len(rows), L), pad_id, dtype=torch.long, device=device)
+        block_id = torch.full((len(rows), L), -1, dtype=torch.long)  # -1: padding
+        position_ids = torch.zeros((len(rows), L), dtype=torch.long)
+        read_at = torch.zeros((len(lengths), T), dtype=torch.long)
+        for r, row in enumerate(rows):
+            col = 0
+            for b in row:
+                q, t = q_len[b], t_len[b]
+                span = slice(col, col + q + t)
+                input_ids[r, col : col + q] = batch.query_ids[b, Q - q :]
+                input_ids[r, col + q : col + q + t] = batch.response_ids[b, :t]
+                block_id[r, span] = b
+                position_ids[r, span] = torch.arange(q + t)
+                # response token j is predicted at the sequence's position q - 1 + j
+                read_at[b, :t] = r * L + col + q - 1 + torch.arange(t)
+                col += q + t
+        segment = torch.zeros_like(block_id)  # one text per block
+        return cls(
+            input_ids=input_ids,
+            attention_mask=block_mask(block_id, segment).to(device),
+            position_ids=position_ids.to(device),
+            read_at=read_at.to(device),
+            real=sum(lengths),
+        )
+
+
+def _output_embeddings(model: nn.Module) -> nn.Module:
+    """The LM head of a causal LM, through a DDP or PEFT wrapper."""
+    return getattr(model, "module", model).get_output_embeddings()
+
+
+def packed_logits_and_hidden(model: nn.Module, packed: PackedResponses):
+    """A causal LM's pass over packed rows: (logits (B, T, V) read at `read_at`, the
+    hidden states there (B, T, H)). The LM head runs on those B x T positions only."""
+    out = model(
+        input_ids=packed.input_ids,
+        attention_mask=packed_mask(getattr(model, "module", model), packed.attention_mask),
+        position_ids=packed.position_ids,
+        logits_to_keep=1,  # the head runs below, on the positions read
+        output_hidden_states=True,
+    )
+    hidden = out.hidden_states[-1].flatten(0, 1)[packed.read_at]  # (B, T, H), after the norm
+    return _output_embeddings(model)(hidden), hidden
+
+
 # --- log-probabilities of a response ---------------------------------------------------
 
 
@@ -1305,6 +1436,16 @@ class ResponseBatch:
     query_mask: torch.Tensor  # (B, Q) 1 on real prompt tokens
     response_ids: torch.Tensor  # (B, T) response tokens, right-padded
     response_mask: torch.Tensor  # (B, T) 1 on response tokens (int or float)
+    # run the passes on packed rows (`PackedResponses`): no padding computed, the
+    # same outputs to float rounding (PPO's --pack-rows; issue 17)
+    pack: bool = False
+
+    @property
+    def packed(self) -> PackedResponses:
+        """The batch as packed rows (laid out once, on first use)."""
+        if getattr(self, "_packed", None) is None:
+            self._packed = PackedResponses.of(self)
+        return self._packed
 
     def model_inputs(self) -> dict[str, torch.Tensor | int]:
         """The keyword arguments of a causal LM's forward over prompt + response."""
@@ -1325,7 +1466,13 @@ class ResponseBatch:
     def padding(self) -> torch.Tensor:
         """(padding positions, all positions) of a forward pass over this batch: (2,),
         float64, on the masks' device (sums of the masks, no sync: read it where it is
-        logged). Padding share: padding[0] / padding[1] (issue 17)."""
+        logged). Padding share: padding[0] / padding[1] (issue 17). Packed: the rows'
+        positions that hold no token."""
+        if self.pack:
+            p = self.packed
+            total = float(p.input_ids.numel())
+            return torch.tensor([total - p.real, total], dtype=torch.float64,
+                                device=self.query_mask.device)  # fmt: skip
         real = self.query_mask.sum(dtype=torch.float64) + self.response_mask.sum(
             dtype=torch.float64
         )
@@ -1340,6 +1487,13 @@ def response_logits(
     """(logits (B, T, V) / temperature predicting each response token, values (B, T)
     of the state before it when `value_head`, else None). `value_head`: the model is a
     `PolicyWithValueHead`, whose one pass gives both."""
+    if batch.pack:
+        p = batch.packed
+        if value_head:
+            logits, values = model(p.input_ids, p.attention_mask, p.position_ids, read_at=p.read_at)
+            return logits.float() / temperature, values.float()  # (B, T, V), (B, T)
+        logits, _ = packed_logits_and_hidden(model, p)  # (B, T, V)
+        return logits.float() / temperature, None
     inputs = batch.model_inputs()
     values = None
     if value_head:

@@ -156,14 +156,101 @@ def test_rollout_select_trims_padding_columns():
     assert stats["pad_share_rollout"] == pytest.approx(12 / 27)
 
 
+def test_packed_rows_lay_each_sequence_out_once_with_its_own_positions():
+    """Issue 17, by hand: four (prompt, response) pairs of 5, 2, 3 and 5 real tokens
+    go into rows of at most twice the longest (5 + 5, 3 + 2 + 5 padding), each without
+    its padding, positions from 0, a block mask that keeps each to itself, and the
+    response tokens read where the padded batch would read them."""
+    from alignloop.models import ResponseBatch
+
+    query_mask = torch.tensor([[1, 1, 1], [0, 0, 1], [0, 1, 1], [0, 1, 1]])
+    response_mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 0, 0], [1, 1, 1]]).float()
+    batch = ResponseBatch(
+        torch.tensor([[1, 2, 3], [0, 0, 4], [0, 5, 6], [0, 11, 12]]), query_mask,
+        torch.tensor([[7, 8, 0], [9, 0, 0], [10, 0, 0], [13, 14, 15]]), response_mask,
+        pack=True,
+    )  # fmt: skip
+    p = batch.packed
+    assert p.input_ids.tolist() == [[1, 2, 3, 7, 8, 11, 12, 13, 14, 15],
+                                    [5, 6, 10, 4, 9, 0, 0, 0, 0, 0]]  # fmt: skip
+    assert p.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3, 4],
+                                       [0, 1, 2, 0, 1, 0, 0, 0, 0, 0]]  # fmt: skip
+    # response token j of a sequence is predicted at its prompt's last token + j
+    assert p.read_at.tolist() == [[2, 3, 0], [10 + 3, 0, 0], [10 + 1, 0, 0], [6, 7, 8]]
+    sees = p.attention_mask[0, 0]  # row 1: sequence 1 (cols 0-4), then sequence 4 (5-9)
+    assert sees[4].tolist() == [True] * 5 + [False] * 5
+    assert sees[7].tolist() == [False] * 5 + [True] * 3 + [False] * 2
+    assert p.attention_mask[1, 0, 7].tolist() == [False] * 7 + [True] + [False] * 2  # padding
+    assert batch.padding().tolist() == [5.0, 20.0]
+    assert batch.packed is p  # laid out once
+    assert ResponseBatch(batch.query_ids, query_mask, batch.response_ids,
+                         response_mask).padding().tolist() == [9.0, 24.0]  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", ["separate", "policy-head", "lora"])
+def test_packed_rows_compute_what_padded_rows_do(tmp_path, world, variant):
+    """Issue 17: --pack-rows gives the rollout and the update what the padded rows
+    give, to 1e-5: the same episodes and scores (sampling is untouched), the old and
+    the reference's log-probabilities, values, KL, advantages, and a minibatch's
+    logits, values, loss and diagnostics; with less padding computed."""
+    from alignloop.models import ResponseBatch
+    from alignloop.train.common import make_accelerator
+
+    extra = {"lora_r": 4} if variant == "lora" else {"critic": variant}
+    padded_config = make_config(world, tmp_path / "padded", **extra)
+    packed_config = make_config(world, tmp_path / "packed", pack_rows=True, **extra)
+    policy, critic, reference, tokenizer, rows, texts, score_fn = _pieces(padded_config)
+    runs = []
+    for config in (padded_config, packed_config):
+        torch.manual_seed(1)
+        runs.append(make_rollout(policy, critic, reference, tokenizer, rows, texts, score_fn,
+                                 0.05, config)[0])  # fmt: skip
+    padded, packed = runs
+    assert torch.equal(padded.response_ids, packed.response_ids)
+    assert torch.equal(padded.scores, packed.scores) and packed.pack and not padded.pack
+    mask = padded.response_mask.bool()
+    for name in ("logprobs", "ref_logprobs", "values", "entropy", "kl", "advantages", "returns"):
+        a, b = getattr(padded, name), getattr(packed, name)
+        torch.testing.assert_close(a[mask], b[mask], atol=1e-5, rtol=1e-5, msg=name)
+    share = {r.pack: r.pass_padding[0] / r.pass_padding[1] for r in runs}
+    assert share[True] < share[False]
+
+    idx = torch.tensor([0, 3, 5, 6])
+    policy.train(False)
+    if critic is not None:
+        critic.train(False)
+    with torch.no_grad():
+        outs = [forward(policy, critic, r.select(idx).tokens, padded_config.temperature)
+                for r in (padded, packed)]  # fmt: skip
+        losses = [minibatch_loss(policy, critic, r.select(idx), padded_config)
+                  for r in (padded, packed)]  # fmt: skip
+    m = padded.select(idx).response_mask.bool()
+    torch.testing.assert_close(outs[0][0][m], outs[1][0][m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[0][1][m], outs[1][1][m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(losses[0][0], losses[1][0], atol=1e-5, rtol=1e-5)
+    for k in losses[0][1]:
+        torch.testing.assert_close(losses[0][1][k], losses[1][1][k], atol=1e-5, rtol=1e-5)
+    assert isinstance(packed.select(idx).tokens, ResponseBatch) and packed.select(idx).pack
+
+    stats = [ppo_update(make_accelerator(mixed_precision="no", out=tmp_path / str(i)), policy,
+                        critic, _optimizers(padded_config, policy, critic), r, padded_config,
+                        torch.Generator().manual_seed(0))
+             for i, r in enumerate((padded, packed))]  # fmt: skip
+    assert stats[1]["pad_share_update"] < stats[0]["pad_share_update"]
+    assert "pad_share_passes" in _rollout_stats(ONE_PROCESS, packed, 0.1)
+
+
 def _untrimmed(rollout: Rollout, idx: torch.Tensor) -> Rollout:
     """The episodes `idx` at the rollout's full width, as before trimming."""
     import dataclasses
 
-    return Rollout(**{
-        f.name: v if v is None else [v[i] for i in idx.tolist()] if isinstance(v, list) else v[idx]
-        for f in dataclasses.fields(rollout) for v in [getattr(rollout, f.name)]
-    })  # fmt: skip
+    def pick(name, v):
+        if v is None or isinstance(v, bool) or name == "pass_padding":
+            return v
+        return [v[i] for i in idx.tolist()] if isinstance(v, list) else v[idx]
+
+    return Rollout(**{f.name: pick(f.name, getattr(rollout, f.name))
+                      for f in dataclasses.fields(rollout)})  # fmt: skip
 
 
 # --- one rollout, one update -----------------------------------------------------------

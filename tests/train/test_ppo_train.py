@@ -182,6 +182,32 @@ def test_two_processes_with_torchrun(tmp_path, world):
 
 
 @pytest.mark.slow
+def test_packed_rows_on_two_processes_train_what_padded_rows_do(tmp_path, world):
+    """Issue 17: --pack-rows under DDP reads the LM head outside the model's forward;
+    its gradients must still be averaged over the processes. Three steps of two
+    processes end with the weights and figures of the padded run, to float rounding
+    (a process training on its own gradients alone would be a step's size away)."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for pack in ("--no-pack-rows", "--pack-rows"):
+        out = tmp_path / pack
+        result = run_two_processes([*cli_args(world, out, max_steps=3, save_every=0), pack])
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[pack] = (load_file(out / "model.safetensors"), metrics(out))
+    (padded, log_padded), (packed, log_packed) = runs["--no-pack-rows"], runs["--pack-rows"]
+    start = load_file(world["policy"] / "model.safetensors")
+    for name, w in padded.items():  # each weight moved by ~2e-2; the two runs ~2e-7 apart
+        assert (w - start[name]).abs().max().item() > 1e-3, name
+        assert (w - packed[name]).abs().max().item() < 1e-5, name
+    rows = [(a, b) for a, b in zip(log_padded, log_packed, strict=True) if "ppo/kl" in a]
+    for a, b in rows:
+        assert b["ppo/pad_share_update"] <= a["ppo/pad_share_update"]
+        for k in ("ppo/reward_mean", "ppo/kl", "ppo/pg_loss", "ppo/v_loss"):
+            assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-4), k
+
+
+@pytest.mark.slow
 def test_two_processes_with_few_prompts_neither_waits_on_the_other(tmp_path, world):
     """17 prompts, 8 per process: one full rollout per pass over them; the trailing 1
     (fewer than the processes) is dropped on both alike, so both take the same steps

@@ -163,13 +163,18 @@ class Rollout:
     # (B,) each: a combined reward's figures per episode (score_<head>, safety_gated; see
     # make_score_fn), written to rollouts.jsonl; None for a single reward
     score_figures: dict[str, torch.Tensor] | None = None
+    pack: bool = False  # the passes over it run on packed rows (--pack-rows)
+    # (2,) float64: padded and all positions of the rollout's policy, reference and
+    # value passes as they ran (padded or packed rows); not per episode
+    pass_padding: torch.Tensor | None = None
 
     @property
     def tokens(self) -> ResponseBatch:
         """The prompt and response tokens, for a forward pass over them."""
         from alignloop.models import ResponseBatch
 
-        return ResponseBatch(self.query_ids, self.query_mask, self.response_ids, self.response_mask)
+        return ResponseBatch(self.query_ids, self.query_mask, self.response_ids,
+                             self.response_mask, pack=self.pack)  # fmt: skip
 
     def select(self, idx: torch.Tensor) -> Rollout:
         """The episodes `idx`, trimmed to their own longest prompt and response (no
@@ -179,8 +184,8 @@ class Rollout:
         picked = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if v is None:
-                picked[f.name] = None
+            if v is None or isinstance(v, bool) or f.name == "pass_padding":
+                picked[f.name] = v if f.name != "pass_padding" else None
             elif isinstance(v, dict):
                 picked[f.name] = {k: t[idx] for k, t in v.items()}
             elif isinstance(v, list):
@@ -224,6 +229,10 @@ def forward(policy, critic, batch: ResponseBatch, temperature: float, *, values:
 
 def critic_values(critic, batch: ResponseBatch) -> torch.Tensor:
     """A separate critic's V(s_t) of each response token's state, before a_t: (B, T)."""
+    if batch.pack:
+        p = batch.packed
+        v = critic(p.input_ids, p.attention_mask, p.position_ids)  # (R, L)
+        return v.flatten()[p.read_at].float()  # (B, T)
     inputs = batch.model_inputs()
     v = critic(inputs["input_ids"], inputs["attention_mask"])  # (B, Q + T)
     return v[:, batch.query_ids.shape[1] - 1 : -1].float()  # (B, T)
@@ -315,6 +324,7 @@ def make_rollout(
         query_mask=s.query_mask,
         response_ids=s.response_ids[:, :T],
         response_mask=s.response_mask[:, :T].float(),
+        pack=config.pack_rows,
     )
     mask = tokens.response_mask  # (B, T)
     sampled = None
@@ -322,7 +332,7 @@ def make_rollout(
         if s.logprobs is None:
             raise ValueError("the sampler kept no log-probabilities (transformers' generate)")
         sampled = (s.logprobs[:, :T], s.entropy[:, :T])  # (B, T) each, 0 on padding
-    logprobs, ref_logprobs, values, entropy = _token_passes(
+    logprobs, ref_logprobs, values, entropy, pass_padding = _token_passes(
         policy, critic, reference, tokens, config, autocast, sampled
     )
 
@@ -364,6 +374,8 @@ def make_rollout(
         users=episode_users,
         score_figures={k: v for k, v in raw.items()
                        if k not in SCORE_PARTS and not k.startswith(USER_FIGURE)} or None,
+        pack=config.pack_rows,
+        pass_padding=pass_padding,
     )  # fmt: skip
     return rollout, raw
 
@@ -379,7 +391,8 @@ def _token_passes(
 ):
     """The rollout's inference passes, micro-batch by micro-batch: (logprobs,
     ref_logprobs, values, entropy), each (B, T); values and entropy 0 on padding,
-    values 0 everywhere without a critic (RLOO). `sampled`: the sampler's (logprobs,
+    values 0 everywhere without a critic (RLOO); and (padded, all) positions of the
+    passes, (2,) (`ResponseBatch.padding`). `sampled`: the sampler's (logprobs,
     entropy), each (B, T), taken for the policy's, whose pass is then left out (a
     separate critic or none: `recompute_reason`)."""
     from alignloop.models import ResponseBatch
@@ -388,11 +401,14 @@ def _token_passes(
     mask = tokens.response_mask  # (B, T)
     chunks = torch.arange(len(mask)).split(config.minibatch_size // config.grad_accum)
     parts = []
+    padding = 0
     with torch.inference_mode(), autocast():
         for idx in chunks:
             batch = ResponseBatch(
-                tokens.query_ids[idx], tokens.query_mask[idx], tokens.response_ids[idx], mask[idx]
-            )
+                tokens.query_ids[idx], tokens.query_mask[idx], tokens.response_ids[idx], mask[idx],
+                pack=tokens.pack,
+            )  # fmt: skip
+            padding = padding + batch.padding()
             if sampled is None:
                 logits, values = forward(policy, critic, batch, config.temperature,
                                          values=with_values)  # fmt: skip
@@ -408,7 +424,7 @@ def _token_passes(
         torch.cat(p).clone() if p[0] is not None else torch.zeros_like(mask)  # RLOO: no values
         for p in zip(*parts, strict=True)
     )
-    return logprobs, ref_logprobs, values * mask, entropy * mask
+    return logprobs, ref_logprobs, values * mask, entropy * mask, padding.clone()
 
 
 def recompute_reason(config: PPOConfig, policy, mixed_precision: str) -> str | None:
@@ -1064,6 +1080,13 @@ def set_up_run(config: PPOConfig) -> PPORun:
     from alignloop.models import prompt_token_limit
 
     accelerator, console, checkpoints = _start(config)
+    sharded = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+    if config.pack_rows and accelerator.distributed_type.value in sharded:
+        # packed rows read the LM head outside the model's forward, which a sharded
+        # model does not allow
+        raise ConfigError(
+            f"--pack-rows runs on one process or DDP, not {accelerator.distributed_type.value}"
+        )
     prompts = load_prompts(config.prompts)
     texts = [p.prompt for p in prompts]
     reward_fn = load_reward_fn(config.reward_fn) if config.reward_fn else None
@@ -1421,7 +1444,7 @@ def _rollout_stats(accelerator, r: Rollout, beta: float) -> dict[str, float]:
     scores, kl, lengths, no_eos, entropy, values, real, width = per_episode.unbind(1)
     local_ev = torch.tensor([explained_variance(r.values, r.returns, mask)])
     ev = _reduce_mean(accelerator, {"ev": local_ev.item()})["ev"]
-    return {
+    stats = {
         "reward_mean": scores.mean().item(),
         "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
         "kl": kl.mean().item(),
@@ -1436,6 +1459,12 @@ def _rollout_stats(accelerator, r: Rollout, beta: float) -> dict[str, float]:
         # reference and value passes all run on these (B, Q + T) rows (issue 17).
         "pad_share_rollout": 1.0 - (real.sum() / width.sum()).item(),
     }
+    if r.pass_padding is not None:
+        # the policy, reference and value passes as they ran: the same rows, or packed
+        # ones with --pack-rows (sampling stays on the padded rows)
+        share = (r.pass_padding[0] / r.pass_padding[1]).item()
+        stats["pad_share_passes"] = _reduce_mean(accelerator, {"p": share})["p"]
+    return stats
 
 
 def _score_figures(accelerator, raw: dict[str, torch.Tensor]) -> dict[str, float]:

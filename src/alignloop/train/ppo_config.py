@@ -101,6 +101,12 @@ class PPOConfig(TrainingOptions, SamplingOptions):
         "no mixed precision), the pass elsewhere and with --critic policy-head (whose "
         "values come from it)",
     )
+    pack_rows: bool = option(
+        False, "run the rollout's policy, reference and value passes and the update on "
+        "packed rows: each (prompt, response) without its padding, several to a row "
+        "with a block mask and their own positions (the same outputs to float "
+        "rounding); one process or DDP, not FSDP or DeepSpeed"
+    )  # fmt: skip
     # reward shaping
     kl_coef: float = option(0.05, "beta of the per-token KL penalty (the start value if adaptive)")
     kl_estimator: Literal["k1", "k3"] = option("k1", "per-token KL estimator of the penalty")

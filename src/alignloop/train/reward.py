@@ -47,7 +47,7 @@ from alignloop.losses import (
     user_weight_penalty,
     user_weight_spread,
 )
-from alignloop.models import pad_right, tokenize_keep_end
+from alignloop.models import block_mask, fill_rows, pad_right, tokenize_keep_end
 from alignloop.schema import Comparison, Conversation, SchemaError
 from alignloop.train.common import (
     RunningMean,
@@ -347,7 +347,7 @@ def collate(
         input_ids, attention_mask = pad_right(texts, pad_id, multiple_of=8)
         return RewardBatch(input_ids=input_ids, attention_mask=attention_mask, **pairs)
     blocks = [_block(g.input_ids) for g in groups]  # (tokens, segments, positions, ends)
-    rows = _fill_rows([len(b[0]) for b in blocks])  # block indices per row
+    rows = fill_rows([len(b[0]) for b in blocks])  # block indices per row
     L = max(sum(len(blocks[b][0]) for b in row) for row in rows)
     input_ids = torch.full((len(rows), L), pad_id, dtype=torch.long)  # (R, L)
     block_id = torch.full((len(rows), L), -1)  # (R, L) which block, -1: padding
@@ -392,37 +392,6 @@ def _block(texts: list[list[int]]) -> tuple[list[int], list[int], list[int], lis
         pos += range(shared, shared + len(own))
         ends.append(len(tokens) - 1)
     return tokens, seg, pos, ends
-
-
-def _fill_rows(lengths: list[int]) -> list[list[int]]:
-    """Blocks into as few rows as fit the longest block (first fit, longest first):
-    the padding of one row per prompt, mostly gone. Returns block indices per row."""
-    capacity = max(lengths)
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for b in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        for r, free in enumerate(room):
-            if lengths[b] <= free:
-                rows[r].append(b)
-                room[r] -= lengths[b]
-                break
-        else:
-            rows.append([b])
-            room.append(capacity - lengths[b])
-    return rows
-
-
-def block_mask(block_id: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
-    """Who sees whom in packed rows: block_id (R, L) (-1 on padding) and segment (R, L)
-    (0 a prompt's shared tokens, i its text i) -> (R, 1, L, L) bool, True where query q
-    may attend to key k: causal, the same block, and k shared or in q's own text. A
-    padding position sees itself (an empty row would make the softmax NaN)."""
-    L = block_id.shape[1]
-    bq, bk = block_id[:, :, None], block_id[:, None, :]  # (R, L, 1), (R, 1, L)
-    sq, sk = segment[:, :, None], segment[:, None, :]
-    causal = torch.ones(L, L, dtype=torch.bool).tril()
-    allowed = causal & (bk >= 0) & (bk == bq) & ((sk == 0) | (sk == sq))  # (R, L, L)
-    return (allowed | torch.eye(L, dtype=torch.bool))[:, None]
 
 
 def pad_share(batch: RewardBatch, groups: Sequence[PromptGroup]) -> torch.Tensor:
