@@ -129,6 +129,7 @@ def ppo(spec: dict, phases: Phases) -> dict:
         whiten_advantages=True,
         max_grad_norm=0.0,  # TRL 1.12's PPO does not clip gradients
         critic="separate",
+        pack_rows=spec.get("pack_rows", False),
     )
     return _run_rl(config, phases)
 

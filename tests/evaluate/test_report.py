@@ -267,6 +267,16 @@ def test_rounds_table_plot_and_samples(tmp_path):
     assert "<summary>Round 2: 1 prompts</summary>" in page and "round two doc" in page
     assert "<script" not in page.lower()
     assert page.count(html.escape(EVIL, quote=True)) == 2
+    assert "all pairs so far, and runs PPO." in page  # no keys: nothing more said
+    # how the rounds ran, in words, from the loop's keys
+    keys = {"rm_init": "scratch", "ppo_init": "start", "reference": "sft"}
+    page = render_report(data | {"config": keys}, tmp_path / "r.html").read_text()
+    assert ("all pairs so far (each anew), and runs PPO from the start policy, the KL to the "
+            "start policy.") in page  # fmt: skip
+    keys = {"rm_init": "previous", "ppo_init": "previous", "reference": "previous"}
+    page = render_report(data | {"config": keys}, tmp_path / "r.html").read_text()
+    assert html.escape("(from the last round's reward model), and runs PPO from the last "
+                       "round's policy, the KL to the last round's policy.") in page  # fmt: skip
     # One round: its table, no plot of rounds; the rest of the page as before.
     data["rounds"] = rounds(1)
     assert "rounds" not in plots_in(data)

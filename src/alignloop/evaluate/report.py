@@ -1068,6 +1068,17 @@ _ROUND_COLUMNS = (
 )  # fmt: skip
 
 
+def _round_setup(config: dict[str, Any]) -> str:
+    """How the rounds were run, in words, from the loop's keys where the report's
+    config has them: ", and runs PPO" plus where it starts and its KL's reference."""
+    rm = {"previous": " (from the last round's reward model)", "scratch": " (each anew)"}
+    start = {"previous": " from the last round's policy", "start": " from the start policy"}
+    kl = {"sft": ", the KL to the start policy", "previous": ", the KL to the last round's policy"}
+    return (rm.get(str(config.get("rm_init")), "") + ", and runs PPO"
+            + start.get(str(config.get("ppo_init")), "")
+            + kl.get(str(config.get("reference")), ""))  # fmt: skip
+
+
 def _rounds_section(d: ReportData) -> str:
     extra = list(dict.fromkeys(
         k for r in d.rounds for k, v in (r.model_extra or {}).items()
@@ -1088,7 +1099,7 @@ def _rounds_section(d: ReportData) -> str:
         "with two rounds or more)."
         if n == 1
         else f"{n} rounds of the loop: each samples from the current policy, collects rankings "
-        "of those samples, trains the reward model on all pairs so far, and runs PPO."
+        f"of those samples, trains the reward model on all pairs so far{_round_setup(d.config)}."
     )
     return _section(
         "Rounds",
