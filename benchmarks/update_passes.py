@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(0, len(rows), 8):
         s = sample(policy, tokenizer, rows[i : i + 8], k=1, temperature=0.7, max_new_tokens=32)
         T = int(s.response_mask.sum(1).max())
-        batches.append((s.query_ids, s.query_mask, s.response_ids[:, :T],
-                        s.response_mask[:, :T].float()))  # fmt: skip
+        batches.append(tuple(t.clone() for t in (  # out of inference mode, for autograd
+            s.query_ids, s.query_mask, s.response_ids[:, :T], s.response_mask[:, :T].float()
+        )))  # fmt: skip
     policy.train()
 
     def one_pass(model, pack: bool) -> None:

@@ -157,11 +157,11 @@ def test_rollout_select_trims_padding_columns():
 
 
 def test_packed_rows_lay_each_sequence_out_once_with_its_own_positions():
-    """Issue 17, by hand: four (prompt, response) pairs of 5, 2, 3 and 5 real tokens
-    go into rows of at most twice the longest (5 + 5, 3 + 2 + 5 padding), each without
-    its padding, positions from 0, a block mask that keeps each to itself, and the
-    response tokens read where the padded batch would read them."""
-    from alignloop.models import ResponseBatch
+    """Issue 17, by hand: four (prompt, response) pairs of 5, 2, 3 and 5 real tokens go
+    into rows as long as the longest (5, 5, 3 + 2: fewer positions than longer rows
+    would leave), each without its padding, positions from 0, a block mask that keeps
+    each to itself, and the response tokens read where the padded batch reads them."""
+    from alignloop.models import ResponseBatch, _fewest_positions
 
     query_mask = torch.tensor([[1, 1, 1], [0, 0, 1], [0, 1, 1], [0, 1, 1]])
     response_mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 0, 0], [1, 1, 1]]).float()
@@ -171,20 +171,21 @@ def test_packed_rows_lay_each_sequence_out_once_with_its_own_positions():
         pack=True,
     )  # fmt: skip
     p = batch.packed
-    assert p.input_ids.tolist() == [[1, 2, 3, 7, 8, 11, 12, 13, 14, 15],
-                                    [5, 6, 10, 4, 9, 0, 0, 0, 0, 0]]  # fmt: skip
-    assert p.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3, 4],
-                                       [0, 1, 2, 0, 1, 0, 0, 0, 0, 0]]  # fmt: skip
+    assert p.input_ids.tolist() == [[1, 2, 3, 7, 8], [11, 12, 13, 14, 15], [5, 6, 10, 4, 9]]
+    assert p.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]
     # response token j of a sequence is predicted at its prompt's last token + j
     assert p.read_at.tolist() == [[2, 3, 0], [10 + 3, 0, 0], [10 + 1, 0, 0], [6, 7, 8]]
-    sees = p.attention_mask[0, 0]  # row 1: sequence 1 (cols 0-4), then sequence 4 (5-9)
-    assert sees[4].tolist() == [True] * 5 + [False] * 5
-    assert sees[7].tolist() == [False] * 5 + [True] * 3 + [False] * 2
-    assert p.attention_mask[1, 0, 7].tolist() == [False] * 7 + [True] + [False] * 2  # padding
-    assert batch.padding().tolist() == [5.0, 20.0]
+    sees = p.attention_mask[2, 0]  # row 3: sequence 3 (cols 0-2), then sequence 2 (3-4)
+    assert sees[2].tolist() == [True, True, True, False, False]
+    assert sees[4].tolist() == [False, False, False, True, True]
+    assert batch.padding().tolist() == [0.0, 15.0]  # no position left empty
     assert batch.packed is p  # laid out once
     assert ResponseBatch(batch.query_ids, query_mask, batch.response_ids,
                          response_mask).padding().tolist() == [9.0, 24.0]  # fmt: skip
+    # longer rows where they leave fewer positions: 5 + 3 + 3 + 3 in one row of 14
+    # (rows of 5 would leave 4 x 5 = 20 positions, rows of 10 two of 8 = 16)
+    assert _fewest_positions([5, 3, 3, 3]) == [[0, 1, 2, 3]]
+    assert _fewest_positions([5, 2, 3, 5]) == [[0], [3], [2, 1]]
 
 
 @pytest.mark.parametrize("variant", ["separate", "policy-head", "lora"])
