@@ -16,9 +16,10 @@ from harness import Phases, child_main, read_jsonl, versions  # noqa: E402
 
 def pad_shares(log: list[dict]) -> dict[str, float]:
     """Mean over the run of every padding share the trainer logs: `rm/pad_share` (padded
-    positions of each reward-model batch), `ppo/pad_share_rollout` (of the rollout's
-    passes, every row at the batch's full width, as TRL pads them) and
-    `ppo/pad_share_update` (of the update's minibatches after alignloop trims them)."""
+    positions of each reward-model batch), `ppo/pad_share_rollout` (of sampling, every
+    row at the batch's full width, as TRL pads them), `ppo/pad_share_passes` (the
+    rollout's policy, reference and value passes as they ran: full width, or packed)
+    and `ppo/pad_share_update` (of the update's minibatches, trimmed or packed)."""
     values: dict[str, list[float]] = {}
     for line in log:
         for k, v in line.items():

@@ -500,8 +500,9 @@ def _size(name: str, r: dict) -> str:
 # at full width, in every pass of its update; its reward batches are plain random ones).
 PAD_WORDS = {
     "rm/pad_share": "reward-model batches",
-    "ppo/pad_share_rollout": "rollout passes (full width)",
-    "ppo/pad_share_update": "update minibatches (trimmed)",
+    "ppo/pad_share_rollout": "sampling (full width)",
+    "ppo/pad_share_passes": "rollout's policy, reference and value passes (as run)",
+    "ppo/pad_share_update": "update minibatches (trimmed, or packed with pack_rows)",
 }
 
 
