@@ -113,7 +113,7 @@ class DemoConfig:
     # PPO
     ppo_batch: int = 32  # prompts per rollout
     ppo_lr: float = 1e-4
-    kl_coef: float = 0.1
+    kl_coef: float = option(0.1, "beta of PPO's KL penalty to the SFT policy")
     reward_target: float | None = None  # stop early once the reward reaches this
     # evaluation
     eval_k: int = 4  # samples per held-out document and policy
