@@ -30,7 +30,8 @@ from pathlib import Path
 
 
 def _outcome(a: float, b: float) -> float:
-    return 0.5 if abs(a - b) <= 1e-9 else float(a > b)
+    """1, 0.5 or 0: exact ties count half, as the demo's `win_rate` counts them."""
+    return 0.5 if a == b else float(a > b)
 
 
 def _mean_se(values: list[float]) -> dict[str, float]:
