@@ -147,6 +147,7 @@ def rloo(spec: dict, phases: Phases) -> dict:
         clip_eps=0.2,
         whiten_advantages=False,  # TRL's RLOO default (normalize_advantages=False)
         max_grad_norm=1.0,
+        pack_rows=spec.get("pack_rows", False),
     )
     return _run_rl(config, phases)
 

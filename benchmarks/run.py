@@ -239,7 +239,8 @@ def rl_specs(workload: str, size: dict, tag: str) -> tuple[dict, dict, dict]:
         common.update(minibatch_size=16, grad_accum=2, ppo_epochs=4)
     else:
         common.update(k=2, grad_accum=4)
-    al = {**common, "out": str(WORK / "runs" / tag / "alignloop-model")}
+    # alignloop's passes on packed rows (--pack-rows): no padding computed (issue 17)
+    al = {**common, "out": str(WORK / "runs" / tag / "alignloop-model"), "pack_rows": True}
     peer = {**common, "out": str(WORK / "runs" / tag / "trl-model")}
     per_step = common["batch_size"] * common.get("k", 1)
     return al, peer, {"episodes": size["steps"] * per_step}

@@ -188,7 +188,7 @@ def test_packed_rows_lay_each_sequence_out_once_with_its_own_positions():
     assert _fewest_positions([5, 2, 3, 5]) == [[0], [3], [2, 1]]
 
 
-@pytest.mark.parametrize("variant", ["separate", "policy-head", "lora"])
+@pytest.mark.parametrize("variant", ["separate", "policy-head", "lora", "rloo"])
 def test_packed_rows_compute_what_padded_rows_do(tmp_path, world, variant):
     """Issue 17: --pack-rows gives the rollout and the update what the padded rows
     give, to 1e-5: the same episodes and scores (sampling is untouched), the old and
@@ -197,7 +197,9 @@ def test_packed_rows_compute_what_padded_rows_do(tmp_path, world, variant):
     from alignloop.models import ResponseBatch
     from alignloop.train.common import make_accelerator
 
-    extra = {"lora_r": 4} if variant == "lora" else {"critic": variant}
+    extra = {"lora": {"lora_r": 4}, "rloo": {"advantage": "rloo", "samples_per_prompt": 2}}.get(
+        variant, {"critic": variant}
+    )
     padded_config = make_config(world, tmp_path / "padded", **extra)
     packed_config = make_config(world, tmp_path / "packed", pack_rows=True, **extra)
     policy, critic, reference, tokenizer, rows, texts, score_fn = _pieces(padded_config)
@@ -221,13 +223,16 @@ def test_packed_rows_compute_what_padded_rows_do(tmp_path, world, variant):
     if critic is not None:
         critic.train(False)
     with torch.no_grad():
-        outs = [forward(policy, critic, r.select(idx).tokens, padded_config.temperature)
-                for r in (padded, packed)]  # fmt: skip
+        outs = [forward(policy, critic, r.select(idx).tokens, padded_config.temperature,
+                        values=variant != "rloo") for r in (padded, packed)]  # fmt: skip
         losses = [minibatch_loss(policy, critic, r.select(idx), padded_config)
                   for r in (padded, packed)]  # fmt: skip
     m = padded.select(idx).response_mask.bool()
     torch.testing.assert_close(outs[0][0][m], outs[1][0][m], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(outs[0][1][m], outs[1][1][m], atol=1e-5, rtol=1e-5)
+    if variant == "rloo":
+        assert outs[0][1] is None and outs[1][1] is None  # no critic, no values
+    else:
+        torch.testing.assert_close(outs[0][1][m], outs[1][1][m], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(losses[0][0], losses[1][0], atol=1e-5, rtol=1e-5)
     for k in losses[0][1]:
         torch.testing.assert_close(losses[0][1][k], losses[1][1][k], atol=1e-5, rtol=1e-5)
