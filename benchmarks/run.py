@@ -576,7 +576,9 @@ def markdown(results: dict) -> str:
         "decoder reward model runs each prompt once for all its completions (packed "
         "rows); sampling is alignloop's KV-cached loop (a static cache, one uniform "
         "number a token) where TRL calls transformers' `generate`; the policy's head "
-        "runs on the response positions only.",
+        "runs on the response positions only; PPO and RLOO run with `--pack-rows` (not "
+        "a default: the rollout's policy, reference and value passes and the update on "
+        "packed rows, no padding computed).",
         "",
         "Reward gain: the reward model's mean score of 2 samples for each of 128 "
         "held-out prompts (same seeds for every policy), trained policy minus the "
