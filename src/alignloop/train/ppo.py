@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -168,9 +169,10 @@ class Rollout:
     # value passes as they ran (padded or packed rows); not per episode
     pass_padding: torch.Tensor | None = None
 
-    @property
+    @functools.cached_property
     def tokens(self) -> ResponseBatch:
-        """The prompt and response tokens, for a forward pass over them."""
+        """The prompt and response tokens, for a forward pass over them (made once, so
+        packed rows are laid out once however often the update reads them)."""
         from alignloop.models import ResponseBatch
 
         return ResponseBatch(self.query_ids, self.query_mask, self.response_ids,
