@@ -33,11 +33,11 @@ def reward(spec: dict, phases: Phases) -> dict:
     from alignloop.train.reward import train_reward_model
     from alignloop.train.reward_config import RewardConfig
 
-    # The spec may set the length grouping (benchmarks/rm_folds.py compares settings);
-    # otherwise alignloop's default.
-    grouping = {"group_by_length": spec["group_by_length"]} if "group_by_length" in spec else {}
+    # The spec may set the length grouping and the packing (benchmarks/rm_folds.py
+    # compares settings); otherwise alignloop's defaults.
+    chosen = {k: spec[k] for k in ("group_by_length", "pack") if k in spec}
     config = RewardConfig(
-        **grouping,
+        **chosen,
         model=spec["model"],
         data=Path(spec["train"]),
         eval_data=Path(spec["eval"]),

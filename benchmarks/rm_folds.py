@@ -8,18 +8,20 @@ seed, so every pair is held out once per seed, and the settings are compared on 
 very same folds (paired differences: the fold's difficulty cancels).
 
     .venv/bin/python benchmarks/rm_folds.py [--folds 5] [--seeds 0] \\
-        [--settings alignloop-g50,alignloop-g0,trl] [--batch-size 16]
+        [--settings trl,alignloop-g50,alignloop-g0,alignloop-pack-g0] [--batch-size 16]
 
 Settings: `alignloop-gN` is alignloop's trainer with `--group-by-length N` (0: plain
-random batches, as TRL's), `trl` is TRL 1.16's RewardTrainer on the same token ids
-(its environment is `make bench`'s benchmarks/.venv-trl116). Both start from the same
-saved weights (all-MiniLM-L6-v2 + a seeded head), lr 5e-5 linear, max length 128,
-one epoch, no warm-up, fp32, 2 threads, the issue's settings; one evaluator scores
-every model on the fold's token ids. Each run's result is kept in
-benchmarks/.work/folds/results/ and reused (add seeds or settings later; --force
-reruns). Writes bench/rm_folds.json and bench/rm_folds.md: per setting the mean
-accuracy with its standard error over the runs, each setting's paired difference from
-the first setting, training pairs per second and alignloop's padding share.
+random batches, as TRL's) on right-padded rows (`--no-pack`), `alignloop-pack-gN` the
+same on packed rows (several texts a row, `--pack`), `trl` is TRL 1.16's
+RewardTrainer on the same token ids (its environment is `make bench`'s
+benchmarks/.venv-trl116). Both start from the same saved weights (all-MiniLM-L6-v2 +
+a seeded head), lr 5e-5 linear, max length 128, one epoch, no warm-up, fp32, 2
+threads, the issue's settings; one evaluator scores every model on the fold's token
+ids. Each run's result is kept in benchmarks/.work/folds/results/ and reused (add
+seeds or settings later; --force reruns). Writes bench/rm_folds.json and
+bench/rm_folds.md: per setting the mean accuracy with its standard error over the
+runs, each setting's paired difference from the first setting, training pairs per
+second and alignloop's padding share.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -75,6 +78,17 @@ def make_folds(k: int, max_length: int, limit: int | None = None) -> list[dict[s
     return folds
 
 
+def alignloop_options(setting: str) -> dict:
+    """RewardConfig options of an alignloop setting: `alignloop-gN`, one right-padded row
+    per text (--no-pack) in batches grouped by length over windows of N (0: plain random
+    batches, as TRL's); `alignloop-pack-gN`, several texts a row (the encoder's packing,
+    --pack), grouped the same way."""
+    m = re.fullmatch(r"alignloop-(pack-)?g(\d+)", setting)
+    if m is None:
+        raise SystemExit(f"--settings: {setting!r} is not trl, alignloop-gN or alignloop-pack-gN")
+    return {"pack": bool(m[1]), "group_by_length": int(m[2])}
+
+
 def run_one(
     setting: str, fold: dict[str, Path], seed: int, batch_size: int, spec: dict, tag: str
 ) -> dict:
@@ -89,8 +103,7 @@ def run_one(
         spec.update(train_ids=str(fold["train_ids"]), eval_ids=str(fold["eval_ids"]))
         r = run_child(peer_python("rm_minilm"), "trl_side.py", "reward", spec, tag)
     else:
-        spec.update(train=str(fold["train"]), eval=str(fold["eval"]),
-                    group_by_length=int(setting.removeprefix("alignloop-g")))  # fmt: skip
+        spec.update(train=str(fold["train"]), eval=str(fold["eval"]), **alignloop_options(setting))
         r = run_child(ALIGNLOOP_PY, "alignloop_side.py", "reward", spec, tag)
     pairs = sum(1 for line in fold["train_ids"].open() if line.strip())
     row = {
@@ -179,7 +192,8 @@ def markdown(result: dict) -> str:
         "",
         "Standard errors: of the mean over the runs (each fold and seed), and of the mean "
         "paired difference. Padding share: alignloop's own log (padded positions of every "
-        "training batch); TRL pads each random batch to its longest, as alignloop-g0 does. "
+        "training batch); TRL pads each random batch to its longest, as alignloop-g0 does; "
+        "alignloop-pack-gN lays several texts in a row. "
         "Every run: `rm_folds.json` beside this file.",
     ]
     return "\n".join(lines) + "\n"
@@ -192,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--settings", default="trl,alignloop-g50,alignloop-g0",
+    parser.add_argument("--settings", default="trl,alignloop-g50,alignloop-g0,alignloop-pack-g0",
                         help="comma-separated; the first is the one the others are compared to")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--only-folds", type=int, nargs="+", default=None,
@@ -209,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         limit, out, args.folds = 32, args.out or WORK / "trial", 2
     settings = args.settings.split(",")
     for s in settings:
-        if s != "trl" and not (s.startswith("alignloop-g") and s[11:].isdigit()):
-            parser.error(f"--settings: {s!r} is neither trl nor alignloop-gN")
+        if s != "trl":
+            alignloop_options(s)  # a clear error before any run
     from run import machine
 
     folds = make_folds(args.folds, spec["max_length"], limit)

@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -697,11 +698,27 @@ class RewardModel(nn.Module):
         return hasattr(self.hf_model, "score")
 
     @property
-    def packs_prompts(self) -> bool:
-        """Whether several texts can share one row (`forward` with a block mask): a
-        decoder whose attention takes a custom 4D mask (sdpa, eager)."""
+    def packing(self) -> Literal["prompts", "texts"] | None:
+        """How several texts can share one row (`forward` with a block mask; issue 17),
+        where the attention takes a custom 4D mask (sdpa, eager): "prompts", a decoder,
+        each prompt once for all its completions (a completion sees its prompt and
+        itself); "texts", a BERT-family encoder (BERT, MiniLM), texts end to end, each
+        seeing only itself, its head read at its first token; None: one right-padded
+        row per text (other encoders, other attention kernels)."""
         implementation = getattr(self.hf_model.config, "_attn_implementation", None)
-        return self.reads_last_token and implementation in ("sdpa", "eager")
+        if implementation not in ("sdpa", "eager"):
+            return None
+        if self.reads_last_token:
+            return "prompts"
+        bert = getattr(self.hf_model, "bert", None)
+        if self.hf_model.config.model_type == "bert" and bert is not None:
+            return "texts"
+        return None
+
+    @property
+    def packs_prompts(self) -> bool:
+        """Whether a prompt's completions share its tokens in a row (decoders)."""
+        return self.packing == "prompts"
 
     def token_scores(
         self,
@@ -734,10 +751,10 @@ class RewardModel(nn.Module):
         """Raw (unnormalized) rewards: (N, L) -> (N,), or (N, H) for H outputs, read at
         each row's last token.
 
-        Packed rows (decoders, `packs_prompts`): input_ids (R, L) holding several
-        texts, attention_mask (R, 1, L, L) bool saying which token sees which,
-        position_ids (R, L), read_at (N,) flat indices into (R, L) of each text's
-        last token -> (N,) or (N, H)."""
+        Packed rows (`packing`): input_ids (R, L) holding several texts,
+        attention_mask (R, 1, L, L) bool saying which token sees which, position_ids
+        (R, L), read_at (N,) flat indices into (R, L) of each text's last token (a
+        decoder) or first token (an encoder) -> (N,) or (N, H)."""
         if self.n_heads > 1:
             out = self.head_output(input_ids, attention_mask, position_ids, read_at)  # (N, H)
             gain, bias = self.folded
@@ -759,6 +776,8 @@ class RewardModel(nn.Module):
         """What the head outputs where the reward is read, as plain transformers would
         give it: `forward` before the normalization folded in is taken out. (N,), or
         (N, H) for H outputs."""
+        if read_at is not None and not self.reads_last_token:
+            return self._first_token_output(input_ids, attention_mask, position_ids, read_at)
         if read_at is not None:
             scores = self.token_scores(input_ids, attention_mask, position_ids)  # (R, L[, H])
             return scores.flatten(0, 1)[read_at]  # (N[, H])
@@ -770,6 +789,29 @@ class RewardModel(nn.Module):
         if scores.dim() == 2:
             return scores.gather(1, last[:, None]).squeeze(1)  # (N,)
         return scores[torch.arange(len(last), device=last.device), last]  # (N, H)
+
+    def _first_token_output(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        read_at: torch.Tensor,
+    ) -> torch.Tensor:
+        """A BERT classifier's output for packed texts (`packing` "texts"): the encoder
+        over the rows (R, L), each text seeing only itself with its own positions, then
+        each text's first-token ([CLS]) state through the model's own pooler, dropout
+        and classifier, as `BertForSequenceClassification` reads one text a row: (N,),
+        or (N, H). The pooler also runs on each row's first token (R x hidden, unused)."""
+        hf = self.hf_model
+        hidden = hf.bert(
+            input_ids=input_ids,
+            attention_mask=packed_mask(hf, attention_mask),
+            position_ids=position_ids,
+        ).last_hidden_state  # (R, L, hidden)
+        first = hidden.flatten(0, 1)[read_at][:, None]  # (N, 1, hidden)
+        pooled = hf.bert.pooler(first) if hf.bert.pooler is not None else first[:, 0]
+        logits = hf.classifier(hf.dropout(pooled))  # (N, H)
+        return logits[:, 0] if self.n_heads == 1 else logits
 
     @property
     def appends_eos(self) -> bool:
@@ -1274,8 +1316,9 @@ class PolicyWithValueHead(nn.Module):
         Packed rows (`PackedResponses`: a 4D mask, `read_at` (B, T)): both read at
         `read_at` only, (B, T, V) and (B, T)."""
         if read_at is not None:
-            packed = PackedResponses(input_ids, attention_mask, position_ids, read_at, 0)
-            logits, hidden = packed_logits_and_hidden(self.policy, packed)
+            logits, hidden = packed_logits_and_hidden(
+                self.policy, input_ids, attention_mask, position_ids, read_at
+            )
             return logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
         out = self.policy(
             input_ids=input_ids,
@@ -1328,16 +1371,20 @@ def fill_rows(lengths: list[int], capacity: int | None = None) -> list[list[int]
     return rows
 
 
-def block_mask(block_id: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+def block_mask(
+    block_id: torch.Tensor, segment: torch.Tensor, *, causal: bool = True
+) -> torch.Tensor:
     """Who sees whom in packed rows: block_id (R, L) (-1 on padding) and segment (R, L)
     (0 a prompt's shared tokens, i its text i) -> (R, 1, L, L) bool, True where query q
-    may attend to key k: causal, the same block, and k shared or in q's own text. A
-    padding position sees itself (an empty row would make the softmax NaN)."""
+    may attend to key k: causal (a decoder; `causal=False`: an encoder, both ways), the
+    same block, and k shared or in q's own text. A padding position sees itself (an
+    empty row would make the softmax NaN)."""
     L = block_id.shape[1]
     bq, bk = block_id[:, :, None], block_id[:, None, :]  # (R, L, 1), (R, 1, L)
     sq, sk = segment[:, :, None], segment[:, None, :]
-    causal = torch.ones(L, L, dtype=torch.bool).tril()
-    allowed = causal & (bk >= 0) & (bk == bq) & ((sk == 0) | (sk == sq))  # (R, L, L)
+    allowed = (bk >= 0) & (bk == bq) & ((sk == 0) | (sk == sq))  # (R, L, L)
+    if causal:
+        allowed &= torch.ones(L, L, dtype=torch.bool).tril()
     return (allowed | torch.eye(L, dtype=torch.bool))[:, None]
 
 
@@ -1359,9 +1406,8 @@ class PackedResponses:
     rows (first fit, longest first: `fill_rows`, at the row length of 1 to 3 times the
     longest sequence that leaves the fewest positions: rows as long as the longest
     alone would leave sequences of alike lengths one to a row, padded as before), no
-    padding inside a sequence; each
-    sequence sees only itself (`block_mask`) and has its own positions from 0, so
-    every output equals the padded batch's (issue 17)."""
+    padding inside a sequence; each sequence sees only itself (`block_mask`) and has
+    its own positions from 0, so every output equals the padded batch's (issue 17)."""
 
     input_ids: torch.Tensor  # (R, L)
     attention_mask: torch.Tensor  # (R, 1, L, L) bool
@@ -1424,17 +1470,25 @@ def _output_embeddings(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model).get_output_embeddings()
 
 
-def packed_logits_and_hidden(model: nn.Module, packed: PackedResponses):
-    """A causal LM's pass over packed rows: (logits (B, T, V) read at `read_at`, the
-    hidden states there (B, T, H)). The LM head runs on those B x T positions only."""
+def packed_logits_and_hidden(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    read_at: torch.Tensor,
+):
+    """A causal LM's pass over packed rows (a `PackedResponses`' tensors: (R, L) ids,
+    (R, 1, L, L) block mask, (R, L) positions, (B, T) flat read positions): (logits
+    (B, T, V) read at `read_at`, the hidden states there (B, T, H)). The LM head runs
+    on those B x T positions only."""
     out = model(
-        input_ids=packed.input_ids,
-        attention_mask=packed_mask(getattr(model, "module", model), packed.attention_mask),
-        position_ids=packed.position_ids,
+        input_ids=input_ids,
+        attention_mask=packed_mask(getattr(model, "module", model), attention_mask),
+        position_ids=position_ids,
         logits_to_keep=1,  # the head runs below, on the positions read
         output_hidden_states=True,
     )
-    hidden = out.hidden_states[-1].flatten(0, 1)[packed.read_at]  # (B, T, H), after the norm
+    hidden = out.hidden_states[-1].flatten(0, 1)[read_at]  # (B, T, H), after the norm
     return _output_embeddings(model)(hidden), hidden
 
 
@@ -1506,7 +1560,9 @@ def response_logits(
         if value_head:
             logits, values = model(p.input_ids, p.attention_mask, p.position_ids, read_at=p.read_at)
             return logits.float() / temperature, values.float()  # (B, T, V), (B, T)
-        logits, _ = packed_logits_and_hidden(model, p)  # (B, T, V)
+        logits, _ = packed_logits_and_hidden(  # (B, T, V)
+            model, p.input_ids, p.attention_mask, p.position_ids, p.read_at
+        )
         return logits.float() / temperature, None
     inputs = batch.model_inputs()
     values = None

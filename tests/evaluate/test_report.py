@@ -223,7 +223,7 @@ def test_the_top_says_it_in_words(tmp_path):
     page = render_report(data, tmp_path / "r.html").read_text()
     text = headline(page)
     assert text.startswith(
-        "The tuned policy's completions beat the supervised policy's 70% of the time on "
+        "The tuned policy's completions beat the supervised policy's 70.0% of the time on "
         "5 documents nobody trained on, 2 samples each (95% interval 45% to 95%, by the "
         "hidden gold judge; ties count half)."
     )
@@ -297,7 +297,7 @@ def test_win_rates_coloured_by_meaning(tmp_path):
     assert '<span class="neutral">49.0%</span>' in page  # its interval holds one half
     assert '<span class="good">60.0%</span>' in page
     # The headline says a rate below one half as it is.
-    assert "The supervised policy's completions beat the references' only 42% of the time" in (
+    assert "The supervised policy's completions beat the references' only 42.0% of the time" in (
         headline(page)
     )
 
@@ -390,7 +390,7 @@ def test_an_eval_runs_top(tmp_path):
     }
     page = render_report(data, tmp_path / "r.html").read_text()
     assert headline(page) == (
-        "The policy's completions beat the reference's 72% of the time on 10 prompts, 20 "
+        "The policy's completions beat the reference's 72.5% of the time on 10 prompts, 20 "
         "paired samples (95% interval 53% to 92%, by the hidden gold judge; ties count half)."
     )
     assert "<td>eval/policy/toxicity_rate</td><td>30.0%</td><td>share of completions" in page

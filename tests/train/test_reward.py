@@ -108,18 +108,29 @@ def test_group_pairs_forwards_each_distinct_completion_once():
 
 def test_pad_share_of_padded_and_packed_batches():
     """rm/pad_share (issue 17) on a hand-built batch: padded, 14 real tokens in 4 rows
-    of 8 (widths in steps of 8); packed, each prompt's shared tokens once: block A is
-    2 + 1 + 2 tokens, block B 1 + 1 + 4, one block per row (neither fits beside the
-    other in 6), so 11 real of 2 x 6."""
+    of 8 (widths in steps of 8); packed by prompt (a decoder), each prompt's shared
+    tokens once: block A is 2 + 1 + 2 tokens, block B 1 + 1 + 4, one block per row
+    (neither fits beside the other in 6), so 11 real of 2 x 6; packed by text (an
+    encoder), texts of 5, 4, 3 and 2 tokens in rows of 5 (the 2 beside the 3), so 14
+    real of 3 x 5."""
     groups = [
         PromptGroup("A", ["a0", "a1"], [(0, 1, 0.0)], input_ids=[[1, 2, 3], [1, 2, 4, 5]]),
         PromptGroup("B", ["b0", "b1"], [(1, 0, 0.0)], input_ids=[[6, 7], [6, 8, 9, 10, 11]]),
     ]
     padded = collate(groups, pad_id=0)
-    assert pad_share(padded, groups).item() == pytest.approx(18 / 32)
+    assert pad_share(padded).item() == pytest.approx(18 / 32)
     packed = collate(groups, pad_id=0, pack=True)
     assert packed.input_ids.shape == (2, 6)
-    assert pad_share(packed, groups).item() == pytest.approx(1 / 12)
+    assert pad_share(packed).item() == pytest.approx(1 / 12)
+    texts = collate(groups, pad_id=0, pack="texts")
+    assert texts.input_ids.tolist() == [[6, 8, 9, 10, 11], [1, 2, 4, 5, 0], [1, 2, 3, 6, 7]]
+    assert texts.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 0], [0, 1, 2, 0, 1]]
+    assert texts.read_at.tolist() == [10, 5, 13, 0]  # each text's first token, in R x L
+    assert pad_share(texts).item() == pytest.approx(1 / 15)
+    # both ways within a text, never across: the 3-token text and the 2-token one
+    mask = texts.attention_mask[2, 0]
+    assert mask[:3, :3].all() and mask[3:, 3:].all()
+    assert not mask[:3, 3:].any() and not mask[3:, :3].any()
 
 
 def test_collate_offsets_each_prompts_indices():
@@ -256,6 +267,78 @@ def test_encoder_reward_is_the_same_alone_and_right_padded(minilm_path):
     batch = rm(ids, mask)
     torch.testing.assert_close(batch[0], alone[0], atol=1e-5, rtol=1e-5)
     assert not torch.isclose(batch[0], batch[1])  # different texts, different rewards
+
+
+def _bert_groups(tokenizer) -> list[PromptGroup]:
+    groups = group_pairs([
+        Comparison(prompt="Human: how do I bake bread?", chosen="Mix flour, water and yeast.",
+                   rejected="I don't know.", prompt_id="a"),
+        Comparison(prompt="Human: how do I bake bread?", chosen="Mix flour, water and yeast.",
+                   rejected="Knead flour, salt, water and yeast, let it rise an hour, then "
+                   "bake it in a hot oven.", prompt_id="a"),
+        Comparison(prompt="Human: hi", chosen="Hello!", rejected="Go away.", prompt_id="b"),
+        Comparison(prompt="Human: what is two and two?", chosen="Four.", rejected="Five.",
+                   prompt_id="c"),
+    ])  # fmt: skip
+    tokenize_groups(groups, tokenizer, 128)
+    return groups
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_encoder_rows_give_the_rewards_of_separate_texts(minilm_path, attention):
+    """all-MiniLM-L6-v2 (a BERT) with several texts a row, each seeing only itself,
+    positions from 0, the head read at each text's [CLS]: every reward as in a padded
+    row of its own, and fewer positions computed."""
+    from alignloop.models import RewardModel
+
+    torch.manual_seed(0)  # the new classifier head
+    rm = RewardModel.from_pretrained(minilm_path)
+    rm.hf_model.config._attn_implementation = attention
+    rm.eval()
+    assert rm.packing == "texts" and not rm.packs_prompts
+    groups = _bert_groups(rm.tokenizer)
+    padded = collate(groups, pad_id=rm.tokenizer.pad_token_id)
+    packed = collate(groups, pad_id=rm.tokenizer.pad_token_id, pack="texts")
+    assert packed.input_ids.shape[0] < len(padded.input_ids)  # short texts share rows
+    assert pad_share(packed) < pad_share(padded)
+    separate = rm(*padded.model_inputs())
+    torch.testing.assert_close(rm(*packed.model_inputs()), separate, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_encoder_rows_give_the_gradients_of_padded_ones():
+    """A tiny BERT with two heads and no dropout: the loss of `batch_loss` and every
+    weight's gradient are the same from packed rows as from padded ones."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from alignloop.models import RewardModel
+    from alignloop.train.reward import batch_loss
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, num_labels=2,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+    rm = RewardModel(BertForSequenceClassification(config), tokenizer=None)  # type: ignore[arg-type]
+    assert rm.packing == "texts" and rm.n_heads == 2
+    groups = [
+        PromptGroup("A", ["a0", "a1", "a2"], [(0, 1, 0.0), (2, 1, 0.0)],
+                    input_ids=[[2, 5, 6, 3], [2, 5, 7, 8, 9, 3], [2, 11, 3]]),
+        PromptGroup("B", ["b0", "b1"], [(1, 0, 0.0)], input_ids=[[2, 12, 3], [2, 13, 14, 3]]),
+    ]  # fmt: skip
+    grads = []
+    for pack in (False, "texts"):
+        rm.zero_grad()
+        batch = collate(groups, pad_id=0, pack=pack)
+        rewards = rm(*batch.model_inputs())  # (N, 2)
+        loss, _ = batch_loss(rewards[:, 0] - rewards[:, 1], batch, use_margin=False,
+                             center_coef=0.0)  # fmt: skip
+        loss.backward()
+        grad = [p.grad.clone() for p in rm.parameters() if p.grad is not None]
+        grads.append((loss.detach(), grad))
+    (loss_a, grads_a), (loss_b, grads_b) = grads
+    torch.testing.assert_close(loss_b, loss_a, atol=1e-6, rtol=1e-5)
+    assert len(grads_a) == len(grads_b) > 10
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-4)
 
 
 # --- 4. truncation keeps the end of the completion ----------------------------------

@@ -250,13 +250,14 @@ def load_report_data(
 
 
 def _series(
-    log: Sequence[Mapping[str, Any]], name: str, prefix: str = "ppo"
+    log: Sequence[Mapping[str, Any]], name: str, prefix: str = "ppo", *, bare: bool = True
 ) -> tuple[list[float], list[float]]:
-    """(steps, values) of metric `name` ("<prefix>/<name>" or "<name>") over the log's
-    lines that have it as a number (the last line of a run only says why it stopped)."""
+    """(steps, values) of metric `name` ("<prefix>/<name>", or "<name>" where `bare`)
+    over the log's lines that have it as a number (the last line of a run only says
+    why it stopped)."""
     steps, values = [], []
     for i, line in enumerate(log):
-        value = line.get(f"{prefix}/{name}", line.get(name))
+        value = line.get(f"{prefix}/{name}", line.get(name) if bare else None)
         if isinstance(value, int | float) and not isinstance(value, bool):
             steps.append(float(line.get("step", i + 1)))
             values.append(float(value))
@@ -445,8 +446,8 @@ def _show(value: Any, kind: str | None) -> str:
     return _fmt(value)
 
 
-def _pct(value: float) -> str:
-    return f"{value:.0%}"
+def _pct(value: float, digits: int = 0) -> str:
+    return f"{value:.{digits}%}"
 
 
 # --- plots -----------------------------------------------------------------------------
@@ -579,12 +580,8 @@ def _plot_curve(d: ReportData, c: Curve) -> Plot | None:
             legend = True
     if c.name in _HELD_OUT:
         metric, prefix, label = _HELD_OUT[c.name]
-        h_steps, held = [], []
-        for line in log:
-            value = line.get(f"{prefix}/{metric}")
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                h_steps.append(float(line.get("step", 0)))
-                held.append(float(value))
+        # "eval/loss" only: a bare "loss" is the training loss
+        h_steps, held = _series(log, metric, prefix, bare=False)
         if held:
             ax.plot(h_steps, held, "D", color="C3", label=label, markersize=6)
             legend = True
@@ -905,9 +902,12 @@ def _headline(d: ReportData, name) -> str:
         only = "" if wr.rate >= 0.5 else "only "  # a loss is said as one
         interval = wr.interval()
         within = f"95% interval {_pct(interval[0])} to {_pct(interval[1])}, " if interval else ""
+        # one decimal, as the targets show their bounds: 0.748 is 74.8%, not a "75%"
+        # beside a missed "at least 75.0%"
         lead = (
             f"{_e(_possessive(subject))} completions beat the {_e(_possessive(name(wr.b)))} "
-            f"{only}<strong>{_e(_pct(wr.rate))}</strong> of the time on {_e(_eval_set(d, wr))} "
+            f"{only}<strong>{_e(_pct(wr.rate, 1))}</strong> of the time on "
+            f"{_e(_eval_set(d, wr))} "
             f"({_e(within)}by the {_e(name(wr.judge))}; ties count half)."
         )
     if wr is not None and wr.rate is not None and not d.headline:

@@ -117,6 +117,10 @@ class LoopConfig(Options):
     rm_lr: float = option(3e-4, "reward model: learning rate")
     rm_batch_size: int = option(16, "reward model: prompts per step", at_least=1)
     rm_max_length: int = option(128, "tokens of prompt + completion the reward model reads")
+    rm_group_by_length: int | None = option(
+        None, "reward model: batches sorted by length over windows of N (0: off; default: "
+        "train-rm's, off where batches are packed)", at_least=0
+    )  # fmt: skip
     rm_held_out: float = option(
         0.1, "share of each round's prompts held out to test its reward model"
     )

@@ -124,8 +124,9 @@ def _train_rm(run: PersonalRun, name: str, data: Path, **options) -> Path:
     cfg, out = run.cfg, run.out / name
     train_reward_model(RewardConfig(
         model=str(run.out / "sft"), data=data, out=out, eval_fraction=0.0, max_length=128,
-        epochs=cfg.rm_epochs, batch_size=16, lr=cfg.rm_lr, eval_every=0, save_every=0,
-        seed=cfg.seed, **options,
+        epochs=cfg.rm_epochs, batch_size=16, lr=cfg.rm_lr,
+        group_by_length=cfg.rm_group_by_length, eval_every=0, save_every=0, seed=cfg.seed,
+        **options,
     ))  # fmt: skip
     return out
 

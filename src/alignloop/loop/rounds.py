@@ -264,7 +264,8 @@ def _reward_model(run: LoopRun, n: int) -> str:
             model=start, data=d / "rm_train.jsonl", out=out, eval_fraction=0.0,
             criterion=criterion if len(cfg.criteria) > 1 else None,
             max_length=cfg.rm_max_length, epochs=cfg.rm_epochs, batch_size=cfg.rm_batch_size,
-            lr=cfg.rm_lr, eval_every=0, save_every=0, seed=cfg.seed + n - 1,
+            lr=cfg.rm_lr, group_by_length=cfg.rm_group_by_length, eval_every=0, save_every=0,
+            seed=cfg.seed + n - 1,
             resume=_resume_flag(out),
         ))  # fmt: skip
         held = _held_out_accuracy(run, n, criterion)

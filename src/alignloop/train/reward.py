@@ -19,7 +19,11 @@ few rows as hold the longest, and gives a block attention mask (a completion see
 its prompt and itself) and positions that restart at each prompt. The rewards are
 exactly those of the separate sequences, for about 1.5x fewer tokens on HH-RLHF
 (bench/results.md). To share the prompt exactly, a prompt too long for
-`max_length` loses the same tokens in all of its sequences (`same_cut`).
+`max_length` loses the same tokens in all of its sequences (`same_cut`). An encoder
+of the BERT family reads both ways, so its texts share nothing: `collate(pack="texts")`
+lays them end to end, each seeing only itself, positions from 0, the head read at
+each text's first token; the padding of a batch of mixed lengths goes, and no length
+grouping is needed for it. `--no-pack` gives one right-padded row per text.
 
 After training, rewards are normalized so that the training completions score mean 0
 and std 1 (the gain and bias are saved in the model's config), which is what PPO
@@ -35,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -287,7 +292,9 @@ class RewardBatch:
     group: torch.Tensor  # (P,) which of the batch's prompts each pair belongs to
     n_groups: int
     position_ids: torch.Tensor | None = None  # packed: (R, L) restarting at each prompt
-    read_at: torch.Tensor | None = None  # packed: (N,) flat index in (R, L) of each text's end
+    # packed: (N,) flat index in (R, L) of each text's end (decoders) or start (encoders)
+    read_at: torch.Tensor | None = None
+    real_tokens: int | None = None  # packed: the tokens laid out (the rest of R x L is padding)
     labeler: torch.Tensor | None = None  # (P,) each pair's labeler, index in Heads.labelers; -1
     criterion: torch.Tensor | None = None  # (P,) each pair's criterion in Heads.criteria; -1
 
@@ -307,13 +314,19 @@ class RewardBatch:
 
 
 def collate(
-    groups: Sequence[PromptGroup], pad_id: int, *, pack: bool = False, heads: Heads | None = None
+    groups: Sequence[PromptGroup],
+    pad_id: int,
+    *,
+    pack: bool | Literal["prompts", "texts"] = False,
+    heads: Heads | None = None,
 ) -> RewardBatch:
-    """One RewardBatch from tokenized groups: a right-padded row per text, or, with
-    `pack` (decoders only), each prompt as one block (the tokens its texts share, then
-    each text's own tokens) and the blocks packed into as few rows as hold the
-    longest, with a block mask and positions that make every text's reward exactly
-    what it would be alone. Each pair's labeler and criterion become indices into
+    """One RewardBatch from tokenized groups: a right-padded row per text, or packed
+    rows (`RewardModel.packing`) with a block mask and positions that make every
+    text's reward exactly what it would be alone: `pack` "prompts" (or True; decoders),
+    each prompt as one block (the tokens its texts share, then each text's own tokens,
+    causal), read at each text's last token; "texts" (BERT encoders), each text its
+    own block (seen both ways), read at its first token. The blocks go into as few
+    rows as hold the longest. Each pair's labeler and criterion become indices into
     `heads`' names (-1 for a name not there, all -1 without `heads`)."""
     texts: list[list[int]] = []
     chosen, rejected, margin, group, labeler, criterion = [], [], [], [], [], []
@@ -346,7 +359,10 @@ def collate(
         # every batch its own width).
         input_ids, attention_mask = pad_right(texts, pad_id, multiple_of=8)
         return RewardBatch(input_ids=input_ids, attention_mask=attention_mask, **pairs)
-    blocks = [_block(g.input_ids) for g in groups]  # (tokens, segments, positions, ends)
+    if pack == "texts":  # an encoder: no prompt shared, each text alone, its first token
+        blocks = [(ids, [0] * len(ids), list(range(len(ids))), [0]) for ids in texts]
+    else:
+        blocks = [_block(g.input_ids) for g in groups]  # (tokens, segments, positions, ends)
     rows = fill_rows([len(b[0]) for b in blocks])  # block indices per row
     L = max(sum(len(blocks[b][0]) for b in row) for row in rows)
     input_ids = torch.full((len(rows), L), pad_id, dtype=torch.long)  # (R, L)
@@ -371,9 +387,10 @@ def collate(
             col += len(tokens)
     return RewardBatch(
         input_ids=input_ids,
-        attention_mask=block_mask(block_id, segment),
+        attention_mask=block_mask(block_id, segment, causal=pack != "texts"),
         position_ids=position_ids,
         read_at=torch.tensor(read_at),
+        real_tokens=sum(len(b[0]) for b in blocks),
         **pairs,
     )
 
@@ -394,19 +411,15 @@ def _block(texts: list[list[int]]) -> tuple[list[int], list[int], list[int], lis
     return tokens, seg, pos, ends
 
 
-def pad_share(batch: RewardBatch, groups: Sequence[PromptGroup]) -> torch.Tensor:
+def pad_share(batch: RewardBatch) -> torch.Tensor:
     """The share of the batch's positions that are padding: () float64, no sync (the
     loop reads it where it logs). Padded rows: from the attention mask; packed rows:
-    the tokens `collate` laid out (each prompt's shared tokens once, then each text's
-    own) over R x L (issue 17)."""
-    if batch.read_at is None:
+    the tokens `collate` laid out (a decoder's prompt once for its texts) over R x L
+    (issue 17)."""
+    if batch.real_tokens is None:
         mask = batch.attention_mask  # (N, L)
         return 1.0 - mask.sum(dtype=torch.float64) / mask.numel()
-    real = 0
-    for g in groups:
-        shared = shared_prefix_length(g.input_ids)
-        real += shared + sum(len(ids) - shared for ids in g.input_ids)
-    share = 1.0 - real / batch.input_ids.numel()  # of R x L
+    share = 1.0 - batch.real_tokens / batch.input_ids.numel()  # of R x L
     return batch.input_ids.new_full((), share, dtype=torch.float64)  # a fill, no copy
 
 
@@ -447,7 +460,7 @@ def batch_loss(
 @torch.no_grad()
 def evaluate_pairs(
     model, groups: Sequence[PromptGroup], *, batch_size: int, accelerator=None,
-    heads: Heads | None = None,
+    heads: Heads | None = None, pack: bool = True,
 ):  # fmt: skip
     """Accuracy (share of pairs with r(chosen) > r(rejected)), mean margin, mean loss
     and n over `groups`, sharded across processes and summed; with `by_labeler` and
@@ -470,7 +483,7 @@ def evaluate_pairs(
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct, margin, loss, n
     n_lab, n_crit = len(heads.labelers), len(heads.criteria)
     by_name = torch.zeros(2, n_lab + n_crit, dtype=torch.float64, device=device)  # correct, n
-    pack = _packs(accelerator.unwrap_model(model) if accelerator else model)
+    pack = _packs(accelerator.unwrap_model(model) if accelerator else model, pack)
     model.eval()
     for i in range(rounds):
         mine = i < len(shards[rank])
@@ -544,8 +557,8 @@ class CombinedHeads(nn.Module):
         self.register_buffer("weights", weights.float().reshape(-1, weights.shape[-1]))  # (C, H)
 
     @property
-    def packs_prompts(self) -> bool:
-        return self.reward_model.packs_prompts
+    def packing(self) -> Literal["prompts", "texts"] | None:
+        return self.reward_model.packing
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         raw = self.reward_model(*inputs).float()  # (N,) or (N, H), the training scale
@@ -662,10 +675,10 @@ def gain_and_bias(r: torch.Tensor):
     return 1.0 / std, -r.mean().item() / std
 
 
-def _packs(reward_model) -> bool:
-    """Whether batches are packed (one row per prompt): decoders whose attention
-    takes a custom 4D mask."""
-    return bool(getattr(reward_model, "packs_prompts", False))
+def _packs(reward_model, allowed: bool = True) -> Literal["prompts", "texts"] | None:
+    """How batches are packed (`RewardModel.packing`: decoders by prompt, BERT
+    encoders by text), None where they are not or `allowed` (--pack) is off."""
+    return getattr(reward_model, "packing", None) if allowed else None
 
 
 # --- training ------------------------------------------------------------------------
@@ -797,8 +810,8 @@ class PersonalRewardModel(nn.Module):
         self.default_weights: torch.Tensor | None = None
 
     @property
-    def packs_prompts(self) -> bool:
-        return self.reward_model.packs_prompts
+    def packing(self) -> Literal["prompts", "texts"] | None:
+        return self.reward_model.packing
 
     def all_weights(self) -> torch.Tensor:
         """(U + 1, D): the labelers' weights, then the default user's (their mean)."""
@@ -814,7 +827,8 @@ class PersonalRewardModel(nn.Module):
 def _tokenize_data(config: RewardConfig, train: list, held: list, reward_model, log) -> None:
     """Tokenize in place, saying how many sequences lost the start of their prompt."""
     tokenizer, eos = reward_model.tokenizer, reward_model.appends_eos
-    same = _packs(reward_model)  # packed rows share a prompt only if cut alike
+    # packed rows share a prompt only if cut alike
+    same = _packs(reward_model, config.pack) == "prompts"
     cut = tokenize_groups(train, tokenizer, config.max_length, append_eos=eos, same_cut=same)
     cut += tokenize_groups(held, tokenizer, config.max_length, append_eos=eos, same_cut=same)
     if cut:
@@ -839,25 +853,28 @@ def train_reward_model(config: RewardConfig) -> dict:
     )
     checkpoints, log, state = start_run(accelerator, config, "alignloop-rm", console)
 
-    pad_id, pack = reward_model.tokenizer.pad_token_id, _packs(reward_model)
-    lengths = _batch_lengths(train, pack) if config.group_by_length else None
+    pad_id, pack = reward_model.tokenizer.pad_token_id, _packs(reward_model, config.pack)
+    window = grouping_window(config, pack)
+    lengths = _batch_lengths(train, pack) if window else None
     started = time.perf_counter()
 
     def step(indices: list[int]) -> StepResult:
         groups = [train[i] for i in indices]
         batch = collate(groups, pad_id, pack=pack, heads=heads).to(accelerator.device)
         loss, stats = step_loss(model, batch, heads, config, user_weights=user_weights)
-        return StepResult(loss, {**stats, "pad_share": pad_share(batch, groups)})
+        return StepResult(loss, {**stats, "pad_share": pad_share(batch)})
 
     def evaluate() -> dict:
-        metrics = evaluate_pairs(model, held, batch_size=config.eval_batch_size,
-                                 accelerator=accelerator, heads=heads)  # fmt: skip
+        metrics = evaluate_pairs(
+            model, held, batch_size=config.eval_batch_size, accelerator=accelerator,
+            heads=heads, pack=config.pack,
+        )  # fmt: skip
         return _flat("eval/", metrics)
 
     loop = TrainLoop(
         accelerator, model, optimizer, scheduler, config, checkpoints, log,
         batches=shard_batches(
-            accelerator, config, len(train), lengths=lengths, group=config.group_by_length
+            accelerator, config, len(train), lengths=lengths, group=window
         ),
         step=step,
         record=lambda window, epoch, lr: _record(accelerator, window, epoch, lr),
@@ -934,6 +951,16 @@ def _load_model(config: RewardConfig, train: list, held: list, console, heads: H
     return reward_model
 
 
+def grouping_window(config: RewardConfig, pack: str | None) -> int:
+    """Batches sorted by length over windows of this many (0: plain random batches):
+    --group-by-length, or by default none where the batches are packed (packing leaves
+    little padding, and grouping would only cost accuracy: about 2 points on held-out
+    MiniLM folds, bench/rm_folds.md) and 50 where they are padded (one row per text)."""
+    if config.group_by_length is not None:
+        return config.group_by_length
+    return 0 if pack else 50
+
+
 def _batch_lengths(groups: list[PromptGroup], pack: bool) -> list[int]:
     """Tokens a prompt's batch element computes: packed, its texts end to end; padded,
     its longest text times their number."""
@@ -993,7 +1020,7 @@ def _finish(config, accelerator, model, train, held, log, *, steps: int, started
         unwrapped.default_weights = torch.tensor(record["default"]) * torch.tensor(gain)  # raw
     final = (
         evaluate_pairs(model, held, batch_size=config.eval_batch_size, accelerator=accelerator,
-                       heads=heads)  # fmt: skip
+                       heads=heads, pack=config.pack)  # fmt: skip
         if held else {"accuracy": None, "mean_margin": None, "loss": None, "n": 0}
     )  # fmt: skip
     if not personal:

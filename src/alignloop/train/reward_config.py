@@ -57,9 +57,16 @@ class RewardConfig(EpochOptions):
     batch_size: int = option(
         8, "prompts per step on each process, all pairs of a prompt together", at_least=1
     )
-    group_by_length: int = option(
-        50, "batches of similar lengths: sort each window of N batches by length (0: off)"
-    )
+    group_by_length: int | None = option(
+        None, "batches of similar lengths: sort each window of N batches by length (0: off; "
+        "default: off where the batches are packed, --pack, and 50 where they are padded)",
+        at_least=0,
+    )  # fmt: skip
+    pack: bool = option(
+        True, "several texts a row where the backbone allows (no padding computed, the "
+        "same rewards): a decoder's prompt once for all its completions, a BERT encoder's "
+        "texts end to end; --no-pack: one right-padded row per text"
+    )  # fmt: skip
     use_margin: bool = option(True, "subtract each pair's margin in the loss, when it has one")
     center_coef: float = option(0.0, "reward centering: coefficient of mean(r^2) (0 disables)")
     seed: int = option(0, "seed of the data order, the split and the head's initialization")
