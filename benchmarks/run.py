@@ -571,10 +571,10 @@ def markdown(results: dict) -> str:
         *(f"- {name}: {WORKLOAD_TEXT[name].format(size=sizes[name])}" for name in w),
         "",
         "What alignloop does its own way (its defaults; TRL keeps its own): reward-model "
-        "batches hold pairs of similar length (windows of 50 batches sorted by length, "
-        "then the batches shuffled; TRL shuffles plainly) with widths in steps of 8; a "
-        "decoder reward model runs each prompt once for all its completions (packed "
-        "rows); sampling is alignloop's KV-cached loop (a static cache, one uniform "
+        "batches are packed rows, no length grouping (TRL pads each random batch to its "
+        "longest): a decoder reward model runs each prompt once for all its completions, "
+        "the MiniLM encoder lays several texts end to end in a row (each seeing only "
+        "itself); sampling is alignloop's KV-cached loop (a static cache, one uniform "
         "number a token) where TRL calls transformers' `generate`; the policy's head "
         "runs on the response positions only; PPO and RLOO run with `--pack-rows` (not "
         "a default: the rollout's policy, reference and value passes and the update on "

@@ -155,3 +155,24 @@ def test_quick_demo_in_two_rounds(tmp_path):
     for shown, record in zip(data["rounds"], metrics["rounds"], strict=True):
         assert len(shown.pop("side_by_side")) == 6  # each round's samples for the report
         assert shown == record
+
+
+def test_quick_demo_with_a_reward_model_ensemble(tmp_path, capsys):
+    """`demo --rm-ensemble 2`: a second reward model on the same pairs (another seed),
+    PPO on their mean score minus the penalty times their spread, which it logs; the
+    figures read the first (rm/)."""
+    out = quick_demo(tmp_path / "ens", "--rm-ensemble", "2", "--rm-ensemble-penalty", "0.5")
+    assert (out / "rm-2" / "model.safetensors").exists()
+    first = (out / "rm" / "model.safetensors").read_bytes()
+    assert (out / "rm-2" / "model.safetensors").read_bytes() != first  # another seed
+    log = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").open()]
+    spread = [r["ppo/ensemble_std"] for r in log if "ppo/ensemble_std" in r]
+    assert spread and all(s > 0 for s in spread)
+    from alignloop.cli import main
+
+    capsys.readouterr()
+    # one round only: a clear error, before any work
+    assert main(["demo", "--quick", "--out", str(tmp_path / "no"), "--rm-ensemble", "2",
+                 "--rounds", "2"]) != 0  # fmt: skip
+    assert "--rm-ensemble is for the one-round demo; leave out --rounds" in capsys.readouterr().err
+    assert not (tmp_path / "no" / "sft").exists()

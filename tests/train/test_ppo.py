@@ -844,3 +844,50 @@ def test_existing_checkpoints_need_resume(tmp_path, world):
     train_ppo(make_config(world, out, save_every=1))
     with pytest.raises(ConfigError, match="--resume"):
         train_ppo(make_config(world, out, save_every=1))
+
+
+# --- an ensemble of reward models -----------------------------------------------------
+
+
+def test_an_ensemble_scores_the_mean_minus_the_penalty_times_the_spread(
+    tmp_path, world, tiny_rm, two_head_rm
+):
+    """--reward-ensemble: each member's normalized score, their mean minus
+    --reward-ensemble-penalty times their std (over members), the std logged; one
+    member with the plain --reward-model is today's score."""
+    from alignloop.models import RewardModel
+
+    rm = RewardModel.from_pretrained(tiny_rm)
+    other = RewardModel.from_pretrained(tiny_rm)
+    with torch.no_grad():  # another reward model: the head turned and moved
+        other.hf_model.score.weight.mul_(-0.5).add_(0.1)
+    other.save_pretrained(tmp_path / "other")
+    prompts, completions = map(list, zip(*TEXTS, strict=True))
+    a = torch.tensor(rm.score(prompts, completions))
+    b = torch.tensor(RewardModel.from_pretrained(tmp_path / "other").score(prompts, completions))
+    assert not torch.allclose(a, b, atol=1e-3)
+
+    def raw(**options):
+        config = make_config(world, tmp_path, reward_fn=None, reward_model=str(tiny_rm),
+                             reward_ensemble=[str(tmp_path / "other")], **options)  # fmt: skip
+        return make_score_fn(rm, None, config)(prompts, completions)
+
+    spread = (a - b).abs() / 2  # the std of two values, over the members
+    mean = raw()
+    assert torch.allclose(mean["reward_model"], (a + b) / 2, atol=1e-5)
+    assert torch.allclose(mean["ensemble_std"], spread, atol=1e-5)
+    careful = raw(reward_ensemble_penalty=0.5)
+    assert torch.allclose(careful["reward_model"], (a + b) / 2 - 0.5 * spread, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"^--reward-ensemble \S+: an ensemble averages "
+                       r"one-head reward models; it has 2 heads"):  # fmt: skip
+        make_score_fn(rm, None, make_config(
+            world, tmp_path, reward_fn=None, reward_model=str(tiny_rm),
+            reward_ensemble=[str(two_head_rm)],
+        ))  # fmt: skip
+    with pytest.raises(ConfigError, match="--reward-ensemble adds reward models to "
+                       "--reward-model: give it"):  # fmt: skip
+        make_config(world, tmp_path, reward_ensemble=[str(tiny_rm)])
+    with pytest.raises(ConfigError, match="--reward-ensemble averages one-head reward models; "
+                       "--reward weighs"):  # fmt: skip
+        make_config(world, tmp_path, reward_model=str(tiny_rm), reward=["reward=1"],
+                    reward_ensemble=[str(tiny_rm)])  # fmt: skip

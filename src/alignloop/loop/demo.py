@@ -89,6 +89,14 @@ class DemoConfig:
         "previous", "each round's PPO starts from the last round's policy or from the SFT policy"
     )
     ppo_steps: int = option(100, "PPO steps of each round", at_least=1)
+    rm_ensemble: int = option(
+        1, "reward models trained on the same pairs with different seeds; PPO maximizes "
+        "their mean score minus --rm-ensemble-penalty times their spread (one round only)",
+        at_least=1,
+    )  # fmt: skip
+    rm_ensemble_penalty: float = option(
+        0.0, "with --rm-ensemble: train-ppo's --reward-ensemble-penalty", at_least=0.0
+    )
     personal: bool = option(
         False, "the personal demo instead (loop/personal.py): a panel of strong tastes, "
         "personal reward models, a new user from 20 comparisons, a LoRA policy per "
@@ -474,12 +482,15 @@ def _reward_model(run: DemoRun) -> str:
     from alignloop.train.reward import RewardConfig, train_reward_model
 
     cfg, out, held = run.cfg, run.out, run.held
-    fit = train_reward_model(RewardConfig(
-        model=str(out / "sft"), data=out / "rm_pairs.jsonl", out=out / "rm",
-        eval_fraction=0.0, max_length=128, epochs=cfg.rm_epochs, batch_size=16,
-        lr=cfg.rm_lr, group_by_length=cfg.rm_group_by_length, eval_every=0, save_every=0,
-        seed=cfg.seed,
-    ))  # fmt: skip
+    for i in range(cfg.rm_ensemble):  # rm/, then rm-2/, rm-3/ ... (--rm-ensemble)
+        fit = train_reward_model(RewardConfig(
+            model=str(out / "sft"), data=out / "rm_pairs.jsonl", out=_rm_dir(out, i),
+            eval_fraction=0.0, max_length=128, epochs=cfg.rm_epochs, batch_size=16,
+            lr=cfg.rm_lr, group_by_length=cfg.rm_group_by_length, eval_every=0,
+            save_every=0, seed=cfg.seed + 1000 * i,
+        ))  # fmt: skip
+        if i == 0:
+            first = fit
     run.reward_model = RewardModel.from_pretrained(out / "rm")
     held_completions = [c for c in run.completions if c.prompt_id in held]
     by_id = {p.id: p for p in run.to_label}
@@ -497,7 +508,7 @@ def _reward_model(run: DemoRun) -> str:
         "n_labeler_pairs": len(vs_labelers),
         "n_gold_pairs": len(vs_gold),
         "train_pairs": sum(1 for p in run.consensus_pairs if p.prompt_id in run.kept),
-        "steps": fit["steps"],
+        "steps": first["steps"],
     }
     write_json(out / "rm" / "held_out.json", rm)
     return (
@@ -508,6 +519,11 @@ def _reward_model(run: DemoRun) -> str:
     )
 
 
+def _rm_dir(out: Path, i: int) -> Path:
+    """The i-th reward model of --rm-ensemble (0: rm/, the one every figure reads)."""
+    return out / ("rm" if i == 0 else f"rm-{i + 1}")
+
+
 def _ppo(run: DemoRun) -> str:
     """PPO tunes the SFT policy against the reward model (train-ppo)."""
     from alignloop.train.ppo import PPOConfig, train_ppo
@@ -516,6 +532,8 @@ def _ppo(run: DemoRun) -> str:
     run.ppo = train_ppo(PPOConfig(
         policy=str(out / "sft"), prompts=run.paths["prompts_train"], out=out / "ppo",
         reward_model=str(out / "rm"), temperature=cfg.temperature,
+        reward_ensemble=[str(_rm_dir(out, i)) for i in range(1, cfg.rm_ensemble)],
+        reward_ensemble_penalty=cfg.rm_ensemble_penalty,
         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.ppo_batch,
         minibatch_size=cfg.ppo_batch // 2, lr=cfg.ppo_lr, kl_coef=cfg.kl_coef,
         max_steps=cfg.ppo_steps, reward_target=cfg.reward_target, save_every=0,
@@ -830,6 +848,11 @@ def run_demo(config: DemoConfig) -> dict:
         from alignloop.config import ConfigError
 
         raise ConfigError("--personal runs one round of its own; leave out --rounds")
+    if config.rm_ensemble > 1 and (config.personal or config.rounds > 1):
+        from alignloop.config import ConfigError
+
+        raise ConfigError("--rm-ensemble is for the one-round demo; leave out "
+                          f"{'--personal' if config.personal else '--rounds'}")  # fmt: skip
     run = _begin(config)
     stages = STAGES if run.cfg.rounds == 1 else ROUND_STAGES
     if run.cfg.personal:

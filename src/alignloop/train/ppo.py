@@ -740,6 +740,25 @@ def _gate(config: PPOConfig, heads: list[str]) -> int | None:
     return heads.index(config.safety_head)
 
 
+def ensemble_members(config: PPOConfig, reward_model) -> list:
+    """--reward-ensemble's reward models, loaded frozen on `reward_model`'s device; a
+    `ConfigError` naming the folder for one of several heads."""
+    from alignloop.models import RewardModel
+
+    members = []
+    for path in config.reward_ensemble:
+        member = RewardModel.from_pretrained(path, options=config, what="--reward-ensemble")
+        if member.n_heads != 1 or reward_model.n_heads != 1:
+            raise ConfigError(
+                f"--reward-ensemble {path}: an ensemble averages one-head reward models; "
+                f"it has {member.n_heads} heads and --reward-model {reward_model.n_heads}"
+            )
+        member.requires_grad_(False)
+        member.eval()
+        members.append(member.to(next(reward_model.parameters()).device))
+    return members
+
+
 def make_score_fn(reward_model, reward_fn: RewardFn | None, config: PPOConfig, tokenizer=None):
     """f(prompts, completions) -> {"reward_model": (B,), "reward_fn": (B,)} raw scores.
     The reward model reads the decoded texts, re-encoded with its own tokenizer (a
@@ -756,10 +775,14 @@ def make_score_fn(reward_model, reward_fn: RewardFn | None, config: PPOConfig, t
 
     With --users, f(prompts, completions, users=[B names]): each sample weighed by
     its user's weights, and "score_user_<name>" (B,) is that combination on the user's
-    samples, NaN on the others' (`_score_figures` averages it over the user's)."""
+    samples, NaN on the others' (`_score_figures` averages it over the user's).
+
+    With --reward-ensemble, "reward_model" is the members' mean normalized score minus
+    --reward-ensemble-penalty times their std, and "ensemble_std" (B,) that std."""
     combination = reward_combination(config, reward_model)
     options = {"batch_size": config.reward_batch_size, "max_length": config.reward_max_length}
     per_user = combination is not None and bool(combination.users)
+    members = ensemble_members(config, reward_model)
 
     def score(
         prompts: list, completions: list[str], users: Sequence[str] | None = None
@@ -767,7 +790,15 @@ def make_score_fn(reward_model, reward_fn: RewardFn | None, config: PPOConfig, t
         if per_user != (users is not None):
             raise ValueError("each sample's user is given exactly when --users is")
         parts = {}
-        if reward_model is not None and combination is None:
+        if reward_model is not None and combination is None and members:
+            with torch.inference_mode():
+                scores = torch.tensor([  # (M, B), each member normalized on its own data
+                    m.score(prompts, completions, **options) for m in (reward_model, *members)
+                ])  # fmt: skip
+            spread = scores.std(0, correction=0)  # (B,)
+            parts["reward_model"] = scores.mean(0) - config.reward_ensemble_penalty * spread
+            parts["ensemble_std"] = spread
+        elif reward_model is not None and combination is None:
             with torch.inference_mode():
                 parts["reward_model"] = torch.tensor(
                     reward_model.score(prompts, completions, **options)

@@ -77,6 +77,18 @@ class PPOConfig(TrainingOptions, SamplingOptions):
     safety_threshold: float = option(
         0.0, "the safety gate's threshold (0: the safety head's mean on its training completions)"
     )
+    # an ensemble of reward models against over-optimization (Coste et al. 2024)
+    reward_ensemble: list[str] = option(
+        [],
+        "more reward models (one-head, from train-rm; repeat the flag): the score is the "
+        "mean of their and --reward-model's normalized scores, minus "
+        "--reward-ensemble-penalty times their spread (std). The critic starts from "
+        "--reward-model alone",
+    )
+    reward_ensemble_penalty: float = option(
+        0.0, "with --reward-ensemble: the std of the members' scores is subtracted times "
+        "this (0: the plain mean; Coste et al.'s uncertainty-weighted objective)", at_least=0.0,
+    )  # fmt: skip
     # sampling
     samples_per_prompt: int = option(1, "responses sampled per prompt in a rollout (K)", at_least=1)
     temperature: float = override(help="sampling temperature; the training pass uses it too")
@@ -249,6 +261,13 @@ class PPOConfig(TrainingOptions, SamplingOptions):
             given.append("--safety-head")
         if given and self.reward_model is None:
             raise ConfigError(f"{given[0]} weighs the heads of a reward model: give --reward-model")
+        if self.reward_ensemble and self.reward_model is None:
+            raise ConfigError("--reward-ensemble adds reward models to --reward-model: give it")
+        if self.reward_ensemble and given:
+            raise ConfigError(
+                f"--reward-ensemble averages one-head reward models; {given[0]} weighs the "
+                "heads of one: give one or the other"
+            )
         if self.reward:
             from alignloop.models import parse_head_weights
 
