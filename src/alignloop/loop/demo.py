@@ -482,15 +482,15 @@ def _reward_model(run: DemoRun) -> str:
     from alignloop.train.reward import RewardConfig, train_reward_model
 
     cfg, out, held = run.cfg, run.out, run.held
-    for i in range(cfg.rm_ensemble):  # rm/, then rm-2/, rm-3/ ... (--rm-ensemble)
-        fit = train_reward_model(RewardConfig(
+    fits = [  # rm/, then rm-2/, rm-3/ ... (--rm-ensemble)
+        train_reward_model(RewardConfig(
             model=str(out / "sft"), data=out / "rm_pairs.jsonl", out=_rm_dir(out, i),
             eval_fraction=0.0, max_length=128, epochs=cfg.rm_epochs, batch_size=16,
             lr=cfg.rm_lr, group_by_length=cfg.rm_group_by_length, eval_every=0,
             save_every=0, seed=cfg.seed + 1000 * i,
-        ))  # fmt: skip
-        if i == 0:
-            first = fit
+        ))
+        for i in range(cfg.rm_ensemble)
+    ]  # fmt: skip
     run.reward_model = RewardModel.from_pretrained(out / "rm")
     held_completions = [c for c in run.completions if c.prompt_id in held]
     by_id = {p.id: p for p in run.to_label}
@@ -508,7 +508,7 @@ def _reward_model(run: DemoRun) -> str:
         "n_labeler_pairs": len(vs_labelers),
         "n_gold_pairs": len(vs_gold),
         "train_pairs": sum(1 for p in run.consensus_pairs if p.prompt_id in run.kept),
-        "steps": first["steps"],
+        "steps": fits[0]["steps"],
     }
     write_json(out / "rm" / "held_out.json", rm)
     return (

@@ -790,19 +790,16 @@ def make_score_fn(reward_model, reward_fn: RewardFn | None, config: PPOConfig, t
         if per_user != (users is not None):
             raise ValueError("each sample's user is given exactly when --users is")
         parts = {}
-        if reward_model is not None and combination is None and members:
+        if reward_model is not None and combination is None:
             with torch.inference_mode():
-                scores = torch.tensor([  # (M, B), each member normalized on its own data
+                scores = torch.tensor([  # (M, B), each model normalized on its own data
                     m.score(prompts, completions, **options) for m in (reward_model, *members)
                 ])  # fmt: skip
-            spread = scores.std(0, correction=0)  # (B,)
-            parts["reward_model"] = scores.mean(0) - config.reward_ensemble_penalty * spread
-            parts["ensemble_std"] = spread
-        elif reward_model is not None and combination is None:
-            with torch.inference_mode():
-                parts["reward_model"] = torch.tensor(
-                    reward_model.score(prompts, completions, **options)
-                )
+            parts["reward_model"] = scores[0]
+            if members:  # --reward-ensemble
+                spread = scores.std(0, correction=0)  # (B,)
+                parts["reward_model"] = scores.mean(0) - config.reward_ensemble_penalty * spread
+                parts["ensemble_std"] = spread
         elif reward_model is not None:
             with torch.inference_mode():
                 heads = reward_model.head_scores(prompts, completions, **options)  # (B, H)
